@@ -1,0 +1,1 @@
+"""Lua scripts, one file per atomic stock operation (shipped as package data)."""

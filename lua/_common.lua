@@ -1,0 +1,130 @@
+-- Helpers shared by every script. Redis Lua has no imports, so the loader prepends this
+-- file to each operation script before SCRIPT LOAD; it defines functions only, no effects.
+--
+-- Conventions for every script:
+--   ARGV[1] tenant, ARGV[2] key prefix with the tenant hash tag ("sg:{acme}:"),
+--   ARGV[3] the request as JSON, ARGV[4] the source channel ("" for API calls).
+--   Keys derived inside a script from the prefix share the tenant's hash tag, so a script
+--   never leaves its tenant's Cluster slot.
+--   Reply: {"ok", reply_json, replayed (0/1)} or {error_code, detail_json}.
+--   Stock cell fields live in one hash per SKU as "<location>|<field>".
+
+local MAX_QTY = 1000000000
+
+local function fail(code, info)
+  return {code, cjson.encode(info or {})}
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A whole number in [lo, MAX_QTY]; JSON numbers arrive as doubles.
+local function is_count(v, lo)
+  return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= MAX_QTY
+end
+
+local function is_name(v)
+  return type(v) == 'string' and #v > 0 and #v <= 128
+end
+
+local function stock_key(prefix, sku)
+  return prefix .. 'stock:' .. sku
+end
+
+-- One (sku, location) cell, read once into memory so that every check happens before any
+-- write: Redis does not roll back a script that fails half-way.
+local function cell_read(cells, prefix, sku, loc)
+  local id = sku .. '\0' .. loc
+  local c = cells[id]
+  if c ~= nil then return c or nil end
+  local key = stock_key(prefix, sku)
+  local f = loc .. '|'
+  local v = redis.call('HMGET', key, f .. 'on_hand', f .. 'reserved', f .. 'committed',
+    f .. 'unavailable', f .. 'safety', f .. 'backorder_limit')
+  if not v[1] then
+    cells[id] = false
+    return nil
+  end
+  c = {key = key, sku = sku, loc = loc, on_hand = tonumber(v[1]), reserved = tonumber(v[2]) or 0,
+    committed = tonumber(v[3]) or 0, unavailable = tonumber(v[4]) or 0,
+    safety = tonumber(v[5]) or 0, backorder_limit = tonumber(v[6]) or 0}
+  cells[id] = c
+  return c
+end
+
+local function available(c)
+  return c.on_hand - c.reserved - c.committed - c.unavailable - c.safety
+end
+
+-- May `qty` more units leave this cell's available (honouring the backorder limit)?
+local function can_take(c, qty)
+  return available(c) - qty >= -c.backorder_limit
+end
+
+local function cell_write(c)
+  local f = c.loc .. '|'
+  redis.call('HSET', c.key, f .. 'on_hand', c.on_hand, f .. 'reserved', c.reserved,
+    f .. 'committed', c.committed, f .. 'unavailable', c.unavailable,
+    f .. 'safety', c.safety, f .. 'backorder_limit', c.backorder_limit)
+end
+
+-- Appends one outbox event for one changed cell, in the same atomic call as the change.
+local function emit(outbox, ctx, ev_type, c, delta, reason)
+  local ev = {ts = ctx.ts, tenant = ctx.tenant, type = ev_type, sku = c.sku, location = c.loc,
+    delta = delta, source = {channel = ctx.channel, ref = ctx.ref},
+    idempotency_key = ctx.key, reason = reason or ctx.reason or ''}
+  if c.on_hand then
+    ev.after = {on_hand = c.on_hand, reserved = c.reserved, committed = c.committed,
+      unavailable = c.unavailable, safety = c.safety, backorder_limit = c.backorder_limit,
+      available = available(c)}
+  end
+  redis.call('XADD', outbox, '*', 'e', cjson.encode(ev))
+end
+
+-- Idempotency record stored as "<fingerprint>\n<reply>": a repeat with the same request gets
+-- the first reply byte for byte; the same key with another request is a conflict.
+local function idem_lookup(key, fp)
+  local v = redis.call('GET', key)
+  if not v then return nil end
+  local sep = string.find(v, '\n', 1, true)
+  if string.sub(v, 1, sep - 1) ~= fp then
+    return fail('idempotency_conflict', {detail = 'idempotency key reused with a different request'})
+  end
+  return {'ok', string.sub(v, sep + 1), 1}
+end
+
+local function idem_store(key, fp, reply, ttl_ms)
+  redis.call('SET', key, fp .. '\n' .. reply, 'PX', ttl_ms)
+end
+
+-- Gives back the units of a live hold (release or expiry): reserved -= qty per line.
+-- Returns the cells to write and the per-line deltas; writes nothing itself.
+local function hold_give_back(cells, prefix, lines)
+  local changes = {}
+  for _, line in ipairs(lines) do
+    local c = cell_read(cells, prefix, line[1], line[2])
+    if c then
+      -- min() guards against a cell adjusted to fewer reserved units by hand.
+      local q = math.min(line[3], c.reserved)
+      c.reserved = c.reserved - q
+      changes[#changes + 1] = {c, {reserved = -q}}
+    end
+  end
+  return changes
+end
+
+-- Per-customer purchase counters: one per customer and SKU, only with a customer id.
+local function customer_key(prefix, customer, sku)
+  return prefix .. 'cust:' .. customer .. ':' .. sku
+end
+
+local function customer_give_back(prefix, customer, lines)
+  if customer == nil or customer == '' then return end
+  for _, line in ipairs(lines) do
+    local k = customer_key(prefix, customer, line[1])
+    local left = redis.call('DECRBY', k, line[3])
+    if left <= 0 then redis.call('DEL', k) end
+  end
+end

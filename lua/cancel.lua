@@ -1,0 +1,33 @@
+-- cancel: an order is called off; its open (unshipped) units return to available.
+-- KEYS[1] outbox stream, KEYS[2] order record
+-- ARGV: common; request = {order_id}
+-- Reply: {"ok", {order_id, lines = [{sku, location, qty}]}, replayed}
+-- Errors: order_not_found
+local outbox, order_key = KEYS[1], KEYS[2]
+local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
+
+local status, lines_json, cancel_reply =
+  unpack(redis.call('HMGET', order_key, 'status', 'lines', 'cancel_reply'))
+if not status then return fail('order_not_found', {order_id = req.order_id}) end
+if status == 'cancelled' then return {'ok', cancel_reply, 1} end
+
+local order_lines = cjson.decode(lines_json)
+local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.order_id,
+  key = 'cancel:' .. req.order_id, reason = 'order cancelled'}
+local cells, returned = {}, {}
+for _, ol in ipairs(order_lines) do
+  if ol.open > 0 then
+    local c = cell_read(cells, prefix, ol.sku, ol.location)
+    local x = math.min(ol.open, c.committed)
+    c.committed = c.committed - x
+    cell_write(c)
+    emit(outbox, ctx, 'cancel', c, {committed = -x})
+    returned[#returned + 1] = {sku = ol.sku, location = ol.location, qty = ol.open}
+    ol.open = 0
+  end
+end
+-- cjson encodes an empty table as {}: leave the field out and let the reader default it.
+local reply = cjson.encode({order_id = req.order_id, lines = #returned > 0 and returned or nil})
+redis.call('HSET', order_key, 'status', 'cancelled', 'cancel_reply', reply,
+  'lines', cjson.encode(order_lines))
+return {'ok', reply, 0}

@@ -1,0 +1,66 @@
+-- fulfil: shipped units leave the building: committed -= qty, on_hand -= qty.
+-- KEYS[1] outbox stream, KEYS[2] order record, KEYS[3] idempotency record (fulfilment id)
+-- ARGV: common; request = {order_id, fulfilment_id, fp, idem_ttl_ms,
+--   lines = [[sku, location or "", qty], ...]}; no lines means every open unit of the order.
+-- Reply: {"ok", {order_id, fulfilment_id, lines = [{sku, location, qty}]}, replayed}
+-- Errors: order_not_found, invalid (more than the order has open), idempotency_conflict
+local outbox, order_key, idem_key = KEYS[1], KEYS[2], KEYS[3]
+local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
+
+local replay = idem_lookup(idem_key, req.fp)
+if replay then return replay end
+local lines_json = redis.call('HGET', order_key, 'lines')
+if not lines_json then return fail('order_not_found', {order_id = req.order_id}) end
+local order_lines = cjson.decode(lines_json)
+
+-- Pair each requested quantity with the order lines it ships from, before writing anything.
+local takes = {}
+local wanted = req.lines or {}
+if #wanted == 0 then
+  for i, ol in ipairs(order_lines) do
+    if ol.open > 0 then takes[#takes + 1] = {i, ol.open} end
+  end
+else
+  local open = {}
+  for i, ol in ipairs(order_lines) do open[i] = ol.open end
+  for _, w in ipairs(wanted) do
+    local sku, loc, q = w[1], w[2], w[3]
+    if not is_name(sku) or not is_count(q, 1) then
+      return fail('invalid', {detail = 'each line needs a sku and a positive qty'})
+    end
+    for i, ol in ipairs(order_lines) do
+      if q == 0 then break end
+      if ol.sku == sku and (loc == '' or loc == ol.location) and open[i] > 0 then
+        local x = math.min(q, open[i])
+        open[i] = open[i] - x
+        q = q - x
+        takes[#takes + 1] = {i, x}
+      end
+    end
+    if q > 0 then
+      return fail('invalid', {detail = 'fulfilment exceeds the open quantity', sku = sku})
+    end
+  end
+end
+
+local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.order_id,
+  key = 'fulfil:' .. req.fulfilment_id, reason = 'fulfilled'}
+local cells, shipped = {}, {}
+for _, t in ipairs(takes) do
+  local ol, x = order_lines[t[1]], t[2]
+  local c = cell_read(cells, prefix, ol.sku, ol.location)
+  local from_committed = math.min(x, c.committed)
+  c.committed = c.committed - from_committed
+  c.on_hand = math.max(c.on_hand - x, 0)
+  cell_write(c)
+  emit(outbox, ctx, 'fulfil', c, {committed = -from_committed, on_hand = -x})
+  ol.open = ol.open - x
+  ol.fulfilled = ol.fulfilled + x
+  shipped[#shipped + 1] = {sku = ol.sku, location = ol.location, qty = x}
+end
+redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
+-- cjson encodes an empty table as {}: leave the field out and let the reader default it.
+local reply = cjson.encode({order_id = req.order_id, fulfilment_id = req.fulfilment_id,
+  lines = #shipped > 0 and shipped or nil})
+idem_store(idem_key, req.fp, reply, req.idem_ttl_ms)
+return {'ok', reply, 0}

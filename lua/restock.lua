@@ -1,0 +1,81 @@
+-- restock: a refund puts units back on sale. Units of the order not yet shipped leave
+-- committed; shipped units that come back are added to on_hand (never more than shipped).
+-- Without an order id (a return of unknown origin) every unit is added to on_hand.
+-- KEYS[1] outbox stream, KEYS[2] idempotency record (refund id), KEYS[3] order record
+-- ARGV: common; request = {refund_id, order_id or "", fp, idem_ttl_ms,
+--   lines = [[sku, location or "", qty], ...]}
+-- Reply: {"ok", {refund_id, lines = [{sku, location, qty, restocked}]}, replayed}
+--   (restocked < qty when the order had fewer units to give back)
+-- Errors: invalid, order_not_found, unknown_sku, idempotency_conflict
+local outbox, idem_key, order_key = KEYS[1], KEYS[2], KEYS[3]
+local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
+
+local replay = idem_lookup(idem_key, req.fp)
+if replay then return replay end
+if type(req.lines) ~= 'table' or #req.lines == 0 then
+  return fail('invalid', {detail = 'restock needs at least one line'})
+end
+local order_lines
+if req.order_id ~= '' then
+  local lines_json = redis.call('HGET', order_key, 'lines')
+  if not lines_json then return fail('order_not_found', {order_id = req.order_id}) end
+  order_lines = cjson.decode(lines_json)
+end
+
+-- Plan every line against the order and the cells first; write only when all are valid.
+local cells, plan = {}, {}
+for _, w in ipairs(req.lines) do
+  local sku, loc, q = w[1], w[2], w[3]
+  if not is_name(sku) or not is_count(q, 1) then
+    return fail('invalid', {detail = 'each line needs a sku and a positive qty'})
+  end
+  if order_lines then
+    local left = q
+    for _, ol in ipairs(order_lines) do
+      if ol.sku == sku and (loc == '' or loc == ol.location) and left > 0 then
+        local from_open = math.min(left, ol.open)
+        local from_shipped = math.min(left - from_open, ol.fulfilled - ol.restocked)
+        if from_open + from_shipped > 0 then
+          ol.open = ol.open - from_open
+          ol.restocked = ol.restocked + from_shipped
+          left = left - from_open - from_shipped
+          plan[#plan + 1] = {sku = sku, loc = ol.location, open = from_open,
+            shipped = from_shipped, line = w}
+        end
+      end
+    end
+    w.restocked = q - left
+  else
+    if not is_name(loc) then
+      return fail('invalid', {detail = 'a restock without an order needs a location'})
+    end
+    if not cell_read(cells, prefix, sku, loc) then
+      return fail('unknown_sku', {sku = sku, location = loc})
+    end
+    plan[#plan + 1] = {sku = sku, loc = loc, open = 0, shipped = q}
+    w.restocked = q
+  end
+end
+
+local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.refund_id,
+  key = 'restock:' .. req.refund_id, reason = 'refund restock'}
+for _, p in ipairs(plan) do
+  local c = cell_read(cells, prefix, p.sku, p.loc)
+  if c then
+    local from_committed = math.min(p.open, c.committed)
+    c.committed = c.committed - from_committed
+    c.on_hand = c.on_hand + p.shipped
+    cell_write(c)
+    emit(outbox, ctx, 'restock', c, {committed = -from_committed, on_hand = p.shipped})
+  end
+end
+if order_lines then
+  redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
+end
+local results = {}
+for _, w in ipairs(req.lines) do
+  results[#results + 1] = {sku = w[1], location = w[2], qty = w[3], restocked = w.restocked}
+end
+local reply = cjson.encode({refund_id = req.refund_id, lines = results})
+idem_store(idem_key, req.fp, reply, req.idem_ttl_ms)
+return {'ok', reply, 0}

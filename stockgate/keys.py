@@ -1,0 +1,38 @@
+"""Redis key names. Every key of a tenant carries the tenant as its Cluster hash tag, so one
+script touches one slot even when a cart spans many SKUs (the price: one tenant lives on one
+shard, see the README)."""
+
+from __future__ import annotations
+
+
+class TenantKeys:
+    __slots__ = ("expiry", "outbox", "prefix", "skus", "tenant")
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.prefix = f"sg:{{{tenant}}}:"
+        self.outbox = self.prefix + "outbox"
+        self.expiry = self.prefix + "holds:expiry"
+        self.skus = self.prefix + "skus"
+
+    def stock(self, sku: str) -> str:
+        return self.prefix + "stock:" + sku
+
+    def hold(self, hold_id: str) -> str:
+        return self.prefix + "hold:" + hold_id
+
+    def order(self, order_id: str) -> str:
+        return self.prefix + "order:" + order_id
+
+    def idempotency(self, kind: str, key: str) -> str:
+        return self.prefix + "idem:" + kind + ":" + key
+
+
+_cache: dict[str, TenantKeys] = {}
+
+
+def tenant_keys(tenant: str) -> TenantKeys:
+    keys = _cache.get(tenant)
+    if keys is None:
+        keys = _cache[tenant] = TenantKeys(tenant)
+    return keys

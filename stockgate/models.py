@@ -1,0 +1,216 @@
+"""msgspec Structs for every boundary: API requests and replies, script replies, outbox events.
+
+Decoders and encoders are built once at import and reused on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from stockgate.settings import NAME_PATTERN
+
+MAX_QTY = 1_000_000_000
+
+Sku = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Location = Annotated[str, Meta(pattern=NAME_PATTERN)]
+Ident = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
+Qty = Annotated[int, Meta(ge=1, le=1_000_000)]
+Count = Annotated[int, Meta(ge=0, le=MAX_QTY)]
+SignedCount = Annotated[int, Meta(ge=-MAX_QTY, le=MAX_QTY)]
+
+EventType = Literal[
+    "hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
+    "oversell_rejected",
+]
+
+
+# ---- requests (HTTP bodies) -------------------------------------------------------------
+
+class Line(Struct, frozen=True, forbid_unknown_fields=True):
+    sku: Sku
+    qty: Qty
+    location: Location | None = None
+
+
+class HoldRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    lines: Annotated[list[Line], Meta(min_length=1)]
+    hold_id: Ident | None = None
+    channel: Location | None = None
+    location: Location | None = None
+    ttl_s: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+    # Shopper id for per-customer purchase limits on a drop.
+    customer: Location | None = None
+
+
+class CommitRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    order_id: Ident
+
+
+class AdjustRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=200)]
+    idempotency_key: Ident
+    location: Location | None = None
+    delta: SignedCount | None = None
+    set_on_hand: Count | None = None
+    unavailable_delta: SignedCount | None = None
+
+
+class BulkAdjustLine(Struct, frozen=True, forbid_unknown_fields=True):
+    sku: Sku
+    reason: Annotated[str, Meta(min_length=1, max_length=200)]
+    idempotency_key: Ident
+    location: Location | None = None
+    delta: SignedCount | None = None
+    set_on_hand: Count | None = None
+    unavailable_delta: SignedCount | None = None
+
+
+class BulkAdjustRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    lines: Annotated[list[BulkAdjustLine], Meta(min_length=1, max_length=5000)]
+
+
+class PolicyRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    location: Location | None = None
+    safety: Count | None = None
+    backorder_limit: Count | None = None
+    low_stock_threshold: Count | None = None
+    max_per_customer: Count | None = None
+
+
+# ---- script replies -----------------------------------------------------------------------
+
+class ScriptLine(Struct, frozen=True, array_like=True):
+    """A line as the scripts store it: [sku, location, qty]."""
+
+    sku: str
+    location: str
+    qty: int
+
+
+class HoldReply(Struct, frozen=True):
+    hold_id: str
+    expires_at_ms: int
+    lines: list[ScriptLine]
+
+
+class ReleaseReply(Struct, frozen=True):
+    hold_id: str
+    status: str
+
+
+class CommitReply(Struct, frozen=True):
+    order_id: str
+    hold_id: str
+    lines: list[ScriptLine]
+
+
+class OrderLineResult(Struct, frozen=True):
+    sku: str
+    location: str
+    qty: int
+    status: Literal["committed", "oversell_rejected", "unknown_sku"]
+
+
+class OrderReply(Struct, frozen=True):
+    order_id: str
+    lines: list[OrderLineResult] = []
+
+
+class MovedLine(Struct, frozen=True):
+    sku: str
+    location: str
+    qty: int
+
+
+class FulfilReply(Struct, frozen=True):
+    order_id: str
+    fulfilment_id: str
+    lines: list[MovedLine] = []
+
+
+class CancelReply(Struct, frozen=True):
+    order_id: str
+    lines: list[MovedLine] = []
+
+
+class RestockLineResult(Struct, frozen=True):
+    sku: str
+    location: str
+    qty: int
+    restocked: int
+
+
+class RestockReply(Struct, frozen=True):
+    refund_id: str
+    lines: list[RestockLineResult] = []
+
+
+class CellState(Struct, frozen=True):
+    on_hand: int = 0
+    reserved: int = 0
+    committed: int = 0
+    unavailable: int = 0
+    safety: int = 0
+    backorder_limit: int = 0
+    available: int = 0
+
+
+class AdjustReply(Struct, frozen=True):
+    sku: str
+    location: str
+    after: CellState
+
+
+class PolicyReply(Struct, frozen=True):
+    sku: str
+    location: str
+    safety: int
+    backorder_limit: int
+    low_stock_threshold: int
+    max_per_customer: int
+
+
+class ExpireReply(Struct, frozen=True):
+    expired: int
+    remaining_due: int
+
+
+# ---- reads ----------------------------------------------------------------------------------
+
+class StockView(Struct, frozen=True):
+    sku: str
+    locations: dict[str, CellState]
+    available: int
+    channels: dict[str, int]
+    low_stock_threshold: int = 0
+    max_per_customer: int = 0
+
+
+# ---- outbox events --------------------------------------------------------------------------
+
+class EventSource(Struct, frozen=True):
+    channel: str = ""
+    ref: str = ""
+
+
+class Event(Struct, frozen=True):
+    """One stock change. `id` is the outbox stream entry id, unique within a tenant."""
+
+    ts: int
+    tenant: str
+    type: EventType
+    sku: str
+    location: str
+    delta: dict[str, int]
+    source: EventSource
+    idempotency_key: str = ""
+    reason: str = ""
+    after: CellState | None = None
+    id: str = ""
+
+
+event_decoder = msgspec.json.Decoder(Event)
+json_encoder = msgspec.json.Encoder()

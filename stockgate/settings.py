@@ -1,0 +1,137 @@
+"""Settings: one typed object built once from the TOML file in STOCKGATE_CONFIG and the environment.
+
+Values of the form ``env:NAME`` are read from the environment, so secrets stay out of the file.
+Every field has a default: the system runs with no file at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
+Scope = Literal["storefront", "operator"]
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+
+
+class ConfigError(Exception):
+    """The configuration file or an ``env:`` reference is invalid."""
+
+
+class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    secret: str
+    tenant: Name = "default"
+    scopes: tuple[Scope, ...] = ("storefront",)
+    # Requests per second allowed for this key (token bucket); 0 disables the limit.
+    rate_limit_per_s: float = 0.0
+
+
+class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: ChannelKind
+    secret: str
+    tenant: Name = "default"
+    # Where this channel's admin API lives and how to authenticate to it (pushes, fetches).
+    api_url: str = ""
+    access_token: str = ""
+    # BigCommerce: the custom header carrying the shared secret set when the hook was created.
+    secret_header: str = "X-Stockgate-Secret"
+    # Locations whose stock this channel sells; empty means the tenant's default location.
+    locations: tuple[Name, ...] = ()
+    # Channel variant id -> SKU, for variants the channel sends without a SKU.
+    variant_skus: dict[str, str] = {}
+    # Channel's location id -> Stockgate location name.
+    location_map: dict[str, Name] = {}
+    # Pushes per second the channel's API accepts (coalesced per SKU and location).
+    rate_limit_per_s: float = 2.0
+
+
+class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    default_location: Name = "main"
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Empty: start an embedded Redis-compatible server in data_dir.
+    redis_url: str = ""
+    data_dir: str = ".stockgate"
+    hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 900
+    # Idempotency records outlive any channel's retry window (Shopify retries for 48 h).
+    idempotency_ttl_s: Annotated[int, msgspec.Meta(ge=86_400)] = 3 * 86_400
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    max_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # strict: acknowledge a change only once it is on disk; everysec: fsync once a second.
+    durability: Literal["strict", "everysec"] = "strict"
+    # Standard Webhooks timestamp tolerance.
+    webhook_tolerance_s: int = 300
+    audit_dsn: str = ""
+    log_level: str = "INFO"
+    tenants: dict[Name, Tenant] = {}
+    api_keys: dict[Name, ApiKey] = {}
+    channels: dict[Name, Channel] = {}
+
+    def tenant(self, name: str) -> Tenant:
+        return self.tenants.get(name, Tenant())
+
+    def tenant_names(self) -> list[str]:
+        names = {"default", *self.tenants}
+        names.update(k.tenant for k in self.api_keys.values())
+        names.update(c.tenant for c in self.channels.values())
+        return sorted(names)
+
+
+_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+
+# Environment variables that override a top-level setting when the file does not set it.
+_ENV_OVERRIDES = {
+    "REDIS_URL": "redis_url",
+    "AUDIT_DSN": "audit_dsn",
+    "STOCKGATE_DATA_DIR": "data_dir",
+    "STOCKGATE_DURABILITY": "durability",
+    "STOCKGATE_LOG_LEVEL": "log_level",
+}
+
+
+def _resolve(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve(v, env, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and (match := _ENV_REF.match(value)):
+        name = match.group(1)
+        # An unset reference means "not configured" (e.g. redis_url -> embedded server).
+        return env.get(name, "")
+    return value
+
+
+def load_settings(
+    path: str | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    path = path if path is not None else env.get("STOCKGATE_CONFIG", "")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for var, field in _ENV_OVERRIDES.items():
+        if field not in raw and env.get(var):
+            raw[field] = env[var]
+    resolved = _resolve(raw, env, "config")
+    try:
+        settings = msgspec.convert(resolved, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    for name, key in settings.api_keys.items():
+        if not key.secret:
+            raise ConfigError(f"api_keys.{name}.secret is empty (is its env variable set?)")
+    for name, channel in settings.channels.items():
+        if not channel.secret:
+            raise ConfigError(f"channels.{name}.secret is empty (is its env variable set?)")
+    return settings

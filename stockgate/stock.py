@@ -1,0 +1,235 @@
+"""The stock API: one async method per atomic operation, each one Lua script call.
+
+Python validates shapes (msgspec did most of it at the boundary), fills defaults, computes the
+request fingerprint for idempotency, and turns the script's uniform reply into a Struct or a
+typed exception. All rules about stock live in the scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import Redis
+
+from stockgate import errors
+from stockgate.keys import tenant_keys
+from stockgate.models import (
+    AdjustReply,
+    CancelReply,
+    CellState,
+    CommitReply,
+    ExpireReply,
+    FulfilReply,
+    HoldReply,
+    Line,
+    OrderReply,
+    PolicyReply,
+    ReleaseReply,
+    RestockReply,
+    StockView,
+)
+from stockgate.scripts import Scripts
+from stockgate.settings import Settings
+
+R = TypeVar("R")
+_encode = msgspec.json.Encoder().encode
+_decoders: dict[type, msgspec.json.Decoder] = {}
+_CELL_FIELDS = ("on_hand", "reserved", "committed", "unavailable", "safety", "backorder_limit")
+
+
+def _decode(raw: bytes, kind: type[R]) -> R:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder.decode(raw)
+
+
+def fingerprint(payload: Any) -> str:
+    """Stable digest of a normalised request: same request, same fingerprint."""
+    return hashlib.blake2b(_encode(payload), digest_size=12).hexdigest()
+
+
+class StockEngine:
+    """Canonical stock of every tenant, changed only through the Lua scripts."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+        self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
+
+    async def load_scripts(self) -> None:
+        await self.scripts.load()
+
+    def default_location(self, tenant: str) -> str:
+        return self.settings.tenant(tenant).default_location
+
+    def _lines(self, tenant: str, lines: Iterable[Line], location: str | None = None
+               ) -> list[tuple[str, str, int]]:
+        default = location or self.default_location(tenant)
+        return [(ln.sku, ln.location or default, ln.qty) for ln in lines]
+
+    async def _run(self, op: str, tenant: str, keys: list[str], request: dict[str, Any],
+                   channel: str, reply_type: type[R]) -> tuple[R, bool]:
+        prefix = tenant_keys(tenant).prefix
+        reply = await self.scripts.call(op, keys, [tenant, prefix, _encode(request), channel])
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if status != "ok":
+            raise errors.from_script(status, msgspec.json.decode(reply[1]))
+        return _decode(reply[1], reply_type), bool(reply[2])
+
+    # ---- cart holds ------------------------------------------------------------------------
+
+    async def hold(self, tenant: str, lines: Sequence[Line], *, hold_id: str | None = None,
+                   location: str | None = None, ttl_s: int | None = None, channel: str = "",
+                   customer: str | None = None) -> tuple[HoldReply, bool]:
+        """Reserve every line or none. Returns the reply and whether it was a replay."""
+        if len(lines) > self.settings.max_lines:
+            raise errors.InvalidRequest(f"at most {self.settings.max_lines} lines per hold")
+        k = tenant_keys(tenant)
+        hold_id = hold_id or uuid.uuid4().hex
+        script_lines = self._lines(tenant, lines, location)
+        ttl_ms = (ttl_s or self.settings.hold_ttl_s) * 1000
+        request = {
+            "hold_id": hold_id, "ttl_ms": ttl_ms, "idem_ttl_ms": self._idem_ttl_ms,
+            "customer": customer or "", "lines": script_lines,
+            "fp": fingerprint([script_lines, ttl_ms, customer or "", channel]),
+        }
+        return await self._run("hold", tenant, [k.outbox, k.hold(hold_id), k.expiry], request,
+                               channel, HoldReply)
+
+    async def release(self, tenant: str, hold_id: str, *, channel: str = ""
+                      ) -> tuple[ReleaseReply, bool]:
+        k = tenant_keys(tenant)
+        return await self._run("release", tenant, [k.outbox, k.hold(hold_id), k.expiry],
+                               {"hold_id": hold_id}, channel, ReleaseReply)
+
+    async def commit(self, tenant: str, hold_id: str, order_id: str, *, channel: str = ""
+                     ) -> tuple[CommitReply, bool]:
+        k = tenant_keys(tenant)
+        request = {"hold_id": hold_id, "order_id": order_id, "idem_ttl_ms": self._idem_ttl_ms}
+        return await self._run("commit", tenant,
+                               [k.outbox, k.hold(hold_id), k.expiry, k.order(order_id)],
+                               request, channel, CommitReply)
+
+    async def expire(self, tenant: str, limit: int = 500) -> ExpireReply:
+        k = tenant_keys(tenant)
+        reply, _ = await self._run("expire", tenant, [k.outbox, k.expiry], {"limit": limit},
+                                   "", ExpireReply)
+        return reply
+
+    # ---- orders ----------------------------------------------------------------------------
+
+    async def order(self, tenant: str, order_id: str, lines: Sequence[Line], *,
+                    channel: str = "") -> tuple[OrderReply, bool]:
+        """Commit a channel order straight from available, line by line."""
+        k = tenant_keys(tenant)
+        script_lines = self._lines(tenant, lines)
+        request = {"order_id": order_id, "lines": script_lines, "idem_ttl_ms": self._idem_ttl_ms,
+                   "fp": fingerprint(script_lines)}
+        return await self._run("order", tenant, [k.outbox, k.order(order_id)], request, channel,
+                               OrderReply)
+
+    async def fulfil(self, tenant: str, order_id: str, fulfilment_id: str,
+                     lines: Sequence[Line] = (), *, channel: str = ""
+                     ) -> tuple[FulfilReply, bool]:
+        k = tenant_keys(tenant)
+        script_lines = [(ln.sku, ln.location or "", ln.qty) for ln in lines]
+        request = {"order_id": order_id, "fulfilment_id": fulfilment_id, "lines": script_lines,
+                   "idem_ttl_ms": self._idem_ttl_ms, "fp": fingerprint([order_id, script_lines])}
+        keys = [k.outbox, k.order(order_id), k.idempotency("fulfil", fulfilment_id)]
+        return await self._run("fulfil", tenant, keys, request, channel, FulfilReply)
+
+    async def cancel(self, tenant: str, order_id: str, *, channel: str = ""
+                     ) -> tuple[CancelReply, bool]:
+        k = tenant_keys(tenant)
+        return await self._run("cancel", tenant, [k.outbox, k.order(order_id)],
+                               {"order_id": order_id}, channel, CancelReply)
+
+    async def restock(self, tenant: str, refund_id: str, lines: Sequence[Line], *,
+                      order_id: str = "", channel: str = "") -> tuple[RestockReply, bool]:
+        """Put refunded units back: unshipped ones leave committed, returned ones rejoin on_hand."""
+        k = tenant_keys(tenant)
+        default = "" if order_id else self.default_location(tenant)
+        script_lines = [(ln.sku, ln.location or default, ln.qty) for ln in lines]
+        request = {"refund_id": refund_id, "order_id": order_id, "lines": script_lines,
+                   "idem_ttl_ms": self._idem_ttl_ms, "fp": fingerprint([order_id, script_lines])}
+        keys = [k.outbox, k.idempotency("restock", refund_id), k.order(order_id)]
+        return await self._run("restock", tenant, keys, request, channel, RestockReply)
+
+    # ---- operator changes ------------------------------------------------------------------
+
+    async def adjust(self, tenant: str, sku: str, *, reason: str, idempotency_key: str,
+                     location: str | None = None, delta: int | None = None,
+                     set_on_hand: int | None = None, unavailable_delta: int | None = None,
+                     channel: str = "") -> tuple[AdjustReply, bool]:
+        k = tenant_keys(tenant)
+        location = location or self.default_location(tenant)
+        request = {"sku": sku, "location": location, "delta": delta, "set_on_hand": set_on_hand,
+                   "unavailable_delta": unavailable_delta, "reason": reason,
+                   "idempotency_key": idempotency_key, "idem_ttl_ms": self._idem_ttl_ms}
+        request["fp"] = fingerprint([sku, location, delta, set_on_hand, unavailable_delta,
+                                     reason])
+        keys = [k.outbox, k.idempotency("adjust", idempotency_key), k.stock(sku)]
+        return await self._run("adjust", tenant, keys, request, channel, AdjustReply)
+
+    async def set_policy(self, tenant: str, sku: str, *, location: str | None = None,
+                         safety: int | None = None, backorder_limit: int | None = None,
+                         low_stock_threshold: int | None = None,
+                         max_per_customer: int | None = None) -> PolicyReply:
+        k = tenant_keys(tenant)
+        request = {"sku": sku, "location": location or self.default_location(tenant),
+                   "safety": safety, "backorder_limit": backorder_limit,
+                   "low_stock_threshold": low_stock_threshold,
+                   "max_per_customer": max_per_customer}
+        reply, _ = await self._run("policy", tenant, [k.outbox, k.stock(sku)], request, "",
+                                   PolicyReply)
+        return reply
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def stock(self, tenant: str, sku: str) -> StockView:
+        """Every state per location, available overall and as each channel should show it."""
+        raw = await self.redis.hgetall(tenant_keys(tenant).stock(sku))
+        if not raw:
+            raise errors.UnknownSku(sku=sku)
+        return self.view(tenant, sku, raw)
+
+    def view(self, tenant: str, sku: str, raw: dict[bytes, bytes]) -> StockView:
+        cells: dict[str, dict[str, int]] = {}
+        rules: dict[str, int] = {}
+        for field, value in raw.items():
+            name = field.decode()
+            loc, sep, attr = name.partition("|")
+            if sep:
+                cells.setdefault(loc, {})[attr] = int(value)
+            else:
+                rules[name] = int(value)
+        locations = {}
+        for loc, f in sorted(cells.items()):
+            values = {name: f.get(name, 0) for name in _CELL_FIELDS}
+            avail = (values["on_hand"] - values["reserved"] - values["committed"]
+                     - values["unavailable"] - values["safety"])
+            locations[loc] = CellState(**values, available=avail)
+        channels = {}
+        for name, channel in self.settings.channels.items():
+            if channel.tenant != tenant:
+                continue
+            sells_from = channel.locations or (self.default_location(tenant),)
+            channels[name] = sum(max(locations[loc].available, 0)
+                                 for loc in sells_from if loc in locations)
+        return StockView(
+            sku=sku, locations=locations,
+            available=sum(max(c.available, 0) for c in locations.values()),
+            channels=channels,
+            low_stock_threshold=rules.get("low_stock_threshold", 0),
+            max_per_customer=rules.get("max_per_customer", 0),
+        )
+
+    async def skus(self, tenant: str) -> list[str]:
+        members = await self.redis.smembers(tenant_keys(tenant).skus)
+        return sorted(m.decode() for m in members)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a private Redis-compatible server on a free port for the whole session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from stockgate.embedded import EmbeddedRedis
+from stockgate.settings import Settings
+from stockgate.stock import StockEngine
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    # everysec keeps the shared server fast; durability tests start strict servers of their own.
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), durability="everysec")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, max_connections=2000)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=str(tmp_path))
+
+
+@pytest.fixture
+async def engine(redis: Redis, settings: Settings) -> StockEngine:
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    return engine
