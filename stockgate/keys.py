@@ -27,6 +27,14 @@ class TenantKeys:
     def idempotency(self, kind: str, key: str) -> str:
         return self.prefix + "idem:" + kind + ":" + key
 
+    def pushed(self, channel: str) -> str:
+        """Hash "<sku>|<location>" -> the available count last pushed to a channel, so an
+        inventory webhook that only echoes our own push is recognised and ignored."""
+        return self.prefix + "pushed:" + channel
+
+    def webhook_seen(self, channel: str, delivery_id: str) -> str:
+        return self.prefix + "webhook:" + channel + ":" + delivery_id
+
 
 _cache: dict[str, TenantKeys] = {}
 
