@@ -1,0 +1,141 @@
+"""The `stockgate` command: serve, worker, up (everything in one), demo, redis."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from stockgate.embedded import EmbeddedRedis, running_url, start_for
+from stockgate.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("stockgate")
+
+
+def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
+    """Point the settings at a Redis: REDIS_URL / the config, else the embedded server already
+    serving this data directory, else a new embedded server owned by this process."""
+    if settings.redis_url:
+        return settings, None
+    url = running_url(settings.data_dir)
+    server = None
+    if url is None:
+        server = start_for(settings.data_dir, settings.durability)
+        url = server.url
+        log.info("started embedded server %s (data in %s)", url, settings.data_dir)
+    os.environ["REDIS_URL"] = url
+    return msgspec.structs.replace(settings, redis_url=url), server
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    from gateway.server import serve
+
+    settings, server = _with_redis(settings)
+    try:
+        serve(settings, host=args.host, port=args.port, workers=args.workers)
+    finally:
+        if server:
+            server.stop()
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.main import run_worker
+
+    settings, server = _with_redis(settings)
+    try:
+        run_worker(settings)
+    finally:
+        if server:
+            server.stop()
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> None:
+    """Embedded Redis + gateway + worker as child processes; Ctrl-C stops them all."""
+    settings, server = _with_redis(settings)
+    me = [sys.executable, "-m", "stockgate.cli"]
+    children = [
+        subprocess.Popen([*me, "serve", "--host", args.host, "--port", str(args.port),
+                          "--workers", str(args.workers)]),
+        subprocess.Popen([*me, "worker"]),
+    ]
+    print(f"stockgate up: gateway http://{args.host}:{args.port}  redis {settings.redis_url}",
+          flush=True)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if server:
+            server.stop()
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    from loadtests.demo import run_demo
+
+    raise SystemExit(run_demo(settings, duration_s=args.duration))
+
+
+def _redis(settings: Settings, args: argparse.Namespace) -> None:
+    server = start_for(settings.data_dir, settings.durability)
+    print(f"embedded server at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stockgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, helptext in (
+        ("serve", _serve, "run the HTTP gateway"),
+        ("up", _up, "embedded Redis + gateway + worker in one command"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--workers", type=int, default=1, help="gateway processes")
+        p.set_defaults(func=func)
+    sub.add_parser("worker", help="run the arq workers").set_defaults(func=_worker)
+    demo = sub.add_parser("demo", help="flash-sale demo with channel simulators and a report")
+    demo.add_argument("--duration", type=int, default=30, help="seconds of load")
+    demo.set_defaults(func=_demo)
+    sub.add_parser("redis", help="run only the embedded server").set_defaults(func=_redis)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"stockgate: {exc}") from None
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args.func(settings, args)
+
+
+if __name__ == "__main__":
+    main()
