@@ -47,8 +47,11 @@ class _Call:
 class Scripts:
     """The stock scripts of one Redis connection pool."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, wait_aof_ms: int = 0) -> None:
         self.redis = redis
+        # With a server that fsyncs only once a second, WAITAOF after each batch makes the
+        # acknowledgement wait until the batch's writes are on the server's disk.
+        self.wait_aof_ms = wait_aof_ms
         self.sources = {name: script_source(name) for name in OPERATIONS}
         self.shas = {
             name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
@@ -115,6 +118,8 @@ class Scripts:
                 call.future.set_result(result)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
+        if self.wait_aof_ms:
+            return await self._execute_durable(batch)
         if len(batch) == 1:
             call = batch[0]
             try:
@@ -126,3 +131,15 @@ class Scripts:
         for call in batch:
             pipe.evalsha(self.shas[call.name], len(call.keys), *call.keys, *call.args)
         return await pipe.execute(raise_on_error=False)
+
+    async def _execute_durable(self, batch: list[_Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(self.shas[call.name], len(call.keys), *call.keys, *call.args)
+        pipe.execute_command("WAITAOF", 1, 0, self.wait_aof_ms)
+        *results, synced = await pipe.execute(raise_on_error=False)
+        if isinstance(synced, Exception) or int(synced[0]) < 1:
+            # Applied but not confirmed on disk: the caller must not acknowledge it. A retry
+            # with the same idempotency key returns the (by then durable) first answer.
+            raise RedisConnectionError(f"WAITAOF did not confirm the write: {synced!r}")
+        return results

@@ -66,6 +66,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # strict: acknowledge a change only once it is on disk; everysec: fsync once a second.
     durability: Literal["strict", "everysec"] = "strict"
+    # With your own Redis 7.2+ (appendonly yes): acknowledge a change only after WAITAOF
+    # confirms it reached the server's disk. The embedded server needs no such wait in strict
+    # mode: it fsyncs before it answers.
+    wait_aof: bool = False
     # Standard Webhooks timestamp tolerance.
     webhook_tolerance_s: int = 300
     audit_dsn: str = ""

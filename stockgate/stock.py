@@ -59,7 +59,7 @@ class StockEngine:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, wait_aof_ms=1000 if settings.wait_aof else 0)
         self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
 
     async def load_scripts(self) -> None:

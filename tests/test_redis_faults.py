@@ -97,3 +97,27 @@ async def test_acknowledged_holds_survive_a_redis_crash(
         await redis.aclose()
     finally:
         server.stop()
+
+
+async def test_wait_aof_acknowledges_only_what_reached_disk(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", durability="everysec")
+    server.start()
+    redis = Redis.from_url(server.url)
+    try:
+        engine = StockEngine(redis, Settings(data_dir=str(tmp_path), wait_aof=True))
+        await engine.load_scripts()
+        await engine.adjust("default", SKU, reason="receipt", idempotency_key="seed", delta=5)
+        reply, _ = await engine.hold("default", [Line(SKU, 1)], hold_id="h1")
+        assert reply.hold_id == "h1"
+        # Without an append-only file nothing can be confirmed: refuse to acknowledge.
+        await redis.config_set("appendonly", "no")
+        with pytest.raises(StoreUnavailable):
+            await engine.hold("default", [Line(SKU, 1)], hold_id="h2")
+        await redis.config_set("appendonly", "yes")
+        await asyncio.sleep(0.3)  # the rewrite that turning AOF on starts
+        replay, replayed = await engine.hold("default", [Line(SKU, 1)], hold_id="h2")
+        assert replayed and replay.hold_id == "h2"
+        assert (await engine.stock("default", SKU)).locations["main"].reserved == 2
+    finally:
+        await redis.aclose()
+        server.stop()
