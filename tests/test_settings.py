@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_env_references_are_resolved(tmp_path: Path) -> None:
 
 
 def test_unset_secret_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="api_keys.storefront-key-1.secret"):
+    with pytest.raises(ConfigError, match=re.escape("api_keys.storefront-key-1.secret")):
         load_settings(write(tmp_path, CONFIG), env={})
 
 
