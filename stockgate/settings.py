@@ -45,6 +45,8 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     locations: tuple[Name, ...] = ()
     # Channel variant id -> SKU, for variants the channel sends without a SKU.
     variant_skus: dict[str, str] = {}
+    # Shopify inventory item id -> SKU: inventory_levels/update names only the inventory item.
+    inventory_item_skus: dict[str, str] = {}
     # Channel's location id -> Stockgate location name.
     location_map: dict[str, Name] = {}
     # Pushes per second the channel's API accepts (coalesced per SKU and location).

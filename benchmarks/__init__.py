@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.lua` measures the stock scripts server-side."""

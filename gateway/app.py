@@ -1,0 +1,98 @@
+"""The gateway application: routes, the one error handler, and the clients created once per
+process in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import health, holds, openapi, operator, stock, webhooks
+from gateway.auth import KeyRing
+from gateway.batch import Commands
+from gateway.errors import MethodNotAllowed, NotFound
+from gateway.http import JSONReply, error_reply
+from gateway.metrics import Metrics, MetricsMiddleware
+from stockgate.errors import StockgateError
+from stockgate.settings import Settings
+from stockgate.stock import StockEngine
+
+log = logging.getLogger("stockgate.gateway")
+
+# redis-py's async pool refuses connections past max_connections instead of waiting, and each
+# in-flight pipeline holds one: size it well above the expected concurrency.
+REDIS_MAX_CONNECTIONS = 2048
+
+
+def redis_client(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS,
+                          socket_connect_timeout=2.0, socket_timeout=5.0)
+
+
+async def _stock_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StockgateError)
+    return error_reply(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_reply(NotFound("no such route"))
+    if exc.status_code == 405:
+        reply = error_reply(MethodNotAllowed("method not allowed on this route"))
+        if exc.headers:
+            reply.headers.update(exc.headers)
+        return reply
+    return JSONReply({"error": "http_error", "detail": exc.detail}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Logged without the request: headers may carry API keys and signatures.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.scope["method"],
+              request.scope["path"], exc_info=exc)
+    return JSONReply({"error": "internal", "detail": "internal error"}, status_code=500)
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = redis if redis is not None else redis_client(settings)
+        app.state.redis = client
+        app.state.engine = StockEngine(client, settings)
+        app.state.commands = Commands(client)
+        try:
+            await app.state.engine.load_scripts()
+        except (RedisError, OSError) as exc:
+            # Start anyway: requests answer 503 and /readyz says why until Redis is back
+            # (the engine loads the scripts again on its first NOSCRIPT).
+            log.warning("stock store unreachable at start-up: %s", type(exc).__name__)
+        await operator.startup(app)
+        try:
+            yield
+        finally:
+            await operator.shutdown(app)
+            if redis is None:
+                await client.aclose()
+
+    app = Starlette(
+        routes=[*holds.routes, *stock.routes, *webhooks.routes, *operator.routes,
+                *health.routes, *openapi.routes],
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
+        exception_handlers={StockgateError: _stock_error, HTTPException: _http_error,
+                            Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.keyring = KeyRing(settings)
+    return app

@@ -1,0 +1,136 @@
+"""What every channel module shares: the verified delivery, the stock operations a webhook
+decodes into, and the mapping of channel ids (variants, locations) to Stockgate names.
+
+A channel module is three steps behind one small interface:
+    verify(channel, headers, raw body, now, tolerance_s) -> Delivery
+        (raises Unauthorized; constant-time, over the raw bytes, before any parsing)
+    decode(channel_id, channel, delivery, body) -> (Delivery, list[Operation])
+        (raises MalformedRequest; returns the delivery refined when its id lives in the body)
+and the ingress (gateway/webhooks.py) applies the operations to the stock engine.
+
+Ids a channel sends are namespaced by the channel's config name ("shopify-main:1001") so two
+channels never share an order, refund or fulfilment id. Workers creating orders for a channel
+(e.g. after a BigCommerce fetch) use the same `order_ref`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+import msgspec
+
+from gateway.errors import MalformedRequest
+from stockgate.models import Line
+from stockgate.settings import Channel
+
+# The note attribute (Shopify) / order meta key (WooCommerce) / field (standard) naming the
+# storefront hold that an order completes. A leading underscore hides a Shopify cart attribute
+# from the shopper, so both spellings are accepted.
+HOLD_ATTRIBUTE = "stockgate_hold_id"
+HOLD_ATTRIBUTES = frozenset({HOLD_ATTRIBUTE, "_" + HOLD_ATTRIBUTE})
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A verified webhook: the channel's delivery id (for dedupe) and its topic."""
+
+    id: str
+    topic: str
+    ping: bool = False  # a channel's set-up probe: answer 200, change nothing
+
+
+# ---- stock operations a webhook turns into ---------------------------------------------
+
+class OrderPlaced(msgspec.Struct, frozen=True, tag="order_placed"):
+    order_id: str
+    lines: list[Line]
+    hold_id: str | None = None
+    # Lines without a resolvable SKU (gift cards, unmapped variants): reported, not stocked.
+    skipped: int = 0
+
+
+class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled"):
+    order_id: str
+
+
+class OrderFulfilled(msgspec.Struct, frozen=True, tag="order_fulfilled"):
+    order_id: str
+    fulfilment_id: str
+    lines: list[Line] = []  # empty: every open unit of the order
+
+
+class Refunded(msgspec.Struct, frozen=True, tag="refunded"):
+    refund_id: str
+    order_id: str
+    lines: list[Line]  # only the restocked lines
+
+
+class InventorySet(msgspec.Struct, frozen=True, tag="inventory_set"):
+    """Someone set the channel's available count for a SKU at a location in its admin."""
+
+    sku: str
+    location: str
+    available: int
+
+
+class FetchOrder(msgspec.Struct, frozen=True, tag="fetch_order"):
+    """The hook only names the order: a worker fetches it from the channel's API."""
+
+    channel_order_id: str
+
+
+Operation = OrderPlaced | OrderCancelled | OrderFulfilled | Refunded | InventorySet | FetchOrder
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+def equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison of two byte strings."""
+    return hmac.compare_digest(a, b)
+
+
+def order_ref(channel_id: str, channel_order_id: object) -> str:
+    return f"{channel_id}:{channel_order_id}"
+
+
+def sku_of(channel: Channel, sku: str | None, *variant_ids: object) -> str | None:
+    """The line's SKU, else the SKU the channel's variant table gives its variant id."""
+    if sku:
+        return sku
+    for vid in variant_ids:
+        if vid is not None and vid != 0 and (found := channel.variant_skus.get(str(vid))):
+            return found
+    return None
+
+
+def location_of(channel: Channel, channel_location: object) -> str | None:
+    """Stockgate location of a channel location id; None means the channel's default.
+
+    Unmapped ids fall back to the default: an order must not be lost because the mapping
+    table is incomplete (reconcile will show the drift).
+    """
+    if channel_location is not None and (found := channel.location_map.get(str(channel_location))):
+        return found
+    return channel.locations[0] if channel.locations else None
+
+
+def lines_of(channel: Channel, items: Iterable[tuple[str | None, tuple, int]],
+             location: str | None) -> tuple[list[Line], int]:
+    """(sku, variant ids, qty) triples -> Lines; counts lines without a resolvable SKU."""
+    lines, skipped = [], 0
+    for sku, variant_ids, qty in items:
+        resolved = sku_of(channel, sku, *variant_ids)
+        if resolved is None or qty <= 0:
+            skipped += 1
+            continue
+        lines.append(Line(resolved, qty, location))
+    return lines, skipped
+
+
+def parse(dec: msgspec.json.Decoder, body: bytes, what: str):  # type: ignore[no-untyped-def]
+    try:
+        return dec.decode(body)
+    except msgspec.ValidationError as exc:
+        raise MalformedRequest(f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"malformed JSON: {exc}") from None

@@ -1,0 +1,53 @@
+"""HTTP-level errors of the gateway, in the same `{"error", "detail", ...}` shape as the stock
+errors, so one handler turns every failure into a reply."""
+
+from __future__ import annotations
+
+from stockgate.errors import StockgateError
+
+
+class MalformedRequest(StockgateError):
+    """Not JSON, or JSON that does not fit the schema (the detail names the field)."""
+
+    code = "malformed_request"
+    status = 400
+
+
+class Unauthorized(StockgateError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(StockgateError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(StockgateError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(StockgateError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class BodyTooLarge(StockgateError):
+    code = "body_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(StockgateError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class RateLimited(StockgateError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("too many requests for this API key")
+        # Whole seconds, at least 1: what the Retry-After header can carry.
+        self.retry_after = max(1, int(retry_after_s + 0.999))

@@ -1,0 +1,71 @@
+"""Storefront cart holds: reserve a cart's lines for a TTL, commit it as an order, release it."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.auth import authenticate
+from gateway.errors import MalformedRequest
+from gateway.http import JSONReply, read_json
+from gateway.replies import HoldCreated
+from stockgate import errors
+from stockgate.models import CommitRequest, HoldRequest
+
+_HOLD_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def _hold_id(request: Request) -> str:
+    hold_id: str = request.path_params["hold_id"]
+    if not 0 < len(hold_id) <= 128 or not set(hold_id) <= _HOLD_ID_CHARS:
+        raise MalformedRequest("hold_id: expected 1-128 of A-Z a-z 0-9 _ . : -")
+    return hold_id
+
+
+async def create_hold(request: Request) -> JSONReply:
+    principal = authenticate(request, "storefront")
+    body = await read_json(request, HoldRequest)
+    state = request.app.state
+    metrics = state.metrics
+    try:
+        with metrics.script("hold"):
+            reply, replayed = await state.engine.hold(
+                principal.tenant, body.lines, hold_id=body.hold_id, location=body.location,
+                ttl_s=body.ttl_s, channel=body.channel or "", customer=body.customer)
+    except errors.StockgateError as exc:
+        if exc.status in (404, 409):
+            metrics.holds["rejected"] += 1
+            metrics.rejections[exc.code] += 1
+        raise
+    metrics.holds["replayed" if replayed else "created"] += 1
+    # A replay answers exactly like the first call (same status, same body).
+    return JSONReply(HoldCreated.of(reply, replayed), status_code=201)
+
+
+async def commit_hold(request: Request) -> JSONReply:
+    principal = authenticate(request, "storefront")
+    hold_id = _hold_id(request)
+    body = await read_json(request, CommitRequest)
+    state = request.app.state
+    with state.metrics.script("commit"):
+        reply, replayed = await state.engine.commit(principal.tenant, hold_id, body.order_id)
+    return JSONReply({"order_id": reply.order_id, "hold_id": reply.hold_id,
+                      "lines": [{"sku": ln.sku, "location": ln.location, "qty": ln.qty}
+                                for ln in reply.lines],
+                      "replayed": replayed})
+
+
+async def release_hold(request: Request) -> JSONReply:
+    principal = authenticate(request, "storefront")
+    hold_id = _hold_id(request)
+    state = request.app.state
+    with state.metrics.script("release"):
+        reply, replayed = await state.engine.release(principal.tenant, hold_id)
+    return JSONReply({"hold_id": reply.hold_id, "status": reply.status, "replayed": replayed})
+
+
+routes = [
+    Route("/v1/holds", create_hold, methods=["POST"]),
+    Route("/v1/holds/{hold_id}/commit", commit_hold, methods=["POST"]),
+    Route("/v1/holds/{hold_id}", release_hold, methods=["DELETE"]),
+]

@@ -1,0 +1,127 @@
+"""Operator routes: the audit trail, alerts, and channel deliveries that need a person.
+
+GET /v1/events reads the audit store (opened in `startup`), filtered by sku, type, channel and
+time range (`since`/`until`, ms since the epoch), paginated with an opaque `cursor`.
+Alerts and deliveries live in Redis, written by the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.auth import authenticate
+from gateway.errors import MalformedRequest, NotFound
+from gateway.http import JSONReply
+from stockgate.models import Event
+from workers.alerts import Alert, list_alerts
+from workers.audit import MAX_PAGE, EventQuery, audit_store, split_id
+from workers.propagation import FailedDelivery, failed_deliveries, retry_delivery
+
+EVENT_TYPES = {"hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
+               "oversell_rejected"}
+
+
+class EventsReply(msgspec.Struct, frozen=True):
+    events: list[Event]
+    next_cursor: str | None
+
+
+class AlertsReply(msgspec.Struct, frozen=True):
+    alerts: list[Alert]
+
+
+class DeliveriesReply(msgspec.Struct, frozen=True):
+    deliveries: list[FailedDelivery]
+
+
+class RetryReply(msgspec.Struct, frozen=True):
+    id: str
+    status: str
+    channel: str
+    sku: str
+    location: str
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise MalformedRequest(f"{name} must be a whole number") from None
+
+
+async def list_events(request: Request) -> JSONReply:
+    principal = authenticate(request, "operator")
+    params = request.query_params
+    type_ = params.get("type")
+    if type_ is not None and type_ not in EVENT_TYPES:
+        raise MalformedRequest(f"unknown event type {type_!r}")
+    cursor = params.get("cursor") or None
+    if cursor:
+        try:
+            split_id(cursor)
+        except Exception:
+            raise MalformedRequest("invalid cursor") from None
+    limit = _int_param(request, "limit", 100) or 100
+    if not 1 <= limit <= MAX_PAGE:
+        raise MalformedRequest(f"limit must be within 1..{MAX_PAGE}")
+    query = EventQuery(tenant=principal.tenant, sku=params.get("sku"), type=type_,
+                       channel=params.get("channel"), since_ms=_int_param(request, "since"),
+                       until_ms=_int_param(request, "until"), cursor=cursor, limit=limit)
+    page = await request.app.state.audit.query(query)
+    return JSONReply(EventsReply(events=page.events, next_cursor=page.next_cursor))
+
+
+async def get_alerts(request: Request) -> JSONReply:
+    principal = authenticate(request, "operator")
+    limit = _int_param(request, "limit", 100) or 100
+    alerts = await list_alerts(request.app.state.redis, principal.tenant,
+                               type=request.query_params.get("type"), limit=min(limit, 1000))
+    return JSONReply(AlertsReply(alerts=alerts))
+
+
+async def get_deliveries(request: Request) -> JSONReply:
+    principal = authenticate(request, "operator")
+    status = request.query_params.get("status", "failed")
+    if status != "failed":
+        raise MalformedRequest("only status=failed is listed")
+    found = await failed_deliveries(request.app.state.redis, principal.tenant)
+    return JSONReply(DeliveriesReply(deliveries=found))
+
+
+async def retry(request: Request) -> JSONReply:
+    principal = authenticate(request, "operator")
+    record = await retry_delivery(request.app.state.redis, principal.tenant,
+                                  request.path_params["delivery_id"])
+    if record is None:
+        raise NotFound("no failed delivery with this id", id=request.path_params["delivery_id"])
+    return JSONReply(RetryReply(id=record.id, status="queued", channel=record.channel,
+                                sku=record.sku, location=record.location), status_code=202)
+
+
+routes: list[Route] = [
+    Route("/v1/events", list_events, methods=["GET"]),
+    Route("/v1/alerts", get_alerts, methods=["GET"]),
+    Route("/v1/deliveries", get_deliveries, methods=["GET"]),
+    Route("/v1/deliveries/{delivery_id}/retry", retry, methods=["POST"]),
+]
+
+
+async def startup(app: Any) -> None:
+    """Open the audit store reader the events route needs."""
+    store = audit_store(app.state.settings)
+    await store.open()
+    app.state.audit = store
+
+
+async def shutdown(app: Any) -> None:
+    store = getattr(app.state, "audit", None)
+    if store is not None:
+        await store.close()
+        app.state.audit = None

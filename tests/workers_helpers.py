@@ -1,0 +1,119 @@
+"""Helpers for the worker tests: channel simulators, settings wired to them, an in-process
+arq worker, and polling for an observable condition."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from arq.worker import create_worker
+from redis.asyncio import Redis
+
+from stockgate.settings import ApiKey, Channel, Settings
+from stockgate.stock import StockEngine
+from workers.audit import audit_store
+from workers.outbox import OutboxConfig, pending_entries, unread_entries
+from workers.propagation import PropagationConfig, pending_deliveries
+from workers.runtime import WorkerConfig
+from workers.settings import WorkerSettings, worker_kwargs
+from workers.simulators import SimulatorServer
+
+OPERATOR_KEY = "op-secret-key"
+FAST = WorkerConfig(
+    outbox=OutboxConfig(batch=200, block_ms=50, claim_min_idle_ms=1000, claim_every_s=0.5),
+    propagation=PropagationConfig(max_attempts=3, backoff_base_s=0.1, backoff_max_s=0.5,
+                                  lease_ms=3000),
+)
+
+
+def channel_for(kind: str, sim: SimulatorServer, rate: float = 200.0) -> Channel:
+    return Channel(kind=kind, secret="s3cret", api_url=sim.url, access_token="token",
+                   rate_limit_per_s=rate)
+
+
+def settings_with(tmp_path: Path, channels: dict[str, Channel], **extra: object) -> Settings:
+    return Settings(data_dir=str(tmp_path), channels=channels,
+                    api_keys={"ops": ApiKey(secret=OPERATOR_KEY, scopes=("operator",))},
+                    **extra)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, redis_url: str,
+                         config: WorkerConfig = FAST) -> AsyncIterator[object]:
+    """The real arq worker (WorkerSettings, cron, on_startup runtime) in this event loop."""
+    worker = create_worker(WorkerSettings, **worker_kwargs(settings, redis_url, config),
+                           handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _started(worker), 10)
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+async def _started(worker: object) -> bool:
+    return "runtime" in worker.ctx  # type: ignore[attr-defined]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float,
+                   interval: float = 0.02) -> float:
+    """Seconds until `check` held; AssertionError after `within` seconds."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > within:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+async def settled(redis: Redis, tenant: str = "default") -> bool:
+    """Every outbox entry read and acknowledged, no delivery waiting."""
+    return (await unread_entries(redis, tenant) == 0 and await pending_entries(redis, tenant) == 0
+            and await pending_deliveries(redis, tenant) == 0)
+
+
+async def channels_match(engine: StockEngine, sims: dict[str, SimulatorServer],
+                         skus: list[str], tenant: str = "default") -> bool:
+    for sku in skus:
+        view = await engine.stock(tenant, sku)
+        for name, sim in sims.items():
+            if sim.state.count(sku, "main") != view.channels[name]:
+                return False
+    return True
+
+
+async def audit_ids(settings: Settings, tenant: str = "default") -> list[str]:
+    store = audit_store(settings)
+    await store.open()
+    try:
+        from workers.audit import EventQuery
+
+        ids, cursor = [], None
+        while True:
+            page = await store.query(EventQuery(tenant=tenant, cursor=cursor, limit=1000))
+            ids += [e.id for e in page.events]
+            if page.next_cursor is None:
+                return ids
+            cursor = page.next_cursor
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    """The real gateway app (create_app, its lifespan) behind an in-process HTTP client."""
+    from gateway.app import create_app
+
+    app = create_app(settings, redis)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://stockgate",
+            headers={"Authorization": f"Bearer {OPERATOR_KEY}"}) as client:
+        yield client

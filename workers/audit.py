@@ -1,0 +1,225 @@
+"""The audit trail: every outbox event in a durable, queryable store.
+
+SQLite in the data directory by default, PostgreSQL when `audit_dsn` is a postgresql:// URL.
+Writes are batched (one transaction per outbox batch) and idempotent on (tenant, event id):
+an entry redone after a worker crash is ignored, so the trail has no duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from stockgate.errors import InvalidRequest
+from stockgate.models import Event
+from stockgate.settings import Settings
+
+MAX_PAGE = 1000
+_encode = msgspec.json.Encoder().encode
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+class EventQuery(msgspec.Struct, frozen=True):
+    tenant: str
+    sku: str | None = None
+    type: str | None = None
+    channel: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    # Stream id of the last event of the previous page.
+    cursor: str | None = None
+    limit: int = 100
+
+
+class EventPage(msgspec.Struct, frozen=True):
+    events: list[Event]
+    next_cursor: str | None = None
+
+
+def split_id(event_id: str) -> tuple[int, int]:
+    """Stream ids "<ms>-<seq>" order numerically, not as text."""
+    try:
+        ms, seq = event_id.split("-", 1)
+        return int(ms), int(seq)
+    except ValueError:
+        raise InvalidRequest("cursor is not an event id", cursor=event_id) from None
+
+
+def _row(event: Event) -> tuple[Any, ...]:
+    ms, seq = split_id(event.id)
+    return (event.tenant, ms, seq, event.ts, event.type, event.sku, event.location,
+            event.source.channel, event.source.ref, _encode(event).decode())
+
+
+def _where(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
+    """WHERE clause shared by both stores; `mark` is the driver's placeholder."""
+    clauses, args = [f"tenant = {mark}"], [q.tenant]
+    for column, value in (("sku", q.sku), ("type", q.type), ("channel", q.channel)):
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            args.append(value)
+    if q.since_ms is not None:
+        clauses.append(f"ts >= {mark}")
+        args.append(q.since_ms)
+    if q.until_ms is not None:
+        clauses.append(f"ts < {mark}")
+        args.append(q.until_ms)
+    if q.cursor:
+        ms, seq = split_id(q.cursor)
+        clauses.append(f"(id_ms > {mark} OR (id_ms = {mark} AND id_seq > {mark}))")
+        args += [ms, ms, seq]
+    return " AND ".join(clauses), args
+
+
+def _page(bodies: list[str], limit: int) -> EventPage:
+    events = [_event_decoder.decode(b) for b in bodies[:limit]]
+    more = len(bodies) > limit
+    return EventPage(events=events, next_cursor=events[-1].id if more and events else None)
+
+
+_COLUMNS = "tenant, id_ms, id_seq, ts, type, sku, location, channel, ref, body"
+
+
+class AuditStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write(self, events: Sequence[Event]) -> None: ...
+    async def query(self, q: EventQuery) -> EventPage: ...
+    async def count(self, tenant: str) -> int: ...
+
+
+class SqliteAuditStore:
+    """One file in the data directory; calls run in a thread so the event loop never blocks."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # WAL lets the API read while a worker writes; a second worker waits instead of failing.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript("""
+            CREATE TABLE IF NOT EXISTS audit_events (
+              tenant TEXT NOT NULL, id_ms INTEGER NOT NULL, id_seq INTEGER NOT NULL,
+              ts INTEGER NOT NULL, type TEXT NOT NULL, sku TEXT NOT NULL,
+              location TEXT NOT NULL, channel TEXT NOT NULL, ref TEXT NOT NULL,
+              body TEXT NOT NULL, PRIMARY KEY (tenant, id_ms, id_seq));
+            CREATE INDEX IF NOT EXISTS audit_events_sku ON audit_events (tenant, sku, id_ms);
+            CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (tenant, ts);
+        """)
+        return db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                f"INSERT OR IGNORE INTO audit_events ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    async def write(self, events: Sequence[Event]) -> None:
+        if events:
+            rows = [_row(e) for e in events]
+            async with self._lock:
+                await asyncio.to_thread(self._write, rows)
+
+    async def query(self, q: EventQuery) -> EventPage:
+        where, args = _where(q, "?")
+        sql = (f"SELECT body FROM audit_events WHERE {where} ORDER BY id_ms, id_seq LIMIT ?")
+        assert self._db is not None
+        async with self._lock:
+            rows = await asyncio.to_thread(
+                lambda: self._db.execute(sql, [*args, q.limit + 1]).fetchall())  # type: ignore[union-attr]
+        return _page([r[0] for r in rows], q.limit)
+
+    async def count(self, tenant: str) -> int:
+        assert self._db is not None
+        async with self._lock:
+            rows = await asyncio.to_thread(lambda: self._db.execute(  # type: ignore[union-attr]
+                "SELECT count(*) FROM audit_events WHERE tenant = ?", [tenant]).fetchall())
+        return int(rows[0][0])
+
+
+class PostgresAuditStore:
+    """PostgreSQL through psycopg 3's async connection. The DSN may set a schema with
+    `?options=-csearch_path%3D<schema>`; the table is created there if missing."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        import psycopg
+
+        self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        async with self._lock, self._conn.transaction():
+            await self._conn.execute("""
+                CREATE TABLE IF NOT EXISTS audit_events (
+                  tenant TEXT NOT NULL, id_ms BIGINT NOT NULL, id_seq BIGINT NOT NULL,
+                  ts BIGINT NOT NULL, type TEXT NOT NULL, sku TEXT NOT NULL,
+                  location TEXT NOT NULL, channel TEXT NOT NULL, ref TEXT NOT NULL,
+                  body TEXT NOT NULL, PRIMARY KEY (tenant, id_ms, id_seq))""")
+            await self._conn.execute("CREATE INDEX IF NOT EXISTS audit_events_sku "
+                                     "ON audit_events (tenant, sku, id_ms)")
+            await self._conn.execute("CREATE INDEX IF NOT EXISTS audit_events_ts "
+                                     "ON audit_events (tenant, ts)")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        rows = [_row(e) for e in events]
+        async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+            await cur.executemany(
+                f"INSERT INTO audit_events ({_COLUMNS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+
+    async def query(self, q: EventQuery) -> EventPage:
+        where, args = _where(q, "%s")
+        sql = f"SELECT body FROM audit_events WHERE {where} ORDER BY id_ms, id_seq LIMIT %s"
+        async with self._lock:
+            cur = await self._conn.execute(sql, [*args, q.limit + 1])
+            rows = await cur.fetchall()
+        return _page([r[0] for r in rows], q.limit)
+
+    async def count(self, tenant: str) -> int:
+        async with self._lock:
+            cur = await self._conn.execute(
+                "SELECT count(*) FROM audit_events WHERE tenant = %s", [tenant])
+            row = await cur.fetchone()
+        return int(row[0])
+
+
+def audit_store(settings: Settings) -> AuditStore:
+    """The store the settings ask for (not yet opened)."""
+    dsn = settings.audit_dsn
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return PostgresAuditStore(dsn)
+    return SqliteAuditStore(Path(settings.data_dir) / "audit.sqlite3")

@@ -1,0 +1,327 @@
+"""Channel propagation: every stock change reaches every channel that sells the location.
+
+Bookkeeping lives in Redis, per tenant (see workers.keys):
+- the outbox consumer marks a delivery target "<channel>|<location>|<sku>" dirty (bumps its
+  version, adds it to the due zset); that is all it does per event, so a flash sale of
+  thousands of changes per second to one SKU stays one entry: coalescing;
+- the pusher claims due targets with a lease, reads the canonical value *at push time* (the
+  newest one, whatever number of events led to it), pushes it, and removes the target only
+  if no event bumped its version meanwhile; otherwise it goes round again;
+- a per-channel slot in Redis spaces calls at the channel's rate limit across all workers; a
+  429 moves the slot to the channel's Retry-After;
+- failures retry with exponential backoff and jitter; after the last try the target is
+  parked in the failed hash (GET /v1/deliveries?status=failed) and an alert is raised.
+A worker that dies mid-push leaves its targets leased; the lease runs out and another worker
+pushes them. Pushing twice is harmless: the value is absolute, not a delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Iterable
+
+import httpx
+import msgspec
+from redis.asyncio import Redis
+
+from stockgate.errors import StockgateError, UnknownSku
+from stockgate.keys import tenant_keys
+from stockgate.models import Event, StockView
+from stockgate.settings import Channel, Settings
+from stockgate.stock import StockEngine
+from workers.adapters import ChannelAdapter, PushError, adapter_for
+from workers.alerts import raise_alert
+from workers.keys import worker_keys
+
+log = logging.getLogger("stockgate.propagation")
+
+
+class PropagationConfig(msgspec.Struct, frozen=True):
+    max_attempts: int = 6
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # A claimed target is invisible to other workers for this long (longer than a push).
+    lease_ms: int = 15_000
+    claim_batch: int = 200
+    concurrency: int = 32
+    idle_sleep_s: float = 0.02
+    http_timeout_s: float = 5.0
+
+
+class FailedDelivery(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    channel: str
+    sku: str
+    location: str
+    attempts: int
+    last_error: str
+    failed_at: int
+    status: str = "failed"
+
+
+_failed_encode = msgspec.json.Encoder().encode
+_failed_decode = msgspec.json.Decoder(FailedDelivery).decode
+
+# Claim due targets: lease them (score = now + lease) and return them with their versions.
+_CLAIM = """
+local due, versions = KEYS[1], KEYS[2]
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, m in ipairs(members) do
+  redis.call('ZADD', due, now + lease, m)
+  out[#out + 1] = m
+  out[#out + 1] = redis.call('HGET', versions, m) or '0'
+end
+return out
+"""
+
+# Done with a target: forget it if no event bumped its version since the claim, else put it
+# back for its next slot.
+_COMPLETE = """
+local due, versions, attempts = KEYS[1], KEYS[2], KEYS[3]
+local member, seen, next_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+redis.call('HDEL', attempts, member)
+if (redis.call('HGET', versions, member) or '0') == seen then
+  redis.call('ZREM', due, member)
+  redis.call('HDEL', versions, member)
+  return 1
+end
+redis.call('ZADD', due, next_ms, member)
+return 0
+"""
+
+# One call slot per channel: 0 if the caller may call now (and the next slot is booked),
+# else the ms at which the channel is free again.
+_SLOT = """
+local key, now, interval = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local free = tonumber(redis.call('GET', key) or '0')
+if free > now then return free end
+redis.call('SET', key, now + interval, 'PX', interval + 60000)
+return 0
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def member_of(channel: str, location: str, sku: str) -> str:
+    return f"{channel}|{location}|{sku}"
+
+
+def parse_member(member: str) -> tuple[str, str, str]:
+    channel, location, sku = member.split("|", 2)
+    return channel, location, sku
+
+
+def delivery_id(member: str) -> str:
+    """A URL-safe id for a target (SKUs may hold any character)."""
+    return hashlib.blake2b(member.encode(), digest_size=10).hexdigest()
+
+
+def selling_locations(settings: Settings, channel: Channel) -> tuple[str, ...]:
+    return channel.locations or (settings.tenant(channel.tenant).default_location,)
+
+
+def push_location(settings: Settings, channel: Channel, location: str) -> str:
+    """Where a change at `location` lands on the channel: its own location when the config
+    maps it to a channel location id, else the channel's one stock figure, kept under the
+    channel's first selling location."""
+    if location in channel.location_map.values():
+        return location
+    return selling_locations(settings, channel)[0]
+
+
+def channel_value(settings: Settings, channel_name: str, channel: Channel, location: str,
+                  view: StockView) -> int:
+    """The count the channel should show: a mapped location shows its own available; the
+    channel's single figure is the sum over its locations (StockView.channels)."""
+    if location in channel.location_map.values():
+        cell = view.locations.get(location)
+        return max(cell.available, 0) if cell else 0
+    return view.channels.get(channel_name, 0)
+
+
+def targets(settings: Settings, event: Event) -> list[str]:
+    """Delivery targets touched by one event. The channel that caused the change is included:
+    its own count moved by its own rule (a Shopify order decremented Shopify's figure), which
+    may differ from the canonical value (another channel sold, a line was refused); pushing
+    the canonical value is correct, and coalescing makes it cheap."""
+    if event.type == "oversell_rejected" or not any(event.delta.values()):
+        return []
+    found = []
+    for name, channel in settings.channels.items():
+        if channel.tenant != event.tenant or not channel.api_url:
+            continue
+        if event.location in selling_locations(settings, channel):
+            found.append(member_of(name, push_location(settings, channel, event.location),
+                                   event.sku))
+    return found
+
+
+async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
+    """Record that targets need a push. Idempotent in effect: redoing it after a crash only
+    bumps versions, which at worst costs one more push of the same value."""
+    keys = worker_keys(tenant)
+    unique = set(members)
+    if not unique:
+        return
+    now = now_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in unique:
+            pipe.hincrby(keys.versions, m, 1)
+        # NX keeps a later score: a channel's backoff or rate-limit slot is not cut short.
+        pipe.zadd(keys.due, dict.fromkeys(unique, now), nx=True)
+        await pipe.execute()
+
+
+def backoff_s(attempt: int, config: PropagationConfig) -> float:
+    """Exponential with full jitter, so retries of many targets do not arrive together."""
+    cap = min(config.backoff_max_s, config.backoff_base_s * 2 ** (attempt - 1))
+    return cap / 2 + random.uniform(0, cap / 2)
+
+
+class Propagator:
+    """Pushes due targets of every tenant to its channels."""
+
+    def __init__(self, redis: Redis, engine: StockEngine, settings: Settings,
+                 config: PropagationConfig | None = None) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.settings = settings
+        self.config = config or PropagationConfig()
+        self.client = httpx.AsyncClient(timeout=self.config.http_timeout_s)
+        self.adapters: dict[str, ChannelAdapter] = {
+            name: adapter_for(name, ch, self.client) for name, ch in settings.channels.items()}
+        self._claim = redis.register_script(_CLAIM)
+        self._complete = redis.register_script(_COMPLETE)
+        self._slot = redis.register_script(_SLOT)
+        self._sem = asyncio.Semaphore(self.config.concurrency)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tenants = self.settings.tenant_names()
+        while not stop.is_set():
+            try:
+                worked = 0
+                for tenant in tenants:
+                    worked += await self.push_due(tenant)
+            except Exception:
+                log.exception("propagation pass failed; retrying")
+                worked = 0
+                await asyncio.sleep(0.5)
+            if not worked:
+                await asyncio.sleep(self.config.idle_sleep_s)
+
+    async def push_due(self, tenant: str) -> int:
+        keys = worker_keys(tenant)
+        raw = await self._claim(keys=[keys.due, keys.versions],
+                                args=[now_ms(), self.config.lease_ms, self.config.claim_batch])
+        claimed = [(raw[i].decode(), raw[i + 1].decode()) for i in range(0, len(raw), 2)]
+        if claimed:
+            await asyncio.gather(*(self._deliver(tenant, m, v) for m, v in claimed))
+        return len(claimed)
+
+    async def _deliver(self, tenant: str, member: str, version: str) -> None:
+        keys = worker_keys(tenant)
+        channel_name, location, sku = parse_member(member)
+        channel = self.settings.channels.get(channel_name)
+        if channel is None:  # removed from the config since the event
+            await self._complete(keys=[keys.due, keys.versions, keys.attempts],
+                                 args=[member, version, now_ms()])
+            return
+        interval = max(int(1000 / channel.rate_limit_per_s), 1) if channel.rate_limit_per_s else 0
+        if interval:
+            free = int(await self._slot(keys=[keys.rate(channel_name)],
+                                        args=[now_ms(), interval]))
+            if free:
+                # Not our turn: come back at the channel's next free slot. Events arriving
+                # meanwhile only bump the version, so this one push will carry them all.
+                await self.redis.zadd(keys.due, {member: free + random.randint(0, 20)})
+                return
+        async with self._sem:
+            try:
+                try:
+                    view = await self.engine.stock(tenant, sku)
+                except UnknownSku:
+                    value = 0
+                else:
+                    value = channel_value(self.settings, channel_name, channel, location, view)
+                # Before the push: the echo webhook can arrive before our call returns.
+                await self.redis.hset(tenant_keys(tenant).pushed(channel_name),
+                                      f"{sku}|{location}", value)
+                await self.adapters[channel_name].set_available(sku, location, value)
+            except PushError as exc:
+                await self._failed(tenant, member, exc, interval)
+                return
+            except StockgateError as exc:  # Redis unreachable: keep the lease, retry later
+                log.warning("push %s deferred: %s", member, exc)
+                return
+        next_ms = now_ms() + interval
+        await self._complete(keys=[keys.due, keys.versions, keys.attempts],
+                             args=[member, version, next_ms])
+        await self.redis.hdel(keys.failed, delivery_id(member))
+
+    async def _failed(self, tenant: str, member: str, exc: PushError, interval: int) -> None:
+        keys = worker_keys(tenant)
+        channel_name, location, sku = parse_member(member)
+        if exc.retry_after is not None:
+            # Back-pressure, not failure: the whole channel waits, the attempt is not counted.
+            until = now_ms() + int(exc.retry_after * 1000)
+            await self.redis.set(keys.rate(channel_name), until, px=int(exc.retry_after * 1000)
+                                 + 60_000)
+            await self.redis.zadd(keys.due, {member: until})
+            return
+        attempt = int(await self.redis.hincrby(keys.attempts, member, 1))
+        if attempt < self.config.max_attempts:
+            delay = backoff_s(attempt, self.config)
+            log.info("push %s failed (try %d): %s; retry in %.2fs", member, attempt, exc, delay)
+            await self.redis.zadd(keys.due, {member: now_ms() + int(delay * 1000)})
+            return
+        record = FailedDelivery(id=delivery_id(member), tenant=tenant, channel=channel_name,
+                                sku=sku, location=location, attempts=attempt,
+                                last_error=str(exc)[:500], failed_at=now_ms())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.failed, record.id, _failed_encode(record))
+            pipe.zrem(keys.due, member)
+            pipe.hdel(keys.attempts, member)
+            await pipe.execute()
+        await raise_alert(self.redis, tenant, "delivery_failing",
+                          f"push to {channel_name} failed {attempt} times: {exc}",
+                          sku=sku, location=location, channel=channel_name,
+                          ref=record.id, once=f"delivery_failing:{channel_name}",
+                          once_ttl_s=60)
+
+
+async def failed_deliveries(redis: Redis, tenant: str) -> list[FailedDelivery]:
+    raw = await redis.hvals(worker_keys(tenant).failed)
+    return sorted((_failed_decode(r) for r in raw), key=lambda d: d.failed_at)
+
+
+async def retry_delivery(redis: Redis, tenant: str, delivery: str) -> FailedDelivery | None:
+    """Put a parked delivery back in the queue; the pusher sends the value current then."""
+    keys = worker_keys(tenant)
+    raw = await redis.hget(keys.failed, delivery)
+    if raw is None:
+        return None
+    record = _failed_decode(raw)
+    member = member_of(record.channel, record.location, record.sku)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.failed, delivery)
+        pipe.hdel(keys.attempts, member)
+        pipe.hincrby(keys.versions, member, 1)
+        pipe.zadd(keys.due, {member: now_ms()})
+        await pipe.execute()
+    return record
+
+
+async def pending_deliveries(redis: Redis, tenant: str) -> int:
+    return int(await redis.zcard(worker_keys(tenant).due))
