@@ -29,6 +29,14 @@ local function is_name(v)
   return type(v) == 'string' and #v > 0 and #v <= 128
 end
 
+-- The parts of a request line [sku, location, qty]. A line that is not an array (a number,
+-- a string) yields nils, which the callers' checks refuse as invalid instead of raising a
+-- Lua error on line[1].
+local function line_parts(line)
+  if type(line) ~= 'table' then return nil, nil, nil end
+  return line[1], line[2], line[3]
+end
+
 local function stock_key(prefix, sku)
   return prefix .. 'stock:' .. sku
 end

@@ -20,9 +20,11 @@ end
 if not (has_delta or has_set or has_unav) or (has_delta and has_set) then
   return fail('invalid', {detail = 'give delta or set_on_hand (not both), or unavailable_delta'})
 end
-if (has_delta and not is_count(math.abs(req.delta), 0))
+-- Lua would coerce a numeric string ("5") in math.abs and arithmetic: demand real numbers.
+local function is_signed(v) return type(v) == 'number' and is_count(math.abs(v), 0) end
+if (has_delta and not is_signed(req.delta))
   or (has_set and not is_count(req.set_on_hand, 0))
-  or (has_unav and not is_count(math.abs(req.unavailable_delta), 0)) then
+  or (has_unav and not is_signed(req.unavailable_delta)) then
   return fail('invalid', {detail = 'quantities must be whole numbers within range'})
 end
 

@@ -14,7 +14,10 @@ if status == 'committed' then
   if order_id ~= req.order_id then
     return fail('idempotency_conflict', {detail = 'hold already committed to another order'})
   end
-  return {'ok', redis.call('HGET', order_key, 'reply'), 1}
+  -- The order record may have expired before the hold record: answer from the hold.
+  local reply = redis.call('HGET', order_key, 'reply') or cjson.encode(
+    {order_id = order_id, hold_id = req.hold_id, lines = cjson.decode(lines_json)})
+  return {'ok', reply, 1}
 end
 local ts = now_ms()
 -- A hold past its TTL is dead even before the expiry sweep has released it.

@@ -24,7 +24,7 @@ else
   local open = {}
   for i, ol in ipairs(order_lines) do open[i] = ol.open end
   for _, w in ipairs(wanted) do
-    local sku, loc, q = w[1], w[2], w[3]
+    local sku, loc, q = line_parts(w)
     if not is_name(sku) or not is_count(q, 1) then
       return fail('invalid', {detail = 'each line needs a sku and a positive qty'})
     end

@@ -15,13 +15,14 @@ if fp then
   end
   return {'ok', reply, 1}
 end
-if not is_count(req.ttl_ms, 1) or type(req.lines) ~= 'table' or #req.lines == 0 then
-  return fail('invalid', {detail = 'hold needs a ttl and at least one line'})
+if not is_name(req.hold_id) or not is_count(req.ttl_ms, 1) or type(req.lines) ~= 'table'
+  or #req.lines == 0 then
+  return fail('invalid', {detail = 'hold needs a hold_id, a ttl and at least one line'})
 end
 
 local cells, wanted, per_sku, order = {}, {}, {}, {}
 for _, line in ipairs(req.lines) do
-  local sku, loc, qty = line[1], line[2], line[3]
+  local sku, loc, qty = line_parts(line)
   if not is_name(sku) or not is_name(loc) or not is_count(qty, 1) then
     return fail('invalid', {detail = 'each line needs a sku, a location and a positive qty'})
   end

@@ -21,7 +21,8 @@ if not is_name(req.order_id) or type(req.lines) ~= 'table' or #req.lines == 0 th
   return fail('invalid', {detail = 'order needs an order_id and at least one line'})
 end
 for _, line in ipairs(req.lines) do
-  if not is_name(line[1]) or not is_name(line[2]) or not is_count(line[3], 1) then
+  local sku, loc, q = line_parts(line)
+  if not is_name(sku) or not is_name(loc) or not is_count(q, 1) then
     return fail('invalid', {detail = 'each line needs a sku, a location and a positive qty'})
   end
 end

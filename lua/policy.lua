@@ -10,6 +10,9 @@ local outbox, stock = KEYS[1], KEYS[2]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
 local function given(v) return v ~= nil and v ~= cjson.null end
+if not (is_name(req.sku) and is_name(req.location)) then
+  return fail('invalid', {detail = 'sku and location are required'})
+end
 for _, f in ipairs({'safety', 'backorder_limit', 'low_stock_threshold', 'max_per_customer'}) do
   if given(req[f]) and not is_count(req[f], 0) then
     return fail('invalid', {detail = f .. ' must be a whole number >= 0'})

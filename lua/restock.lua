@@ -25,7 +25,7 @@ end
 -- Plan every line against the order and the cells first; write only when all are valid.
 local cells, plan = {}, {}
 for _, w in ipairs(req.lines) do
-  local sku, loc, q = w[1], w[2], w[3]
+  local sku, loc, q = line_parts(w)
   if not is_name(sku) or not is_count(q, 1) then
     return fail('invalid', {detail = 'each line needs a sku and a positive qty'})
   end
