@@ -38,6 +38,10 @@ class OutboxConfig(msgspec.Struct, frozen=True):
     # A pending entry idle this long belongs to a dead (or stuck) consumer.
     claim_min_idle_ms: int = 10_000
     claim_every_s: float = 1.0
+    # Acknowledged entries stay this long in Redis (for debugging and replays); the audit
+    # store keeps them for good. Without trimming the stream would grow without bound.
+    retention_s: float = 3600.0
+    trim_every_s: float = 30.0
 
 
 def consumer_name() -> str:
@@ -83,11 +87,15 @@ class OutboxConsumer:
         await self.ensure_groups()
         loop = asyncio.get_running_loop()
         next_claim = 0.0
+        next_trim = loop.time() + self.config.trim_every_s
         while not stop.is_set():
             try:
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + self.config.claim_every_s
                     await self.claim_abandoned()
+                if loop.time() >= next_trim:
+                    next_trim = loop.time() + self.config.trim_every_s
+                    await self.trim()
                 await self.read_new()
             except asyncio.CancelledError:
                 raise
@@ -130,6 +138,29 @@ class OutboxConsumer:
                     break
         return done
 
+    async def trim(self) -> int:
+        """Drop entries older than the retention that every consumer is done with: never one
+        that is unread or pending (unacknowledged), so trimming cannot lose work."""
+        now_s, now_us = await self.redis.time()
+        cutoff = now_s * 1000 + now_us // 1000 - int(self.config.retention_s * 1000)
+        trimmed = 0
+        for stream in self.streams:
+            keep_from = _stream_id(f"{cutoff}-0")
+            try:
+                pending = await self.redis.xpending(stream, CONSUMER_GROUP)
+                groups = await self.redis.xinfo_groups(stream)
+            except ResponseError:  # no stream or group yet
+                continue
+            if pending["pending"]:
+                keep_from = min(keep_from, _stream_id(pending["min"]))
+            for group in groups:
+                # Everything after a group's last-delivered id is still unread by it.
+                last = _stream_id(group["last-delivered-id"])
+                keep_from = min(keep_from, (last[0], last[1] + 1))
+            trimmed += await self.redis.xtrim(
+                stream, minid=f"{keep_from[0]}-{keep_from[1]}", approximate=False)
+        return trimmed
+
     async def process(self, tenant: str, entries: list[Entry]) -> None:
         events, bad = decode_entries(entries)
         await self.audit.write(events)
@@ -169,6 +200,12 @@ class OutboxConsumer:
                               sku=event.sku, location=event.location,
                               channel=event.source.channel, ref=event.id,
                               once=f"ev:{event.id}")
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def pending_entries(redis: Redis, tenant: str) -> int:
