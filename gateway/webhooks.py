@@ -35,6 +35,7 @@ from gateway.http import JSONReply, is_json, read_body
 from stockgate import errors
 from stockgate.keys import tenant_keys
 from stockgate.settings import Channel
+from workers.alerts import check_refund
 from workers.propagation import channel_value
 
 log = logging.getLogger("stockgate.webhooks")
@@ -155,8 +156,11 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
         return Applied("fulfil", op.order_id, "replayed" if replayed else "applied")
     if isinstance(op, Refunded):
         with metrics.script("restock"):
-            _, replayed = await engine.restock(tenant, op.refund_id, op.lines,
-                                               order_id=op.order_id, channel=channel_id)
+            reply, replayed = await engine.restock(tenant, op.refund_id, op.lines,
+                                                   order_id=op.order_id, channel=channel_id)
+        if not replayed:
+            # A line that restored nothing leaves no outbox event: only the reply shows it.
+            await check_refund(state.redis, tenant, reply, channel=channel_id)
         return Applied("restock", op.refund_id, "replayed" if replayed else "applied")
     if isinstance(op, InventorySet):
         return await _inventory_set(request, channel_id, channel, delivery, op)

@@ -413,3 +413,23 @@ async def test_failed_delivery_is_not_marked_seen(app: Starlette, client: httpx.
 async def test_operator_key_is_not_a_webhook_credential(client: httpx.AsyncClient) -> None:
     r = await client.post("/webhooks/shop", content=b"{}", headers={**JSON, **bearer(OPERATOR)})
     assert r.status_code == 401
+
+
+async def test_refund_that_restores_too_little_raises_an_alert(client: httpx.AsyncClient,
+                                                               redis: Redis) -> None:
+    from workers.alerts import list_alerts
+
+    await receive(client, "SKU-1", 10)
+    await post(client, "shop", shopify("orders/create", shopify_order(
+        3001, [("SKU-1", 111, 2)])))
+    line = {"id": 1, "variant_id": 111, "sku": "SKU-1", "quantity": 2}
+    refund = {"id": 777, "order_id": 3001, "restock": True, "transactions": [],
+              "refund_line_items": [{"id": 9, "line_item_id": 1, "quantity": 3,
+                                     "restock_type": "cancel", "location_id": 9001,
+                                     "line_item": line}]}
+    r = await post(client, "shop", shopify("refunds/create", refund))
+    assert r.json()["results"][0]["outcome"] == "applied", r.text
+    state = await cell(client, "SKU-1")
+    assert (state["committed"], state["available"]) == (0, 10)
+    alerts = await list_alerts(redis, "acme", type="refund_not_restocked")
+    assert [a.detail for a in alerts] == ["refund shop:refund-777 restocked 2 of 3"]
