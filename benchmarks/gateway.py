@@ -6,7 +6,9 @@ on free ports of 127.0.0.1, then measures with wrk, in one run:
   - POST /v1/holds (unique hold id per request, generated in wrk's Lua);
   - a signed Shopify orders/create webhook (unique order and webhook id per request, signed
     here in advance since wrk's Lua has no HMAC);
-on one gateway worker process, then on two. Prints req/s, p50/p99 and the ratio to bare.
+on one gateway worker process, then on two. Prints req/s, p50/p99, the ratio to bare, and
+the CPU each process spent per request (from /proc) with the whole machine's busy share, so
+a run squeezed by something else on the machine shows as such.
 Figures are indicative: wrk, Redis and the servers share this machine's cores.
 """
 
@@ -20,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -142,7 +145,8 @@ def start_uvicorn(target: str, port: int, workers: int, env: dict[str, str],
                   factory: bool) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-           "--loop", "uvloop", "--http", "httptools"]
+           "--loop", "uvloop", "--http", "httptools",
+           "--no-proxy-headers", "--no-server-header"]
     if factory:
         cmd.append("--factory")
     return subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -168,6 +172,9 @@ class Result:
         self.non_2xx = int(bad.group(1)) if bad else 0
         errors = re.search(r"Socket errors:.*", text)
         self.socket_errors = errors.group(0) if errors else ""
+        # CPU microseconds per request: server processes, Redis, wrk; machine busy share.
+        self.cpu: dict[str, float] = {}
+        self.machine_busy = 0.0
 
 
 def _ms(value: str) -> float:
@@ -175,13 +182,57 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _session_cpu_s(session: int) -> float:
+    """utime + stime of every live process in a session (uvicorn and its workers)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # fields after "(comm)": state ppid pgrp session ...
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _machine_cpu() -> tuple[int, int]:
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
 def wrk(name: str, port: int, script: Path, args: list[str], duration: int,
-        connections: int, threads: int) -> Result:
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-           "--timeout", "2s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}", "--",
-           *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=True)
-    return Result(name, out.stdout)
+        connections: int, threads: int, server: subprocess.Popen[bytes] | None = None,
+        redis_pid: int | None = None, warmup: int = 2) -> Result:
+    base = ["wrk", "-t", str(threads), "-c", str(connections), "--timeout", "2s", "--latency",
+            "-s", str(script), f"http://127.0.0.1:{port}", "--", *args]
+    if warmup:  # first requests pay imports, connection set-up and the allocator's growth
+        subprocess.run([*base[:1], "-d", f"{warmup}s", *base[1:]], capture_output=True,
+                       timeout=warmup + 30, check=True)
+    before = (_session_cpu_s(server.pid) if server else 0.0,
+              _session_cpu_s(redis_pid) if redis_pid else 0.0,
+              resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu())
+    out = subprocess.run([*base[:1], "-d", f"{duration}s", *base[1:]], capture_output=True,
+                         text=True, timeout=duration + 30, check=True)
+    after = (_session_cpu_s(server.pid) if server else 0.0,
+             _session_cpu_s(redis_pid) if redis_pid else 0.0,
+             resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu())
+    result = Result(name, out.stdout)
+    requests = max(result.rps * duration, 1.0)
+    wrk_s = (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime)
+    result.cpu = {"server": (after[0] - before[0]) / requests * 1e6,
+                  "redis": (after[1] - before[1]) / requests * 1e6,
+                  "wrk": wrk_s / requests * 1e6}
+    busy = after[3][0] - before[3][0]
+    result.machine_busy = busy / max(after[3][1] - before[3][1], 1)
+    return result
 
 
 async def seed(url: str) -> None:
@@ -203,6 +254,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get update && apt-get install -y wrk", file=sys.stderr)
@@ -223,9 +275,10 @@ def main() -> None:
         holds_lua.write_text(HOLDS_LUA)
         hooks_lua.write_text(WEBHOOK_LUA)
         # Enough unique deliveries that no run wraps around into duplicates.
-        per_run = 40_000 * args.duration // 8 + 20_000
+        per_run = 40_000 * (args.duration + args.warmup) // 8 + 20_000
         run_args = dict(duration=args.duration, connections=args.connections,
-                        threads=args.threads)
+                        threads=args.threads, redis_pid=redis.process.pid,
+                        warmup=args.warmup)
         results: list[Result] = []
 
         bare_port = free_port()
@@ -234,9 +287,10 @@ def main() -> None:
         hooks_bare = work / "hooks-bare.tsv"
         write_webhooks(hooks_bare, "bare", 1, per_run)
         results.append(wrk("bare: hold body", bare_port, holds_lua, ["/bare", "bare"],
-                           **run_args))
+                           server=procs[-1], **run_args))
         results.append(wrk("bare: webhook body", bare_port, hooks_lua,
-                           ["/bare", str(hooks_bare), str(args.threads)], **run_args))
+                           ["/bare", str(hooks_bare), str(args.threads)], server=procs[-1],
+                           **run_args))
         stop(procs.pop())
 
         for workers in (1, 2):
@@ -246,9 +300,10 @@ def main() -> None:
             data = work / f"hooks-{workers}.tsv"
             write_webhooks(data, f"w{workers}", 1 + workers, per_run)
             results.append(wrk(f"gateway x{workers}: POST /v1/holds", port, holds_lua,
-                               ["/v1/holds", f"w{workers}"], **run_args))
+                               ["/v1/holds", f"w{workers}"], server=procs[-1], **run_args))
             results.append(wrk(f"gateway x{workers}: shopify orders/create", port, hooks_lua,
-                               ["/webhooks/shop", str(data), str(args.threads)], **run_args))
+                               ["/webhooks/shop", str(data), str(args.threads)],
+                               server=procs[-1], **run_args))
             stop(procs.pop())
         report(results, args.connections)
     finally:
@@ -275,12 +330,16 @@ def report(results: list[Result], connections: int) -> None:
     base = {"hold": results[0].rps, "webhook": results[1].rps}
     print(f"\nwrk, {connections} connections, 127.0.0.1 "
           f"(ratio = req/s / bare endpoint with the same body)")
-    print(f"{'run':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'non-2xx':>8}")
+    print("CPU us/req: CPU time per request of the server processes, Redis and wrk; "
+          "busy: the whole machine's CPU use during the run (other work included)")
+    print(f"{'run':42} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'non-2xx':>7} "
+          f"{'server':>7} {'redis':>6} {'wrk':>5} {'busy':>5}")
     for r in results:
         kind = "hold" if "hold" in r.name else "webhook"
         ratio = r.rps / base[kind]
-        print(f"{r.name:42} {r.rps:9.0f} {r.p50:8.2f} {r.p99:8.2f} {ratio:6.2f} "
-              f"{r.non_2xx:8d}  {r.socket_errors}")
+        print(f"{r.name:42} {r.rps:7.0f} {r.p50:7.2f} {r.p99:7.2f} {ratio:6.2f} "
+              f"{r.non_2xx:7d} {r.cpu['server']:7.1f} {r.cpu['redis']:6.1f} "
+              f"{r.cpu['wrk']:5.1f} {r.machine_busy:5.0%}  {r.socket_errors}")
     one = {("hold" if "hold" in r.name else "webhook"): r for r in results if "x1" in r.name}
     two = {("hold" if "hold" in r.name else "webhook"): r for r in results if "x2" in r.name}
     for kind in ("hold", "webhook"):

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,7 +23,7 @@ from gateway.batch import Commands
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.http import JSONReply, error_reply
 from gateway.metrics import Metrics, MetricsMiddleware
-from stockgate.errors import StockgateError
+from stockgate.errors import StockgateError, StoreUnavailable
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 
@@ -40,6 +42,13 @@ def redis_client(settings: Settings) -> Redis:
 async def _stock_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StockgateError)
     return error_reply(exc)
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    # Plain reads and the arq enqueue talk to Redis without the engine's batching, which
+    # already turns a lost connection into StoreUnavailable: same 503 + Retry-After here, so
+    # a channel retries its webhook instead of counting a 500 as a failed delivery.
+    return error_reply(StoreUnavailable("stock store unreachable"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -69,7 +78,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         client = redis if redis is not None else redis_client(settings)
         app.state.redis = client
         app.state.engine = StockEngine(client, settings)
-        app.state.commands = Commands(client)
+        app.state.commands = Commands(client, app.state.engine.scripts.wire)
         try:
             await app.state.engine.load_scripts()
         except (RedisError, OSError) as exc:
@@ -81,6 +90,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             yield
         finally:
             await operator.shutdown(app)
+            app.state.engine.scripts.close()
             if redis is None:
                 await client.aclose()
 
@@ -89,6 +99,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
                 *health.routes, *openapi.routes],
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={StockgateError: _stock_error, HTTPException: _http_error,
+                            RedisConnectionError: _store_down, RedisTimeoutError: _store_down,
                             Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -2,7 +2,8 @@
 
 The same idea as the stock scripts' batching (stockgate/scripts.py), for the webhook dedupe
 records: under load most of a redis.asyncio call's cost is per-command Python overhead, which
-a pipeline pays once per batch.
+a pipeline pays once per batch. Given the stock scripts' Wire, the commands share its
+connection and its writes (one write per tick for scripts and commands together).
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stockgate.errors import StoreUnavailable
+from stockgate.wire import Wire
 
 MAX_BATCH = 256
 
 
 class Commands:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, wire: Wire | None = None) -> None:
         self.redis = redis
+        self.wire = wire
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task] = set()
 
     async def run(self, *args: Any) -> Any:
+        if self.wire is not None:
+            try:
+                reply = await self.wire.call(*args)
+                if isinstance(reply, Exception):
+                    raise reply  # inside the try: an AUTH refusal is a connection error too
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                raise StoreUnavailable("stock store unreachable") from None
+            return reply
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((args, future))

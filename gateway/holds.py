@@ -8,7 +8,7 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest
 from gateway.http import JSONReply, read_json
-from gateway.replies import HoldCreated
+from gateway.replies import HoldCreated, replay_headers
 from stockgate import errors
 from stockgate.models import CommitRequest, HoldRequest
 
@@ -39,7 +39,7 @@ async def create_hold(request: Request) -> JSONReply:
         raise
     metrics.holds["replayed" if replayed else "created"] += 1
     # A replay answers exactly like the first call (same status, same body).
-    return JSONReply(HoldCreated.of(reply, replayed), status_code=201)
+    return JSONReply(HoldCreated.of(reply), status_code=201, headers=replay_headers(replayed))
 
 
 async def commit_hold(request: Request) -> JSONReply:
@@ -51,8 +51,8 @@ async def commit_hold(request: Request) -> JSONReply:
         reply, replayed = await state.engine.commit(principal.tenant, hold_id, body.order_id)
     return JSONReply({"order_id": reply.order_id, "hold_id": reply.hold_id,
                       "lines": [{"sku": ln.sku, "location": ln.location, "qty": ln.qty}
-                                for ln in reply.lines],
-                      "replayed": replayed})
+                                for ln in reply.lines]},
+                     headers=replay_headers(replayed))
 
 
 async def release_hold(request: Request) -> JSONReply:
@@ -61,7 +61,8 @@ async def release_hold(request: Request) -> JSONReply:
     state = request.app.state
     with state.metrics.script("release"):
         reply, replayed = await state.engine.release(principal.tenant, hold_id)
-    return JSONReply({"hold_id": reply.hold_id, "status": reply.status, "replayed": replayed})
+    return JSONReply({"hold_id": reply.hold_id, "status": reply.status},
+                     headers=replay_headers(replayed))
 
 
 routes = [

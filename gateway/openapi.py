@@ -52,6 +52,14 @@ _ERR = {code: _reply("Error", text) for code, text in {
     "503": "stock store unavailable (Retry-After)"}.items()}
 
 
+# What the routes accept in the path (gateway/holds.py _hold_id, gateway/stock.py _sku).
+_PARAMS: dict[str, dict[str, Any]] = {
+    "hold_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
+    "sku": {"type": "string", "minLength": 1, "maxLength": 128,
+            "pattern": r"^[^\x00-\x1f\x7f/]+$"},
+}
+
+
 def _op(summary: str, scope: str, ok: tuple[str, str, str], body: str | None = None,
         extra: dict[str, str] | None = None, params: list[str] = ()) -> dict[str, Any]:
     status, schema, text = ok
@@ -64,7 +72,7 @@ def _op(summary: str, scope: str, ok: tuple[str, str, str], body: str | None = N
         op["requestBody"] = _body(body)
     if params:
         op["parameters"] = [{"name": p, "in": "path", "required": True,
-                             "schema": {"type": "string"}} for p in params]
+                             "schema": _PARAMS.get(p, {"type": "string"})} for p in params]
     return op
 
 
@@ -109,7 +117,8 @@ def build() -> dict[str, Any]:
         "/v1/deliveries": {"get": _op("Channel pushes (status=failed)", "operator",
                                       ("200", "Error", "deliveries"))},
         "/v1/deliveries/{id}/retry": {"post": _op(
-            "Retry a failed push", "operator", ("200", "Error", "queued"), None, None, ["id"])},
+            "Retry a failed push", "operator", ("200", "Error", "queued"), None,
+            {"404": "no failed delivery with this id"}, ["id"])},
     }
     # The worker-owned operator routes have no Struct here: describe them loosely.
     for path in ("/v1/events", "/v1/alerts", "/v1/deliveries", "/v1/deliveries/{id}/retry"):

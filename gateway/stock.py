@@ -12,7 +12,7 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest
 from gateway.http import JSONReply, read_json
-from gateway.replies import BulkLineResult, BulkReply
+from gateway.replies import BulkLineResult, BulkReply, replay_headers
 from stockgate import errors
 from stockgate.models import AdjustRequest, BulkAdjustLine, BulkAdjustRequest, PolicyRequest
 from stockgate.stock import StockEngine
@@ -48,8 +48,8 @@ async def adjust_stock(request: Request) -> JSONReply:
     state = request.app.state
     with state.metrics.script("adjust"):
         reply, replayed = await _adjust(state.engine, principal.tenant, sku, body)
-    return JSONReply({"sku": reply.sku, "location": reply.location, "after": reply.after,
-                      "replayed": replayed})
+    return JSONReply({"sku": reply.sku, "location": reply.location, "after": reply.after},
+                     headers=replay_headers(replayed))
 
 
 async def bulk_adjust(request: Request) -> JSONReply:

@@ -200,19 +200,6 @@ class Stack:
         self.redis.stop()
 
 
-class RecordingCounts(dict[tuple[str, str], int]):
-    """A simulator's counts that also log when each value arrived, for the propagation lag.
-    Swapped in for ChannelState.counts, whose routes store every pushed value by item."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[float, str, str, int]] = []
-
-    def __setitem__(self, key: tuple[str, str], value: int) -> None:
-        self.received.append((time.time() * 1000, key[0], key[1], value))
-        super().__setitem__(key, value)
-
-
 class SimulatedChannel:
     """One channel of the demo: its simulator (a thread of this process) and its config."""
 
@@ -223,8 +210,7 @@ class SimulatedChannel:
         self.name = name
         self.kind = kind
         self.server = SimulatorServer(kind)
-        self.counts = RecordingCounts()
-        self.server.state.counts = self.counts
+        self.state = self.server.state
         self.spec = ChannelSpec(name=name, kind=kind, secret=secret, api_url=self.server.url,
                                 access_token="demo-token" if kind != "woocommerce"
                                 else "ck_demo:cs_demo",
@@ -241,11 +227,11 @@ class SimulatedChannel:
         return (sku, "") if self.kind == "woocommerce" else (sku, LOCATION)
 
     def count(self, sku: str) -> int | None:
-        return self.counts.get(self._key(sku))
+        return self.state.counts.get(self._key(sku))
 
     def snapshot(self, skus: list[str]) -> dict[str, int]:
         return {sku: value for sku in skus if (value := self.count(sku)) is not None}
 
     def receipts(self) -> list[tuple[float, str, int]]:
         """(unix ms, sku, value) of every value the channel accepted."""
-        return [(t, item, value) for t, item, _loc, value in list(self.counts.received)]
+        return [(t, item, value) for t, item, _loc, value in list(self.state.received)]

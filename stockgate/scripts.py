@@ -1,8 +1,11 @@
 """Loads the Lua scripts once and calls them by SHA.
 
-Concurrent calls made in the same event-loop tick go to Redis as one pipeline: under a flash
-sale most of the gateway's CPU is redis-py's per-command overhead, and a pipeline pays it once
-per batch instead of once per request. Each script still runs atomically on its own.
+Concurrent calls made in the same event-loop tick go to Redis as one write on one pipelined
+connection (stockgate/wire.py): under a flash sale most of the gateway's Redis CPU was
+redis-py's per-command and per-batch overhead. Each script still runs atomically on its own.
+With WAITAOF after each batch (durability for your own Redis) the batches go through redis-py
+pipelines on pooled connections instead: WAITAOF blocks its connection until the fsync, which
+would stall every later call queued behind it on a single connection.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stockgate.errors import StoreUnavailable
+from stockgate.wire import Wire
 
 OPERATIONS = (
     "hold", "release", "commit", "order", "fulfil", "cancel", "restock", "adjust", "policy",
@@ -59,6 +63,14 @@ class Scripts:
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
+        wire = Wire(redis)
+        self.wire: Wire | None = wire if wire.usable and not wait_aof_ms else None
+        self._loading: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        """Closes the pipelined connection (the redis-py pool is the caller's to close)."""
+        if self.wire is not None:
+            self.wire.close()
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (at start-up, and again after NOSCRIPT)."""
@@ -72,6 +84,8 @@ class Scripts:
         return all(found)
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self.wire is not None:
+            return await self._call_wire(name, keys, args)
         loop = asyncio.get_running_loop()
         call = _Call(name, keys, args, loop.create_future())
         self._queue.append(call)
@@ -79,6 +93,27 @@ class Scripts:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await call.future
+
+    async def _call_wire(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        assert self.wire is not None
+        try:
+            reply = await self.wire.call("EVALSHA", self.shas[name], len(keys), *keys, *args)
+            if isinstance(reply, NoScriptError):
+                # Redis restarted or failed over and lost its script cache: load and retry.
+                await self._reload()
+                reply = await self.wire.call("EVALSHA", self.shas[name], len(keys), *keys,
+                                             *args)
+            if isinstance(reply, Exception):
+                raise reply  # inside the try: an AUTH refusal is a connection error too
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            raise StoreUnavailable("stock store unreachable") from None
+        return reply
+
+    async def _reload(self) -> None:
+        """One SCRIPT LOAD round for all the calls that met NOSCRIPT at the same time."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self.load())
+        await asyncio.shield(self._loading)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -32,7 +32,8 @@ async def test_adjust_is_idempotent_and_conflicts(client: httpx.AsyncClient) -> 
     first = await client.post("/v1/stock/SKU-1/adjust", headers=OP, json=body)
     again = await client.post("/v1/stock/SKU-1/adjust", headers=OP, json=body)
     assert first.status_code == again.status_code == 200
-    assert again.json()["replayed"] is True
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content  # the first answer, byte for byte
     assert (await cell(client, "SKU-1"))["on_hand"] == 4
     r = await client.post("/v1/stock/SKU-1/adjust", headers=OP, json={**body, "delta": 9})
     assert r.status_code == 409 and r.json()["error"] == "idempotency_conflict"

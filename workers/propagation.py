@@ -7,8 +7,11 @@ Bookkeeping lives in Redis, per tenant (see workers.keys):
 - the pusher claims due targets with a lease, reads the canonical value *at push time* (the
   newest one, whatever number of events led to it), pushes it, and removes the target only
   if no event bumped its version meanwhile; otherwise it goes round again;
-- a per-channel slot in Redis spaces calls at the channel's rate limit across all workers; a
-  429 moves the slot to the channel's Retry-After;
+- a per-channel slot in Redis spaces calls at the channel's rate limit across all workers:
+  each claimed target books its own call time (the next free one, then +interval for the
+  next target, and so on), so targets waiting for a busy channel are served in turn instead
+  of racing for the same next slot round after round; a 429 moves the slot to the channel's
+  Retry-After;
 - failures retry with exponential backoff and jitter; after the last try the target is
   parked in the failed hash (GET /v1/deliveries?status=failed) and an alert is raised.
 A worker that dies mid-push leaves its targets leased; the lease runs out and another worker
@@ -50,6 +53,9 @@ class PropagationConfig(msgspec.Struct, frozen=True):
     concurrency: int = 32
     idle_sleep_s: float = 0.02
     http_timeout_s: float = 5.0
+    # How far ahead a target may book its channel's call slot and wait for it (well under
+    # lease_ms); a target whose slot would be later goes back to the queue until then.
+    slot_horizon_ms: int = 2_000
 
 
 class FailedDelivery(msgspec.Struct, frozen=True):
@@ -96,14 +102,16 @@ redis.call('ZADD', due, next_ms, member)
 return 0
 """
 
-# One call slot per channel: 0 if the caller may call now (and the next slot is booked),
-# else the ms at which the channel is free again.
+# Book a call slot on a channel: the key holds the channel's next free call time. The caller
+# gets the next free time if it is at most `horizon` ms away, and the one after it is then
+# next free: {1, at}. Otherwise nothing is booked: {0, next free time}.
 _SLOT = """
-local key, now, interval = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local free = tonumber(redis.call('GET', key) or '0')
-if free > now then return free end
-redis.call('SET', key, now + interval, 'PX', interval + 60000)
-return 0
+local key = KEYS[1]
+local now, interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local at = math.max(tonumber(redis.call('GET', key) or '0'), now)
+if at - now > horizon then return {0, at} end
+redis.call('SET', key, at + interval, 'PX', at + interval - now + 60000)
+return {1, at}
 """
 
 
@@ -240,13 +248,20 @@ class Propagator:
             return
         interval = max(int(1000 / channel.rate_limit_per_s), 1) if channel.rate_limit_per_s else 0
         if interval:
-            free = int(await self._slot(keys=[keys.rate(channel_name)],
-                                        args=[now_ms(), interval]))
-            if free:
-                # Not our turn: come back at the channel's next free slot. Events arriving
-                # meanwhile only bump the version, so this one push will carry them all.
-                await self.redis.zadd(keys.due, {member: free + random.randint(0, 20)})
+            now = now_ms()
+            horizon = min(self.config.slot_horizon_ms, self.config.lease_ms // 2)
+            booked, at = await self._slot(keys=[keys.rate(channel_name)],
+                                          args=[now, interval, horizon])
+            if not booked:
+                # The channel is booked beyond the horizon: come back when its next free slot
+                # is within reach (jittered, so the order among waiting targets is not always
+                # the same). Events arriving meanwhile only bump the version, so this one push
+                # will carry them all.
+                back = int(at) - horizon + random.randint(0, 50)
+                await self.redis.zadd(keys.due, {member: max(back, now)})
                 return
+            if int(at) > now:  # our own slot, booked: nobody else calls the channel then
+                await asyncio.sleep((int(at) - now) / 1000)
         async with self._sem:
             try:
                 try:

@@ -64,3 +64,4 @@ class WorkerRuntime:
                     await task
         await self.propagator.close()
         await self.audit.close()
+        self.engine.scripts.close()

@@ -31,6 +31,9 @@ class ChannelState:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.counts: dict[Key, int] = {}
+        # Every value accepted, in order: (unix ms, item, location, value), e.g. to measure
+        # propagation lag.
+        self.received: list[tuple[float, str, str, int]] = []
         self.fail_ratio = 0.0
         self.delay_s = 0.0
         self.rate_limit_per_s = 0.0
@@ -43,6 +46,11 @@ class ChannelState:
         self._tokens = 0.0
         self._last = time.monotonic()
         self._lock = threading.Lock()
+
+    def store(self, item: str, location: str, value: int) -> None:
+        """A pushed value: the channel's count from now on."""
+        self.counts[item, location] = value
+        self.received.append((time.time() * 1000, item, location, value))
 
     def count(self, item: str, location: str = "") -> int | None:
         return self.counts.get((item, "" if self.kind == "woocommerce" else location))
@@ -84,7 +92,7 @@ def _shopify(state: ChannelState) -> list[Route]:
             return refused
         body = await request.json()
         key = (str(body["inventory_item_id"]), str(body["location_id"]))
-        state.counts[key] = int(body["available"])
+        state.store(*key, int(body["available"]))
         state.writes += 1
         return JSONResponse({"inventory_level": {
             "inventory_item_id": body["inventory_item_id"], "location_id": body["location_id"],
@@ -110,7 +118,7 @@ def _woocommerce(state: ChannelState) -> list[Route]:
         item = f"{p['product']}/{p['variation']}" if "variation" in p else p["product"]
         if request.method == "PUT":
             body = await request.json()
-            state.counts[item, ""] = int(body["stock_quantity"])
+            state.store(item, "", int(body["stock_quantity"]))
             state.writes += 1
         return JSONResponse({"id": item, "manage_stock": True,
                              "stock_quantity": state.counts.get((item, ""))})
@@ -126,8 +134,8 @@ def _bigcommerce(state: ChannelState) -> list[Route]:
             return refused
         body = await request.json()
         for item in body["items"]:
-            state.counts[str(item["variant_id"]), str(item["location_id"])] = int(
-                item["quantity"])
+            state.store(str(item["variant_id"]), str(item["location_id"]),
+                        int(item["quantity"]))
         state.writes += 1
         return JSONResponse({"transaction_id": str(time.time_ns())})
 
@@ -172,7 +180,7 @@ def _generic(state: ChannelState) -> list[Route]:
         if request.method == "PUT":
             body = await request.json()
             loc = str(body.get("location", ""))
-            state.counts[sku, loc] = int(body["available"])
+            state.store(sku, loc, int(body["available"]))
             state.writes += 1
         else:
             loc = request.query_params.get("location", "")

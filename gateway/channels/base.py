@@ -134,3 +134,7 @@ def parse(dec: msgspec.json.Decoder, body: bytes, what: str):  # type: ignore[no
         raise MalformedRequest(f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MalformedRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # msgspec recurses into nested arrays/objects even to skip an unknown field or to
+        # fill an `object` field, so `[[[[...` a few thousand deep is not a DecodeError.
+        raise MalformedRequest("malformed JSON: nested too deeply") from None

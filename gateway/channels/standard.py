@@ -127,7 +127,10 @@ def verify(channel: Channel, headers: Headers, body: bytes, now: float,
     if not matched:
         raise Unauthorized("signature mismatch")
     # Checked after the signature (it is signed too) but before anything is parsed or kept.
-    if not stamp.isdigit() or abs(now - int(stamp)) > tolerance_s:
+    # isdigit() alone accepts "²" (a latin-1 header byte) that int() refuses, and a long run of
+    # digits overflows int() and float arithmetic: a Unix time in seconds has at most 11.
+    if (not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 11)
+            or abs(now - int(stamp)) > tolerance_s):
         raise Unauthorized("webhook timestamp outside the tolerance")
     return Delivery(msg_id, "")  # the topic is the payload's "type", read by decode()
 
