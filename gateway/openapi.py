@@ -56,7 +56,7 @@ _ERR = {code: _reply("Error", text) for code, text in {
 _PARAMS: dict[str, dict[str, Any]] = {
     "hold_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
     "sku": {"type": "string", "minLength": 1, "maxLength": 128,
-            "pattern": r"^[^\x00-\x1f\x7f/]+$"},
+            "pattern": r"^[^\x00-\x1f\x7f]+$"},
 }
 
 

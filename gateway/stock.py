@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -18,6 +19,23 @@ from stockgate.models import AdjustRequest, BulkAdjustLine, BulkAdjustRequest, P
 from stockgate.stock import StockEngine
 
 _encode = msgspec.json.Encoder().encode
+
+
+class SkuConvertor(Convertor[str]):
+    """Any characters, slashes and control characters included: "TEE/XL" is a common SKU
+    (clients percent-encode the slash), and a bad one must reach _sku for a clear 400 rather
+    than fall through to "no such route"."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("sku", SkuConvertor())
 
 
 def _sku(request: Request) -> str:
@@ -94,7 +112,7 @@ async def set_policy(request: Request) -> JSONReply:
 
 routes = [
     Route("/v1/stock/bulk", bulk_adjust, methods=["POST"]),
-    Route("/v1/stock/{sku}", read_stock, methods=["GET"]),
-    Route("/v1/stock/{sku}/adjust", adjust_stock, methods=["POST"]),
-    Route("/v1/stock/{sku}/policy", set_policy, methods=["PUT"]),
+    Route("/v1/stock/{sku:sku}/adjust", adjust_stock, methods=["POST"]),
+    Route("/v1/stock/{sku:sku}/policy", set_policy, methods=["PUT"]),
+    Route("/v1/stock/{sku:sku}", read_stock, methods=["GET"]),
 ]

@@ -36,7 +36,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def engine(redis: Redis, settings: Settings) -> StockEngine:
+async def engine(redis: Redis, settings: Settings) -> AsyncIterator[StockEngine]:
     engine = StockEngine(redis, settings)
     await engine.load_scripts()
-    return engine
+    yield engine
+    engine.scripts.close()

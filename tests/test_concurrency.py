@@ -36,6 +36,8 @@ async def engines(redis: Redis, redis_server: EmbeddedRedis,
     engines = [StockEngine(client, settings) for client in clients]
     await engines[0].load_scripts()
     yield engines
+    for engine in engines:
+        engine.scripts.close()
     for client in clients:
         await client.aclose()
 

@@ -62,3 +62,13 @@ async def test_policy(client: httpx.AsyncClient) -> None:
     assert r.status_code == 403
     r = await client.put("/v1/stock/NOPE/policy", headers=OP, json={"safety": 1})
     assert r.status_code == 404
+
+
+async def test_sku_with_a_slash_is_addressable(client: httpx.AsyncClient) -> None:
+    path = "/v1/stock/TEE%2FXL"  # clients percent-encode the slash of "TEE/XL"
+    body = {"delta": 5, "reason": "receipt", "idempotency_key": "tee-xl"}
+    assert (await client.post(f"{path}/adjust", headers=OP, json=body)).status_code == 200
+    r = await client.put(f"{path}/policy", headers=OP, json={"safety": 1})
+    assert r.status_code == 200 and r.json()["sku"] == "TEE/XL"
+    view = (await client.get(path, headers=bearer(STOREFRONT))).json()
+    assert view["sku"] == "TEE/XL" and view["available"] == 4
