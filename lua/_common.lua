@@ -71,11 +71,19 @@ local function can_take(c, qty)
   return available(c) - qty >= -c.backorder_limit
 end
 
-local function cell_write(c)
+-- Writes a cell back. With field names, writes only those (the fields a script changed);
+-- without, all six (adjust, when it creates a cell, and scripts that change several).
+local function cell_write(c, a, b)
   local f = c.loc .. '|'
-  redis.call('HSET', c.key, f .. 'on_hand', c.on_hand, f .. 'reserved', c.reserved,
-    f .. 'committed', c.committed, f .. 'unavailable', c.unavailable,
-    f .. 'safety', c.safety, f .. 'backorder_limit', c.backorder_limit)
+  if b then
+    redis.call('HSET', c.key, f .. a, c[a], f .. b, c[b])
+  elseif a then
+    redis.call('HSET', c.key, f .. a, c[a])
+  else
+    redis.call('HSET', c.key, f .. 'on_hand', c.on_hand, f .. 'reserved', c.reserved,
+      f .. 'committed', c.committed, f .. 'unavailable', c.unavailable,
+      f .. 'safety', c.safety, f .. 'backorder_limit', c.backorder_limit)
+  end
 end
 
 -- Appends one outbox event for one changed cell, in the same atomic call as the change.

@@ -42,7 +42,7 @@ for _, line in ipairs(lines) do
   local from_reserved = math.min(q, c.reserved)
   c.reserved = c.reserved - from_reserved
   c.committed = c.committed + q
-  cell_write(c)
+  cell_write(c, 'reserved', 'committed')
   emit(outbox, ctx, 'commit', c, {reserved = -from_reserved, committed = q})
   order_lines[#order_lines + 1] = {sku = line[1], location = line[2], qty = q, open = q,
     fulfilled = 0, restocked = 0}

@@ -18,7 +18,7 @@ for _, hold_id in ipairs(due) do
     local ctx = {ts = ts, tenant = tenant, channel = channel, ref = hold_id,
       key = 'expire:' .. hold_id, reason = 'hold ttl passed'}
     for _, ch in ipairs(hold_give_back({}, prefix, lines)) do
-      cell_write(ch[1])
+      cell_write(ch[1], 'reserved')
       emit(outbox, ctx, 'expire', ch[1], ch[2])
     end
     customer_give_back(prefix, customer, lines)

@@ -61,7 +61,7 @@ local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.hold_id,
   key = 'hold:' .. req.hold_id, reason = 'cart hold'}
 for _, c in ipairs(order) do
   c.reserved = c.reserved + wanted[c]
-  cell_write(c)
+  cell_write(c, 'reserved')
   emit(outbox, ctx, 'hold', c, {reserved = wanted[c]})
 end
 if customer ~= '' then

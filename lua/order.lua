@@ -43,7 +43,7 @@ for _, line in ipairs(req.lines) do
       'requested ' .. q .. ', available ' .. math.max(available(c), 0))
   else
     c.committed = c.committed + q
-    cell_write(c)
+    cell_write(c, 'committed')
     emit(outbox, ctx, 'commit', c, {committed = q})
     order_lines[#order_lines + 1] = {sku = sku, location = loc, qty = q, open = q,
       fulfilled = 0, restocked = 0}

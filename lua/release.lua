@@ -23,7 +23,7 @@ local changes = hold_give_back(cells, prefix, lines)
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.hold_id,
   key = 'release:' .. req.hold_id, reason = 'cart released'}
 for _, ch in ipairs(changes) do
-  cell_write(ch[1])
+  cell_write(ch[1], 'reserved')
   emit(outbox, ctx, 'release', ch[1], ch[2])
 end
 customer_give_back(prefix, customer, lines)
