@@ -32,6 +32,17 @@ class TenantKeys:
         inventory webhook that only echoes our own push is recognised and ignored."""
         return self.prefix + "pushed:" + channel
 
+    def pushed_recent(self, channel: str, ref: str) -> str:
+        """List of the last few values pushed to a channel for "<sku>|<location>": a channel's
+        webhook for an older push can arrive after a newer push, and is still an echo."""
+        return self.prefix + "pushed:" + channel + ":recent:" + ref
+
+    def order_links(self, order_id: str) -> str:
+        """Set of the order records that hold a channel order's units besides its own: the
+        storefront order that committed its hold, and the order for the units beyond the
+        hold (gateway/webhooks.py). Cancels and fulfilments of the channel order reach them."""
+        return self.prefix + "order-links:" + order_id
+
     def webhook_seen(self, channel: str, delivery_id: str) -> str:
         return self.prefix + "webhook:" + channel + ":" + delivery_id
 

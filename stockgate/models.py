@@ -180,6 +180,16 @@ class ExpireReply(Struct, frozen=True):
 
 # ---- reads ----------------------------------------------------------------------------------
 
+class HoldRecord(Struct, frozen=True):
+    """A hold as its record stands: status is held, committed, released or expired;
+    order_id is set once committed."""
+
+    hold_id: str
+    status: str
+    lines: list[ScriptLine]
+    order_id: str = ""
+
+
 class StockView(Struct, frozen=True):
     sku: str
     locations: dict[str, CellState]

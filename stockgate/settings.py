@@ -74,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     wait_aof: bool = False
     # Standard Webhooks timestamp tolerance.
     webhook_tolerance_s: int = 300
+    # A count a channel reports (not an echo of ours) is judged this long after it arrives,
+    # once the order webhook of a sale that moved it has landed (workers/channel_counts.py).
+    channel_count_settle_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     audit_dsn: str = ""
     log_level: str = "INFO"
     tenants: dict[Name, Tenant] = {}

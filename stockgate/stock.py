@@ -24,12 +24,14 @@ from stockgate.models import (
     CommitReply,
     ExpireReply,
     FulfilReply,
+    HoldRecord,
     HoldReply,
     Line,
     OrderReply,
     PolicyReply,
     ReleaseReply,
     RestockReply,
+    ScriptLine,
     StockView,
 )
 from stockgate.scripts import Scripts
@@ -198,6 +200,18 @@ class StockEngine:
         if not raw:
             raise errors.UnknownSku(sku=sku)
         return self.view(tenant, sku, raw)
+
+    async def hold_lines(self, tenant: str, hold_id: str) -> HoldRecord | None:
+        """A hold's status, reserved lines ([sku, location, qty] as hold.lua stored them) and
+        the order that committed it; None when there is no record (never made, or its record
+        outlived the idempotency TTL)."""
+        status, lines, order_id = await self.redis.hmget(
+            tenant_keys(tenant).hold(hold_id), "status", "lines", "order_id")
+        if status is None or lines is None:
+            return None
+        return HoldRecord(hold_id=hold_id, status=status.decode(),
+                          lines=_decode(lines, list[ScriptLine]),
+                          order_id=order_id.decode() if order_id else "")
 
     def view(self, tenant: str, sku: str, raw: dict[bytes, bytes]) -> StockView:
         cells: dict[str, dict[str, int]] = {}

@@ -21,6 +21,8 @@ log = logging.getLogger("stockgate.alerts")
 
 AlertType = Literal[
     "drift", "oversell", "low_stock", "delivery_failing", "refund_not_restocked",
+    "channel_count_ignored", "order_fetch_failed",
+    "unmapped_line",  # a channel order line that could not be stocked (no SKU, bad values)
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400

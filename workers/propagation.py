@@ -173,6 +173,23 @@ def targets(settings: Settings, event: Event) -> list[str]:
     return found
 
 
+# How many recent pushes still count as echoes of ours, and for how long they are kept.
+RECENT_PUSHES = 16
+RECENT_PUSH_TTL_MS = 10 * 60 * 1000
+
+
+async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> None:
+    """Remember a value about to be pushed (before the push: its echo can beat the reply)."""
+    keys = tenant_keys(tenant)
+    recent = keys.pushed_recent(channel, ref)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.pushed(channel), ref, value)
+        pipe.lpush(recent, value)
+        pipe.ltrim(recent, 0, RECENT_PUSHES - 1)
+        pipe.pexpire(recent, RECENT_PUSH_TTL_MS)
+        await pipe.execute()
+
+
 async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
     """Record that targets need a push. Idempotent in effect: redoing it after a crash only
     bumps versions, which at worst costs one more push of the same value."""
@@ -271,8 +288,7 @@ class Propagator:
                 else:
                     value = channel_value(self.settings, channel_name, channel, location, view)
                 # Before the push: the echo webhook can arrive before our call returns.
-                await self.redis.hset(tenant_keys(tenant).pushed(channel_name),
-                                      f"{sku}|{location}", value)
+                await record_push(self.redis, tenant, channel_name, f"{sku}|{location}", value)
                 await self.adapters[channel_name].set_available(sku, location, value)
             except PushError as exc:
                 await self._failed(tenant, member, exc, interval)

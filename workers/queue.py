@@ -3,25 +3,55 @@
 The job fetches the order from the channel's API (the authoritative data) and applies it as
 a channel order, or cancels it. Order ids are "<channel_id>:<channel order id>" so two
 channels' orders never collide; the engine's idempotency makes a re-run a no-op.
+
+The webhook was answered (and marked seen) before the fetch runs, so the channel will not
+resend it: a fetch that fails is retried here, with backoff, and one that keeps failing raises
+an `order_fetch_failed` alert rather than vanishing. arq re-runs a job only when it raises
+`arq.worker.Retry` (any other exception fails it for good, whatever `max_tries` says), and
+fails a job without running it once `job_try` exceeds the function's `max_tries`; so the job
+counts its own tries (FetchConfig.max_tries) and alerts on the last one, and arq's ceiling
+(ARQ_MAX_TRIES) sits above it to absorb re-runs after a cancelled try (worker shutdown).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+import random
+from typing import Annotated, Any
 
+import httpx
+import msgspec
 from arq.connections import ArqRedis
+from arq.worker import Retry, func
 from redis.asyncio import Redis
 
-from stockgate.errors import OrderNotFound
+from gateway.channels.base import location_of
+from stockgate.errors import OrderNotFound, StockgateError, StoreUnavailable
 from stockgate.models import Line
 from stockgate.stock import StockEngine
-from workers.adapters import ChannelAdapter
+from workers.adapters import ChannelAdapter, PushError
+from workers.alerts import raise_alert
 from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.queue")
 
 FETCH_ORDER = "fetch_order"
+# arq's own limit for the fetch job: only a backstop (see the module docstring).
+ARQ_MAX_TRIES = 50
+
+
+class FetchConfig(msgspec.Struct, frozen=True):
+    """Retries of an order fetch. The defaults (12 tries, 2 s doubling up to 10 min, with
+    jitter) ride out a channel outage of 20 to 40 minutes; tests shorten them."""
+
+    max_tries: Annotated[int, msgspec.Meta(ge=1, le=ARQ_MAX_TRIES - 10)] = 12
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 600.0
+    # A channel's Retry-After is honoured up to this long (a bigger one would outlive the job).
+    retry_after_max_s: float = 900.0
+    # One try's budget, below the arq job timeout (a timed-out job is not retried by arq).
+    attempt_timeout_s: float = 20.0
 
 
 def order_ref(channel_id: str, order_id: str) -> str:
@@ -50,15 +80,70 @@ async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tena
         return "cancelled"
     if not order.lines:
         return "empty"
-    lines = [Line(sku=ln.sku, qty=ln.qty) for ln in order.lines]
+    # The order carries no location: it sells from the channel's own (first) location.
+    location = location_of(adapter.channel, None)
+    lines = [Line(sku=ln.sku, qty=ln.qty, location=location) for ln in order.lines]
     await engine.order(tenant, ref, lines, channel=channel_id)
     return "ordered"
 
 
-async def fetch_order(ctx: dict[str, Any], tenant: str, channel_id: str, order_id: str,
-                      delivery_id: str) -> str:
+def retryable(exc: BaseException) -> bool:
+    """A failure worth another try: the channel or the store is down, slow or busy."""
+    if isinstance(exc, PushError):
+        return exc.status == 0 or exc.status in (408, 425, 429) or exc.status >= 500
+    return isinstance(exc, StoreUnavailable | httpx.HTTPError | TimeoutError)
+
+
+def retry_delay(config: FetchConfig, job_try: int, exc: BaseException) -> float:
+    """Exponential backoff with jitter (half to all of the step), at least the channel's
+    Retry-After when it sent one."""
+    step = min(config.backoff_max_s, config.backoff_base_s * 2 ** (max(job_try, 1) - 1))
+    delay = step * random.uniform(0.5, 1.0)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        delay = max(delay, min(retry_after, config.retry_after_max_s))
+    return delay
+
+
+async def _fetch_order(ctx: dict[str, Any], tenant: str, channel_id: str, order_id: str,
+                       delivery_id: str) -> str:
     runtime = ctx["runtime"]
+    config: FetchConfig = runtime.config.fetch
+    job_try: int = ctx.get("job_try") or 1
     adapter = runtime.propagator.adapters[channel_id]
-    result = await apply_channel_order(runtime.engine, adapter, tenant, channel_id, order_id)
+    try:
+        result = await asyncio.wait_for(
+            apply_channel_order(runtime.engine, adapter, tenant, channel_id, order_id),
+            config.attempt_timeout_s)
+    except Exception as exc:
+        if retryable(exc) and job_try < config.max_tries:
+            delay = retry_delay(config, job_try, exc)
+            log.warning("order %s from %s (delivery %s): try %d/%d failed (%s), retrying in "
+                        "%.2fs", order_id, channel_id, delivery_id, job_try, config.max_tries,
+                        _describe(exc), delay)
+            raise Retry(defer=delay) from exc
+        what = (f"gave up after {job_try} tries" if retryable(exc)
+                else f"failed for good on try {job_try}")
+        detail = (f"order {order_id} from {channel_id} (delivery {delivery_id}) was not "
+                  f"applied: {what}: {_describe(exc)}")
+        log.error("%s", detail)
+        try:
+            await raise_alert(runtime.redis, tenant, "order_fetch_failed", detail,
+                              channel=channel_id, ref=order_ref(channel_id, order_id),
+                              once=f"order_fetch_failed:{channel_id}:{delivery_id}")
+        except Exception:
+            log.exception("could not record the alert for order %s from %s", order_id,
+                          channel_id)
+            raise
+        if isinstance(exc, PushError | StockgateError):
+            return "failed"
+        raise  # an unexpected error: let arq record it with its traceback
     log.info("order %s from %s (delivery %s): %s", order_id, channel_id, delivery_id, result)
     return result
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+fetch_order = func(_fetch_order, name=FETCH_ORDER, max_tries=ARQ_MAX_TRIES)

@@ -16,6 +16,7 @@ from stockgate.stock import StockEngine
 from workers.audit import AuditStore, audit_store
 from workers.outbox import OutboxConfig, OutboxConsumer
 from workers.propagation import PropagationConfig, Propagator
+from workers.queue import FetchConfig
 
 log = logging.getLogger("stockgate.worker")
 
@@ -25,6 +26,7 @@ class WorkerConfig(msgspec.Struct, frozen=True):
 
     outbox: OutboxConfig = OutboxConfig()
     propagation: PropagationConfig = PropagationConfig()
+    fetch: FetchConfig = FetchConfig()
     reconcile_every_s: int = 60
 
 

@@ -13,6 +13,7 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 
 from stockgate.settings import Settings
+from workers.channel_counts import apply_channel_count
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
 from workers.reconcile import reconcile
@@ -50,7 +51,7 @@ async def reconcile_job(ctx: dict[str, Any]) -> int:
 class WorkerSettings:
     """Static part of the worker's arq settings; `worker_kwargs` adds Redis and the context."""
 
-    functions = [fetch_order]
+    functions = [fetch_order, apply_channel_count]
     cron_jobs = [
         # unique (the default): with several workers, each second runs once.
         cron(expire_job, second=EVERY_SECOND, microsecond=0, timeout=10, max_tries=1,

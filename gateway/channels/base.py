@@ -41,12 +41,26 @@ class Delivery(msgspec.Struct, frozen=True):
 
 # ---- stock operations a webhook turns into ---------------------------------------------
 
+class Skipped(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A channel line that was not turned into a stock line, and why:
+    `unmapped`: no SKU, and its variant id is not in the channel's `variant_skus` (gift cards,
+    a product nobody mapped); `invalid`: a SKU or quantity outside what a Stockgate line
+    allows (SKU empty, over 128 characters or with control characters; qty < 1 or
+    over 1,000,000). Reported in the webhook reply; an order's skipped lines raise an alert."""
+
+    reason: str  # unmapped, invalid, no_units (qty <= 0: reported only)
+    qty: int
+    sku: str = ""
+    variant: str = ""
+
+
 class OrderPlaced(msgspec.Struct, frozen=True, tag="order_placed"):
     order_id: str
     lines: list[Line]
     hold_id: str | None = None
-    # Lines without a resolvable SKU (gift cards, unmapped variants): reported, not stocked.
-    skipped: int = 0
+    # Lines that cannot be stocked: reported and alerted on, never sent to the scripts (one
+    # bad line would make the order script refuse the whole order).
+    skipped: list[Skipped] = []
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled"):
@@ -57,12 +71,14 @@ class OrderFulfilled(msgspec.Struct, frozen=True, tag="order_fulfilled"):
     order_id: str
     fulfilment_id: str
     lines: list[Line] = []  # empty: every open unit of the order
+    skipped: list[Skipped] = []
 
 
 class Refunded(msgspec.Struct, frozen=True, tag="refunded"):
     refund_id: str
     order_id: str
     lines: list[Line]  # only the restocked lines
+    skipped: list[Skipped] = []
 
 
 class InventorySet(msgspec.Struct, frozen=True, tag="inventory_set"):
@@ -114,16 +130,41 @@ def location_of(channel: Channel, channel_location: object) -> str | None:
     return channel.locations[0] if channel.locations else None
 
 
+def valid_line(sku: str, qty: int, location: str | None) -> Line | None:
+    """A Line, or None when one of its values breaks Line's constraints (SKU length and
+    characters, qty range, location name). msgspec applies constraints when decoding and
+    converting, not when a Struct is built, so every Line made from channel data goes
+    through here: a line the scripts would refuse must not reach them, because the order
+    and fulfil scripts refuse the whole request for one bad line."""
+    try:
+        return msgspec.convert({"sku": sku, "qty": qty, "location": location}, Line)
+    except msgspec.ValidationError:
+        return None
+
+
 def lines_of(channel: Channel, items: Iterable[tuple[str | None, tuple, int]],
-             location: str | None) -> tuple[list[Line], int]:
-    """(sku, variant ids, qty) triples -> Lines; counts lines without a resolvable SKU."""
-    lines, skipped = [], 0
+             location: str | None) -> tuple[list[Line], list[Skipped]]:
+    """(sku, variant ids, qty) triples -> valid Lines, and the lines that were skipped:
+    without a resolvable SKU (`unmapped`), with values no line may have (`invalid`), or
+    with no units (`no_units`)."""
+    lines: list[Line] = []
+    skipped: list[Skipped] = []
     for sku, variant_ids, qty in items:
         resolved = sku_of(channel, sku, *variant_ids)
-        if resolved is None or qty <= 0:
-            skipped += 1
+        variant = next((str(v) for v in variant_ids if v is not None and v != 0), "")
+        if qty <= 0:
+            # A line edited down to nothing: nothing to stock, nothing to alert about.
+            skipped.append(Skipped("no_units", qty, sku=(resolved or "")[:128], variant=variant))
             continue
-        lines.append(Line(resolved, qty, location))
+        if resolved is None:
+            skipped.append(Skipped("unmapped", qty, variant=variant))
+            continue
+        line = valid_line(resolved, qty, location)
+        if line is None:
+            # Cut a long SKU so the reply and alert stay small; the reason says enough.
+            skipped.append(Skipped("invalid", qty, sku=resolved[:128], variant=variant))
+            continue
+        lines.append(line)
     return lines, skipped
 
 

@@ -43,6 +43,12 @@ class LineItem(msgspec.Struct, frozen=True):
     sku: str | None = None
     variant_id: int | None = None
     id: int | None = None
+    gift_card: bool = False  # not stock: left out of every mapping, not reported
+
+
+def _items(line_items: list[LineItem]):  # type: ignore[no-untyped-def]
+    """(sku, variant ids, qty) triples for lines_of, gift cards left out."""
+    return ((li.sku, (li.variant_id,), li.quantity) for li in line_items if not li.gift_card)
 
 
 class Order(msgspec.Struct, frozen=True):
@@ -121,8 +127,9 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
     if topic == "orders/create":
         order = parse(_ORDER, body, "order")
         lines, skipped = lines_of(
-            channel, ((li.sku, (li.variant_id,), li.quantity) for li in order.line_items),
-            location_of(channel, order.location_id) if order.location_id else None)
+            channel, _items(order.line_items),
+            # POS orders name their location; online ones sell from the channel's own.
+            location_of(channel, order.location_id))
         return [OrderPlaced(order_ref(channel_id, order.id), lines, _hold_id(order), skipped)]
     if topic == "orders/cancelled":
         order = parse(_ORDER, body, "order")
@@ -134,10 +141,13 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
     if topic == "fulfillments/create":
         ful = parse(_FULFILLMENT, body, "fulfillment")
         # Units ship from whichever location committed them: match lines by SKU only.
-        lines, _ = lines_of(
-            channel, ((li.sku, (li.variant_id,), li.quantity) for li in ful.line_items), None)
+        lines, skipped = lines_of(channel, _items(ful.line_items), None)
+        if ful.line_items and not lines:
+            # Only gift cards or unmappable lines shipped: no lines would mean "every open
+            # unit of the order" to the fulfil script.
+            return []
         return [OrderFulfilled(order_ref(channel_id, ful.order_id),
-                               order_ref(channel_id, f"fulfillment-{ful.id}"), lines)]
+                               order_ref(channel_id, f"fulfillment-{ful.id}"), lines, skipped)]
     if topic == "refunds/create":
         refund = parse(_REFUND, body, "refund")
         restocked = [
@@ -145,14 +155,14 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
             if (rli.restock_type or ("legacy_restock" if refund.restock else "no_restock"))
             != "no_restock"
         ]
-        lines, _ = lines_of(channel, (
+        lines, skipped = lines_of(channel, (
             ((rli.line_item.sku if rli.line_item else None),
              ((rli.line_item.variant_id if rli.line_item else None),), rli.quantity)
-            for rli in restocked), None)
+            for rli in restocked if not (rli.line_item and rli.line_item.gift_card)), None)
         if not lines:
             return []
         return [Refunded(order_ref(channel_id, f"refund-{refund.id}"),
-                         order_ref(channel_id, refund.order_id), lines)]
+                         order_ref(channel_id, refund.order_id), lines, skipped)]
     if topic == "inventory_levels/update":
         level = parse(_LEVEL, body, "inventory level")
         item = str(level.inventory_item_id)

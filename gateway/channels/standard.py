@@ -136,6 +136,10 @@ def verify(channel: Channel, headers: Headers, body: bytes, now: float,
 
 
 def _lines(channel: Channel, lines: list[StdLine]) -> list[Line]:
+    # Unlike the other channels' lines, these were validated when decoded (StdLine's Sku, Qty
+    # and Location types; the location map's values are validated names): this channel
+    # speaks Stockgate's own schema, so a bad line is a 400 for the bridge to fix, not a
+    # line skipped here.
     return [Line(ln.sku, ln.qty, channel.location_map.get(ln.location or "", ln.location))
             for ln in lines]
 

@@ -109,8 +109,8 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
     if order.status == "completed":
         return [OrderFulfilled(ref, ref + ":completed")]
     if order.status == "refunded":
-        lines, _ = _lines(channel, order)
+        lines, skipped = _lines(channel, order)
         # Order-level location: the restock script matches the order's own lines by SKU.
         lines = [msgspec.structs.replace(ln, location=None) for ln in lines]
-        return [Refunded(ref + ":refunded", ref, lines)] if lines else []
+        return [Refunded(ref + ":refunded", ref, lines, skipped)] if lines else []
     return []
