@@ -35,6 +35,18 @@ class Line(Struct, frozen=True, forbid_unknown_fields=True):
     location: Location | None = None
 
 
+def valid_line(sku: str, qty: int, location: str | None) -> Line | None:
+    """A Line, or None when one of its values breaks Line's constraints (SKU length and
+    characters, qty range, location name). msgspec applies constraints when decoding and
+    converting, not when a Struct is built, so every Line made from channel data goes
+    through here: a line the scripts would refuse must not reach them, because the order
+    and fulfil scripts refuse the whole request for one bad line."""
+    try:
+        return msgspec.convert({"sku": sku, "qty": qty, "location": location}, Line)
+    except msgspec.ValidationError:
+        return None
+
+
 class HoldRequest(Struct, frozen=True, forbid_unknown_fields=True):
     lines: Annotated[list[Line], Meta(min_length=1)]
     hold_id: Ident | None = None

@@ -52,6 +52,18 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Pushes per second the channel's API accepts (coalesced per SKU and location).
     rate_limit_per_s: float = 2.0
 
+    def location_for(self, channel_location: object) -> str | None:
+        """Stockgate location of one of the channel's location ids (None: the channel's own
+        selling location, else the tenant's default).
+
+        Unmapped ids fall back to the default: an order must not be lost because the mapping
+        table is incomplete (reconcile will show the drift).
+        """
+        if channel_location is not None and (
+                found := self.location_map.get(str(channel_location))):
+            return found
+        return self.locations[0] if self.locations else None
+
 
 class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_location: Name = "main"

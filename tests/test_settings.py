@@ -60,3 +60,14 @@ def test_unknown_field_is_rejected(tmp_path: Path) -> None:
 def test_environment_overrides_when_file_is_silent() -> None:
     settings = load_settings(env={"REDIS_URL": "redis://127.0.0.1:2/0"})
     assert settings.redis_url == "redis://127.0.0.1:2/0"
+
+
+def test_channel_locations_resolve_through_the_map_then_its_own_location() -> None:
+    from stockgate.settings import Channel
+
+    eu = Channel(kind="standard", secret="s", locations=("eu", "eu-2"),
+                 location_map={"9001": "main"})
+    assert eu.location_for(9001) == "main"
+    assert eu.location_for(None) == "eu"
+    assert eu.location_for("unmapped-id") == "eu"  # never lose an order to a gap in the map
+    assert Channel(kind="standard", secret="s").location_for(None) is None  # tenant default

@@ -26,9 +26,8 @@ from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from redis.asyncio import Redis
 
-from gateway.channels.base import location_of
 from stockgate.errors import OrderNotFound, StockgateError, StoreUnavailable
-from stockgate.models import Line
+from stockgate.models import valid_line
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, PushError
 from workers.alerts import raise_alert
@@ -81,8 +80,16 @@ async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tena
     if not order.lines:
         return "empty"
     # The order carries no location: it sells from the channel's own (first) location.
-    location = location_of(adapter.channel, None)
-    lines = [Line(sku=ln.sku, qty=ln.qty, location=location) for ln in order.lines]
+    location = adapter.channel.location_for(None)
+    # A line no stock line may have (empty or overlong SKU, absurd qty) must not make the
+    # order script refuse the whole order: skip it, and say so.
+    lines = [line for ln in order.lines
+             if (line := valid_line(ln.sku, ln.qty, location)) is not None]
+    if len(lines) < len(order.lines):
+        log.warning("order %s from %s: %d line(s) not stocked (invalid SKU or quantity)",
+                    order_id, channel_id, len(order.lines) - len(lines))
+    if not lines:
+        return "empty"
     await engine.order(tenant, ref, lines, channel=channel_id)
     return "ordered"
 

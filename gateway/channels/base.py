@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import msgspec
 
 from gateway.errors import MalformedRequest
-from stockgate.models import Line
+from stockgate.models import Line, valid_line
 from stockgate.settings import Channel
 
 # The note attribute (Shopify) / order meta key (WooCommerce) / field (standard) naming the
@@ -117,29 +117,6 @@ def sku_of(channel: Channel, sku: str | None, *variant_ids: object) -> str | Non
         if vid is not None and vid != 0 and (found := channel.variant_skus.get(str(vid))):
             return found
     return None
-
-
-def location_of(channel: Channel, channel_location: object) -> str | None:
-    """Stockgate location of a channel location id; None means the channel's default.
-
-    Unmapped ids fall back to the default: an order must not be lost because the mapping
-    table is incomplete (reconcile will show the drift).
-    """
-    if channel_location is not None and (found := channel.location_map.get(str(channel_location))):
-        return found
-    return channel.locations[0] if channel.locations else None
-
-
-def valid_line(sku: str, qty: int, location: str | None) -> Line | None:
-    """A Line, or None when one of its values breaks Line's constraints (SKU length and
-    characters, qty range, location name). msgspec applies constraints when decoding and
-    converting, not when a Struct is built, so every Line made from channel data goes
-    through here: a line the scripts would refuse must not reach them, because the order
-    and fulfil scripts refuse the whole request for one bad line."""
-    try:
-        return msgspec.convert({"sku": sku, "qty": qty, "location": location}, Line)
-    except msgspec.ValidationError:
-        return None
 
 
 def lines_of(channel: Channel, items: Iterable[tuple[str | None, tuple, int]],

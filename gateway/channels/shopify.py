@@ -25,7 +25,6 @@ from gateway.channels.base import (
     Refunded,
     equal,
     lines_of,
-    location_of,
     order_ref,
     parse,
 )
@@ -129,7 +128,7 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
         lines, skipped = lines_of(
             channel, _items(order.line_items),
             # POS orders name their location; online ones sell from the channel's own.
-            location_of(channel, order.location_id))
+            channel.location_for(order.location_id))
         return [OrderPlaced(order_ref(channel_id, order.id), lines, _hold_id(order), skipped)]
     if topic == "orders/cancelled":
         order = parse(_ORDER, body, "order")

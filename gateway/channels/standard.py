@@ -140,7 +140,9 @@ def _lines(channel: Channel, lines: list[StdLine]) -> list[Line]:
     # and Location types; the location map's values are validated names): this channel
     # speaks Stockgate's own schema, so a bad line is a 400 for the bridge to fix, not a
     # line skipped here.
-    return [Line(ln.sku, ln.qty, channel.location_map.get(ln.location or "", ln.location))
+    # A line naming no location sells from the channel's own location, like other channels.
+    return [Line(ln.sku, ln.qty, channel.location_map.get(ln.location, ln.location)
+                 if ln.location is not None else channel.location_for(None))
             for ln in lines]
 
 
@@ -167,7 +169,7 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
                         order_ref(channel_id, data.order_id),
                         _lines(channel, restocked))] if restocked else []
     else:
-        location = data.location
-        ops = [InventorySet(data.sku, channel.location_map.get(location or "", location or ""),
-                            data.available)]
+        location = (channel.location_map.get(data.location, data.location)
+                    if data.location else channel.location_for(None))
+        ops = [InventorySet(data.sku, location or "", data.available)]
     return delivery, ops

@@ -27,7 +27,6 @@ from gateway.channels.base import (
     Refunded,
     equal,
     lines_of,
-    location_of,
     order_ref,
     parse,
 )
@@ -85,7 +84,7 @@ def _hold_id(order: Order) -> str | None:
 def _lines(channel: Channel, order: Order):  # type: ignore[no-untyped-def]
     return lines_of(channel, (
         (li.sku, (li.variation_id, li.product_id), li.quantity) for li in order.line_items),
-        location_of(channel, None))
+        channel.location_for(None))
 
 
 def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
