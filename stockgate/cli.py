@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -34,6 +37,14 @@ def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
     return msgspec.structs.replace(settings, redis_url=url), server
 
 
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from gateway.server import serve
 
@@ -56,8 +67,25 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
             server.stop()
 
 
+def _local_key(settings: Settings) -> tuple[Settings, str | None]:
+    """With no API key configured every call would be a 401: for a local `up` without a
+    config file, make one operator key, write it to a config in the data directory for the
+    child processes, and show it once on the terminal (never in a log)."""
+    if settings.api_keys or os.environ.get("STOCKGATE_CONFIG"):
+        return settings, None
+    secret = secrets.token_urlsafe(24)
+    path = Path(settings.data_dir) / "local-config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[api_keys.local-operator]\nsecret = "env:SG_LOCAL_KEY"\n'
+                    'scopes = ["operator"]\n')
+    os.environ["STOCKGATE_CONFIG"] = str(path)
+    os.environ["SG_LOCAL_KEY"] = secret
+    return load_settings(), secret
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> None:
     """Embedded Redis + gateway + worker as child processes; Ctrl-C stops them all."""
+    settings, local_key = _local_key(settings)
     settings, server = _with_redis(settings)
     me = [sys.executable, "-m", "stockgate.cli"]
     children = [
@@ -65,8 +93,12 @@ def _up(settings: Settings, args: argparse.Namespace) -> None:
                           "--workers", str(args.workers)]),
         subprocess.Popen([*me, "worker"]),
     ]
-    print(f"stockgate up: gateway http://{args.host}:{args.port}  redis {settings.redis_url}",
-          flush=True)
+    print(f"stockgate up: gateway http://{args.host}:{args.port}  redis "
+          f"{_without_password(settings.redis_url)}", flush=True)
+    if local_key:
+        print(f"no API keys configured: this run's operator key is {local_key}\n"
+              f"  try: curl -H 'Authorization: Bearer {local_key}' "
+              f"http://{args.host}:{args.port}/v1/stock/SKU-1", flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
