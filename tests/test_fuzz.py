@@ -275,9 +275,12 @@ def test_fuzz_webhooks(gw: SyncGateway, channel: str, data: st.DataObject, signi
             if kind == "bigcommerce":
                 signed = {"X-Stockgate-Secret": "not-the-secret"}
         headers.update({k.lower().encode(): v.encode("latin-1") for k, v in signed.items()})
+    before = gw.last_snapshot
     status = check(gw, "POST", f"/webhooks/{channel}", body, headers)
     if signing != "valid" and channel != "nope":
         assert status in (200, 401, 413), status  # only a set-up ping passes unsigned
+        # Whatever the status, a webhook without a valid signature changes nothing.
+        assert before is None or gw.last_snapshot == before, "unsigned webhook changed stock"
     sent["webhooks"] = sent.get("webhooks", 0) + 1
 
 

@@ -70,13 +70,13 @@ async def test_rate_limited_burst_is_coalesced(redis: Redis, redis_server: Embed
         for start in range(0, 5000, 500):
             await asyncio.gather(*(engine.hold("default", [Line("DROP", 1)], hold_id=f"h{i}")
                                    for i in range(start, start + 500)))
-        last_change = time.monotonic()
+        # wait_for fails the test unless the channel shows the final count within 5 s of
+        # the last change (the bar).
         took = await wait_for(lambda: channels_match(engine, {"market": sim}, ["DROP"]), 5.0)
         await wait_for(lambda: settled(redis), 5.0)
     assert sim.state.count("DROP", "main") == 95_000
-    # 5,001 changes reached the channel as a handful of calls, within 5 s of the last one.
+    # 5,001 changes reached the channel as a handful of calls.
     assert sim.state.writes <= 36, sim.state.writes
-    assert time.monotonic() - last_change - took < 5.0
     print(f"\nrate-limited burst: {sim.state.writes} writes, {sim.state.limited} 429s, "
           f"converged {took:.2f}s after the last change")
 

@@ -81,7 +81,9 @@ rate_limit_per_s = 500
     second = None
     try:
         async def partly_done() -> bool:
-            return audit_rows(audit_db) >= total // 4
+            # Mid-batch: some work is durable and a batch is read but not yet acknowledged.
+            return (audit_rows(audit_db) >= total // 4
+                    and await pending_entries(redis, "default") > 0)
 
         await wait_for(partly_done, 20, interval=0.005)
         os.kill(first.pid, signal.SIGKILL)
@@ -89,6 +91,7 @@ rate_limit_per_s = 500
         done_at_kill = audit_rows(audit_db)
         pending_at_kill = await pending_entries(redis, "default")
         assert done_at_kill < total  # the worker died with work left
+        assert pending_at_kill > 0  # ...and a batch in hand that only a claim can finish
         second = start_worker(config, tmp_path / "worker2.log")
 
         async def finished() -> bool:
