@@ -93,6 +93,9 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request under its route template (not the raw path, so
     hold ids do not explode the label set)."""
@@ -120,5 +123,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
+            if method not in _METHODS:
+                method = "other"  # any token is a method: keep the label set bounded
             self.metrics.requests[(path, method, status)] += 1
             self.metrics.latency[(path, method)].observe(time.perf_counter() - start)

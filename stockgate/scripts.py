@@ -31,6 +31,22 @@ OPERATIONS = (
 MAX_BATCH = 256
 
 
+# Error replies of a server that is up but cannot take writes right now: a replica after a
+# failover (READONLY), loading its data after a restart (LOADING), out of memory (OOM), a disk
+# it cannot write (MISCONF), too few replicas (NOREPLICAS), another script running too long
+# (BUSY). Refused at the script's first write, which comes after all its checks, so nothing
+# was written;
+# the caller should retry, so these are 503s with Retry-After, not 500s.
+_TRANSIENT = ("READONLY", "LOADING", "OOM", "MISCONF", "NOREPLICAS", "BUSY", "MASTERDOWN",
+              "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _unavailable(error: Exception) -> StoreUnavailable | None:
+    if isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT):
+        return StoreUnavailable("stock store cannot take writes right now")
+    return None
+
+
 def script_source(name: str) -> str:
     package = resources.files("stockgate.lua")
     common = package.joinpath("_common.lua").read_text(encoding="utf-8")
@@ -104,7 +120,7 @@ class Scripts:
                 reply = await self.wire.call("EVALSHA", self.shas[name], len(keys), *keys,
                                              *args)
             if isinstance(reply, Exception):
-                raise reply  # inside the try: an AUTH refusal is a connection error too
+                raise _unavailable(reply) or reply  # inside the try: AUTH refused too
         except (RedisConnectionError, RedisTimeoutError, OSError):
             raise StoreUnavailable("stock store unreachable") from None
         return reply
@@ -148,7 +164,7 @@ class Scripts:
             if call.future.done():
                 continue
             if isinstance(result, Exception):
-                call.future.set_exception(result)
+                call.future.set_exception(_unavailable(result) or result)
             else:
                 call.future.set_result(result)
 

@@ -121,3 +121,21 @@ async def test_wait_aof_acknowledges_only_what_reached_disk(tmp_path: Path) -> N
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_a_server_that_cannot_take_writes_is_unavailable_not_an_error(
+    redis: Redis, engine: StockEngine
+) -> None:
+    await engine.adjust("default", SKU, reason="receipt", idempotency_key="seed", delta=5)
+    # As on a primary that lost its replicas: Redis refuses writes (NOREPLICAS), like it
+    # does on a full disk (MISCONF) or memory (OOM).
+    await redis.config_set("min-replicas-to-write", 1)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await engine.hold("default", [Line(SKU, 1)], hold_id="refused")
+    finally:
+        await redis.config_set("min-replicas-to-write", 0)
+    # Refused before its first write: the retry is a first attempt, and reserves once.
+    reply, replayed = await engine.hold("default", [Line(SKU, 1)], hold_id="refused")
+    assert reply.hold_id == "refused" and not replayed
+    assert (await engine.stock("default", SKU)).locations["main"].reserved == 1

@@ -93,3 +93,21 @@ async def test_filters_time_range_and_cursor(store: AuditStore) -> None:
         cursor = page.next_cursor
     assert [e.ts - 1000 for e in seen] == list(range(0, 40, 2))
     assert (await store.query(EventQuery(tenant="nobody"))).events == []
+
+
+async def test_postgres_store_reconnects_after_losing_its_connection(
+    store: AuditStore,
+) -> None:
+    from workers.audit import PostgresAuditStore
+
+    if not isinstance(store, PostgresAuditStore):
+        pytest.skip("PostgreSQL only")
+    await store.write([event(1)])
+    # As after a PostgreSQL restart: the server ends the store's session.
+    pid = (await (await store._conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
+    async with await psycopg.AsyncConnection.connect(PG_BASE, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(psycopg.OperationalError):
+        await store.write([event(2)])  # this batch fails; its caller retries it
+    await store.write([event(2)])
+    assert await store.count("default") == 2

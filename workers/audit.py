@@ -192,26 +192,38 @@ class PostgresAuditStore:
             conn, self._conn = self._conn, None
             await conn.close()
 
+    async def _live(self) -> Any:
+        """The connection, made again after PostgreSQL restarted or dropped it: psycopg marks
+        such a connection broken and it never recovers by itself. The call that found it
+        broken has failed (and is retried by its caller); the next one reconnects."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            import psycopg
+
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        return self._conn
+
     async def write(self, events: Sequence[Event]) -> None:
         if not events:
             return
         rows = [_row(e) for e in events]
-        async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            await cur.executemany(
-                f"INSERT INTO audit_events ({_COLUMNS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+        async with self._lock:
+            conn = await self._live()
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(
+                    f"INSERT INTO audit_events ({_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
 
     async def query(self, q: EventQuery) -> EventPage:
         where, args = _where(q, "%s")
         sql = f"SELECT body FROM audit_events WHERE {where} ORDER BY id_ms, id_seq LIMIT %s"
         async with self._lock:
-            cur = await self._conn.execute(sql, [*args, q.limit + 1])
+            cur = await (await self._live()).execute(sql, [*args, q.limit + 1])
             rows = await cur.fetchall()
         return _page([r[0] for r in rows], q.limit)
 
     async def count(self, tenant: str) -> int:
         async with self._lock:
-            cur = await self._conn.execute(
+            cur = await (await self._live()).execute(
                 "SELECT count(*) FROM audit_events WHERE tenant = %s", [tenant])
             row = await cur.fetchone()
         return int(row[0])
