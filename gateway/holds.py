@@ -7,7 +7,7 @@ from starlette.routing import Route
 
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest
-from gateway.http import JSONReply, read_json
+from gateway.http import Endpoint, JSONReply, read_json
 from gateway.replies import HoldCreated, replay_headers
 from stockgate import errors
 from stockgate.models import CommitRequest, HoldRequest
@@ -66,7 +66,7 @@ async def release_hold(request: Request) -> JSONReply:
 
 
 routes = [
-    Route("/v1/holds", create_hold, methods=["POST"]),
-    Route("/v1/holds/{hold_id}/commit", commit_hold, methods=["POST"]),
-    Route("/v1/holds/{hold_id}", release_hold, methods=["DELETE"]),
+    Route("/v1/holds", Endpoint(create_hold), methods=["POST"]),
+    Route("/v1/holds/{hold_id}/commit", Endpoint(commit_hold), methods=["POST"]),
+    Route("/v1/holds/{hold_id}", Endpoint(release_hold), methods=["DELETE"]),
 ]

@@ -10,7 +10,6 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +39,19 @@ class Histogram:
         yield f"{name}_count{{{labels}}} {total}"
 
 
+class _Timer:
+    __slots__ = ("hist", "start")
+
+    def __init__(self, hist: Histogram) -> None:
+        self.hist = hist
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.hist.observe(time.perf_counter() - self.start)
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -53,14 +65,10 @@ class Metrics:
         self.rejections: dict[str, int] = defaultdict(int)
         self.webhooks: dict[tuple[str, str], int] = defaultdict(int)
 
-    @contextmanager
-    def script(self, op: str) -> Iterator[None]:
-        """Times one stock operation as the gateway sees it (queueing + Redis + decode)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.scripts[op].observe(time.perf_counter() - start)
+    def script(self, op: str) -> _Timer:
+        """Times one stock operation as the gateway sees it (queueing + Redis + decode), as a
+        `with` block (a slotted object: cheaper per call than a generator context manager)."""
+        return _Timer(self.scripts[op])
 
     def render(self) -> str:
         out = [

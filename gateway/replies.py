@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 
 import msgspec
 
@@ -17,13 +17,19 @@ class HoldCreated(msgspec.Struct, frozen=True):
 
     @classmethod
     def of(cls, reply: HoldReply) -> HoldCreated:
-        when = datetime.fromtimestamp(reply.expires_at_ms / 1000, UTC)
-        return cls(
-            hold_id=reply.hold_id,
-            expires_at=when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            expires_at_ms=reply.expires_at_ms,
-            lines=[MovedLine(ln.sku, ln.location, ln.qty) for ln in reply.lines],
-        )
+        ms = reply.expires_at_ms
+        return cls(reply.hold_id, iso_ms(ms), ms,
+                   [MovedLine(ln.sku, ln.location, ln.qty) for ln in reply.lines])
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds, e.g. 2026-05-01T12:00:00.250Z.
+
+    Integer arithmetic and `time.strftime` instead of a timezone-aware datetime: exact for
+    every millisecond, and cheaper on the path of every hold.
+    """
+    second, milli = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{milli:03d}Z"
 
 
 def replay_headers(replayed: bool) -> dict[str, str] | None:
