@@ -4,8 +4,9 @@ coalescing under a rate limit, failures and retry, hold expiry, reconciliation, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,14 +26,23 @@ from workers_helpers import (
 from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import Line
+from stockgate.settings import Settings
 from stockgate.stock import StockEngine
-from workers.adapters import adapter_for
+from workers.adapters import ChannelAdapter, PushError, adapter_for
 from workers.alerts import list_alerts
-from workers.propagation import failed_deliveries
+from workers.keys import worker_keys
+from workers.propagation import (
+    PropagationConfig,
+    Propagator,
+    failed_deliveries,
+    mark_dirty,
+    member_of,
+    now_ms,
+)
 from workers.queue import enqueue_fetch_order
-from workers.reconcile import reconcile
+from workers.reconcile import ReconcileConfig, reconcile
 from workers.serializer import job_deserializer, job_serializer
-from workers.settings import WorkerSettings
+from workers.settings import JOB_TIMEOUT_S, WorkerSettings
 from workers.simulators import SimulatorServer
 
 
@@ -151,6 +161,188 @@ async def test_reconcile_records_drift_and_repushes(
             ("woo", 3, 12, 12)]
         await wait_for(lambda: channels_match(engine, {"woo": sim}, ["MUG"]), 5.0)
     assert [a.type for a in await list_alerts(redis, "default")] == ["drift"]
+
+
+@contextlib.asynccontextmanager
+async def adapters_of(settings: Settings) -> AsyncIterator[dict[str, ChannelAdapter]]:
+    async with httpx.AsyncClient() as client:
+        yield {name: adapter_for(name, ch, client) for name, ch in settings.channels.items()}
+
+
+async def stocked_engine(redis: Redis, settings: Settings, skus: list[str],
+                         qty: int) -> StockEngine:
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    for sku in skus:
+        await engine.adjust("default", sku, reason="receipt", idempotency_key=f"r-{sku}",
+                            delta=qty)
+    return engine
+
+
+def test_reconcile_run_fits_its_cron_timeout() -> None:
+    # The last read starts by budget_s and lasts at most one HTTP timeout.
+    assert ReconcileConfig().budget_s + PropagationConfig().http_timeout_s < JOB_TIMEOUT_S
+
+
+async def test_reconcile_keeps_the_channel_rate_limit(redis: Redis, tmp_path: Path,
+                                                      sim_factory: object) -> None:
+    rate, skus = 20.0, [f"S{i:02d}" for i in range(30)]
+    sim = sim_factory("standard")  # type: ignore[operator]
+    sim.state.rate_limit_per_s = rate  # the channel enforces the limit the config states
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim, rate=rate)})
+    engine = await stocked_engine(redis, settings, skus, 5)
+    for sku in skus:
+        sim.state.counts[sku, "main"] = 5
+    await asyncio.sleep(2 / rate)  # the simulator's token bucket starts empty
+    async with adapters_of(settings) as adapters:
+        start = time.monotonic()
+        drifts = await reconcile(redis, engine, settings, adapters)
+        took = time.monotonic() - start
+    assert drifts == []
+    # Every count read, none refused: 30 reads at 20/s cannot take less than 29 intervals
+    # (unpaced, they take a few ms and the bucket of 20 answers 429).
+    assert (sim.state.calls, sim.state.limited) == (len(skus), 0)
+    assert took >= (len(skus) - 1) / rate * 0.95, took
+
+
+async def test_reconcile_and_pushes_share_the_rate_limit(redis: Redis, tmp_path: Path,
+                                                         sim_factory: object) -> None:
+    rate, skus = 10.0, [f"S{i:02d}" for i in range(12)]
+    sim = sim_factory("standard")  # type: ignore[operator]
+    sim.state.rate_limit_per_s = rate
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim, rate=rate)})
+    engine = await stocked_engine(redis, settings, skus, 5)
+    for sku in skus:
+        sim.state.counts[sku, "main"] = 5
+    propagator = Propagator(redis, engine, settings, FAST.propagation)
+    stop = asyncio.Event()
+    pusher = asyncio.create_task(propagator.run(stop))
+    await asyncio.sleep(2 / rate)  # the simulator's token bucket starts empty
+
+    async def sell() -> None:  # sales on half the catalogue while reconcile runs
+        for sku in skus[:6]:
+            await engine.adjust("default", sku, reason="sale", idempotency_key=f"s-{sku}",
+                                delta=-1)
+            await mark_dirty(redis, "default", [member_of("std", "main", sku)])
+            await asyncio.sleep(0.05)
+
+    try:
+        async with adapters_of(settings) as adapters:
+            await asyncio.gather(sell(), reconcile(redis, engine, settings, adapters))
+        await wait_for(lambda: settled(redis), 5.0)
+    finally:
+        stop.set()
+        await pusher
+        await propagator.close()
+    assert [sim.state.count(sku, "main") for sku in skus] == [4] * 6 + [5] * 6
+    assert sim.state.writes >= 6 and sim.state.limited == 0
+
+
+async def test_reconcile_yields_to_pushes_and_honours_retry_after(
+        redis: Redis, tmp_path: Path, sim_factory: object) -> None:
+    sim = sim_factory("standard")  # type: ignore[operator]
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim, rate=2.0)})
+    engine = await stocked_engine(redis, settings, ["A", "B"], 5)
+    rate_key = worker_keys("default").rate("std")
+    short = ReconcileConfig(budget_s=0.3)
+    async with adapters_of(settings) as adapters:
+        # Pushes have booked the channel's next second: reconcile takes no slot ahead of them.
+        await redis.set(rate_key, now_ms() + 1000)
+        assert await reconcile(redis, engine, settings, adapters, short) == []
+        assert sim.state.calls == 0
+        assert await redis.hget(worker_keys("default").reconcile_cursor, "std") is None
+
+        calls = 0
+
+        class Limited(ChannelAdapter):
+            async def get_available(self, sku: str, location: str) -> int | None:
+                nonlocal calls
+                calls += 1
+                raise PushError("std: rate limited", status=429, retry_after=5.0)
+
+        await redis.delete(rate_key)
+        limited = {"std": Limited("std", settings.channels["std"], adapters["std"].client)}
+        before = now_ms()
+        assert await reconcile(redis, engine, settings, limited, short) == []
+        assert calls == 1  # the 429 ends the channel's sweep
+        assert int(await redis.get(rate_key)) >= before + 5000  # pushes wait too
+        assert await reconcile(redis, engine, settings, limited, short) == []
+        assert calls == 1
+        assert await redis.hget(worker_keys("default").reconcile_cursor, "std") is None
+
+
+async def test_reconcile_cursor_continues_across_runs(redis: Redis, tmp_path: Path,
+                                                      sim_factory: object) -> None:
+    sim = sim_factory("standard")  # type: ignore[operator]
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim)})
+    skus = [f"S{i}" for i in range(7)]
+    engine = await stocked_engine(redis, settings, skus, 5)
+    for sku in skus:
+        sim.state.counts[sku, "main"] = 1  # every count drifted
+    keys = worker_keys("default")
+    three = ReconcileConfig(max_reads=3)
+
+    async def run() -> list[str]:
+        async with adapters_of(settings) as adapters:
+            drifts = await reconcile(redis, engine, settings, adapters, three)
+        await redis.delete(keys.due)  # as if the re-pushes were done but did not stick
+        return [d.sku for d in drifts]
+
+    assert await run() == ["S0", "S1", "S2"]
+    assert await redis.hget(keys.reconcile_cursor, "std") == b'["S2","main"]'
+    # S4 has a push due: skipped, and not counted as one of the run's reads.
+    await mark_dirty(redis, "default", [member_of("std", "main", "S4")])
+    calls = sim.state.calls
+    assert await run() == ["S3", "S5", "S6"]
+    assert sim.state.calls - calls == 3
+    # The end of the catalogue was reached: the next run starts over.
+    assert await redis.hget(keys.reconcile_cursor, "std") is None
+    assert await run() == ["S0", "S1", "S2"]
+
+
+async def test_reconcile_alerts_once_per_observed_drift(redis: Redis, tmp_path: Path,
+                                                        sim_factory: object) -> None:
+    sim = sim_factory("standard")  # type: ignore[operator]
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim)})
+    engine = await stocked_engine(redis, settings, ["MUG"], 12)
+    member = member_of("std", "main", "MUG")
+
+    async def run() -> list[int | None]:
+        async with adapters_of(settings) as adapters:
+            drifts = await reconcile(redis, engine, settings, adapters)
+        # Each drift is repaired (re-pushed), then the push is taken as done.
+        assert await redis.zscore(worker_keys("default").due, member) is not None
+        await redis.delete(worker_keys("default").due)
+        return [d.channel_count for d in drifts]
+
+    sim.state.counts["MUG", "main"] = 3
+    assert await run() == [3]
+    assert await run() == [3]  # the same drift again: repaired, not alerted again
+    sim.state.counts["MUG", "main"] = 4
+    assert await run() == [4]  # another value: a new alert
+    alerts = await list_alerts(redis, "default")
+    assert [(a.type, a.sku, a.channel) for a in alerts] == [("drift", "MUG", "std")] * 2
+    assert "shows 4" in alerts[0].detail and "shows 3" in alerts[1].detail
+
+
+async def test_reconcile_untracked_item_is_not_drift(redis: Redis, tmp_path: Path,
+                                                     sim_factory: object) -> None:
+    sim = sim_factory("standard")  # type: ignore[operator]
+    settings = settings_with(tmp_path, {"std": channel_for("standard", sim),
+                                        "gone": channel_for("standard", sim)})
+    engine = await stocked_engine(redis, settings, ["NEW"], 8)
+
+    class NotFound(ChannelAdapter):
+        async def get_available(self, sku: str, location: str) -> int | None:
+            raise PushError("gone: HTTP 404", status=404)
+
+    async with adapters_of(settings) as adapters:
+        adapters["gone"] = NotFound("gone", settings.channels["gone"], adapters["std"].client)
+        # "std" answers without a count (None), "gone" answers 404: neither tracks NEW.
+        assert await reconcile(redis, engine, settings, adapters) == []
+    assert sim.state.calls == 1
+    assert await list_alerts(redis, "default") == []
+    assert await redis.zcard(worker_keys("default").due) == 0
 
 
 async def test_bigcommerce_order_fetched_by_id(

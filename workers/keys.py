@@ -9,7 +9,8 @@ CONSUMER_GROUP = "stockgate-workers"
 
 
 class WorkerKeys:
-    __slots__ = ("alerts", "attempts", "due", "failed", "prefix", "tenant", "versions")
+    __slots__ = ("alerts", "attempts", "due", "failed", "prefix", "reconcile_cursor", "tenant",
+                 "versions")
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
@@ -23,6 +24,8 @@ class WorkerKeys:
         # hash delivery id -> FailedDelivery JSON (parked after the last try).
         self.failed = self.prefix + "deliv:failed"
         self.alerts = self.prefix + "alerts"
+        # hash channel -> JSON [sku, location]: where the channel's last reconcile run stopped.
+        self.reconcile_cursor = self.prefix + "reconcile:cursor"
 
     def rate(self, channel: str) -> str:
         """Earliest ms at which the channel may receive its next call."""

@@ -11,7 +11,7 @@ Bookkeeping lives in Redis, per tenant (see workers.keys):
   each claimed target books its own call time (the next free one, then +interval for the
   next target, and so on), so targets waiting for a busy channel are served in turn instead
   of racing for the same next slot round after round; a 429 moves the slot to the channel's
-  Retry-After;
+  Retry-After (book_slot, hold_channel: reconciliation's reads go through them too);
 - failures retry with exponential backoff and jitter; after the last try the target is
   parked in the failed hash (GET /v1/deliveries?status=failed) and an alert is raised.
 A worker that dies mid-push leaves its targets leased; the lease runs out and another worker
@@ -117,6 +117,29 @@ return {1, at}
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def call_interval_ms(channel: Channel) -> int:
+    """Milliseconds between two calls to the channel; 0 when it sets no rate limit."""
+    return max(int(1000 / channel.rate_limit_per_s), 1) if channel.rate_limit_per_s else 0
+
+
+async def book_slot(redis: Redis, tenant: str, channel: str, interval: int,
+                    horizon: int) -> tuple[bool, int]:
+    """Book the channel's next free call time if it is at most `horizon` ms away: (True, the
+    booked time). Otherwise (False, the next free time), nothing booked. Every caller of the
+    channel (pushes, reconciliation) goes through here, so together they keep its rate."""
+    booked, at = await redis.register_script(_SLOT)(
+        keys=[worker_keys(tenant).rate(channel)], args=[now_ms(), interval, horizon])
+    return bool(booked), int(at)
+
+
+async def hold_channel(redis: Redis, tenant: str, channel: str, retry_after_s: float) -> int:
+    """The channel answered 429: nobody calls it before its Retry-After. Returns that time."""
+    wait_ms = int(retry_after_s * 1000)
+    until = now_ms() + wait_ms
+    await redis.set(worker_keys(tenant).rate(channel), until, px=wait_ms + 60_000)
+    return until
 
 
 def member_of(channel: str, location: str, sku: str) -> str:
@@ -226,7 +249,6 @@ class Propagator:
             name: adapter_for(name, ch, self.client) for name, ch in settings.channels.items()}
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
-        self._slot = redis.register_script(_SLOT)
         self._sem = asyncio.Semaphore(self.config.concurrency)
 
     async def close(self) -> None:
@@ -263,22 +285,21 @@ class Propagator:
             await self._complete(keys=[keys.due, keys.versions, keys.attempts],
                                  args=[member, version, now_ms()])
             return
-        interval = max(int(1000 / channel.rate_limit_per_s), 1) if channel.rate_limit_per_s else 0
+        interval = call_interval_ms(channel)
         if interval:
             now = now_ms()
             horizon = min(self.config.slot_horizon_ms, self.config.lease_ms // 2)
-            booked, at = await self._slot(keys=[keys.rate(channel_name)],
-                                          args=[now, interval, horizon])
+            booked, at = await book_slot(self.redis, tenant, channel_name, interval, horizon)
             if not booked:
                 # The channel is booked beyond the horizon: come back when its next free slot
                 # is within reach (jittered, so the order among waiting targets is not always
                 # the same). Events arriving meanwhile only bump the version, so this one push
                 # will carry them all.
-                back = int(at) - horizon + random.randint(0, 50)
+                back = at - horizon + random.randint(0, 50)
                 await self.redis.zadd(keys.due, {member: max(back, now)})
                 return
-            if int(at) > now:  # our own slot, booked: nobody else calls the channel then
-                await asyncio.sleep((int(at) - now) / 1000)
+            if at > now:  # our own slot, booked: nobody else calls the channel then
+                await asyncio.sleep((at - now) / 1000)
         async with self._sem:
             try:
                 try:
@@ -306,9 +327,7 @@ class Propagator:
         channel_name, location, sku = parse_member(member)
         if exc.retry_after is not None:
             # Back-pressure, not failure: the whole channel waits, the attempt is not counted.
-            until = now_ms() + int(exc.retry_after * 1000)
-            await self.redis.set(keys.rate(channel_name), until, px=int(exc.retry_after * 1000)
-                                 + 60_000)
+            until = await hold_channel(self.redis, tenant, channel_name, exc.retry_after)
             await self.redis.zadd(keys.due, {member: until})
             return
         attempt = int(await self.redis.hincrby(keys.attempts, member, 1))

@@ -1,11 +1,28 @@
 """Reconciliation: read each channel's counts through its adapter, compare them with the last
 value pushed and the canonical available, record drift and re-push the canonical value.
 
-A target with a push in flight (still in the due zset) is skipped: its difference is expected.
+- Reads keep the channel's rate limit: they book the same per-channel call slot as pushes
+  (propagation.book_slot), but only a slot that is free now, never one ahead, so pushes waiting
+  for the channel go first. A 429 moves the channel's next free time to its Retry-After (as for
+  pushes) and ends that channel's sweep for this run.
+- Each run does a bounded slice per channel: it stops after `max_reads` reads or when no slot
+  is free before `budget_s`, well inside the cron job's 30 s timeout (budget plus one read's
+  HTTP timeout). A cursor per channel, in the tenant's hash `reconcile:cursor`, records the
+  last (SKU, location) covered; the next run continues after it and wraps at the end of the
+  catalogue. The figure: Shopify allows ~2 calls/s, so a 20 s run reads at most ~40 counts
+  (fewer while pushes use the channel), and a 3,000-SKU catalogue at one location takes ~75
+  runs, about an hour and a quarter, to sweep. Channels are swept concurrently.
+- A target with a push in flight or due (in the due zset) is skipped, before and after the
+  read: its count is about to change anyway.
+- Drift alerts are raised once per (channel, SKU, location, observed count) a day; the repair
+  (a re-push) happens every time. An item the channel does not track (the adapter reads None,
+  or a 404) is not drift: logged at debug, no alert, no push.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
 
 import msgspec
@@ -13,20 +30,30 @@ from redis.asyncio import Redis
 
 from stockgate.errors import UnknownSku
 from stockgate.keys import tenant_keys
-from stockgate.settings import Settings
+from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, PushError
 from workers.alerts import raise_alert
 from workers.keys import worker_keys
 from workers.propagation import (
+    book_slot,
+    call_interval_ms,
     channel_value,
+    hold_channel,
     mark_dirty,
     member_of,
+    now_ms,
     push_location,
     selling_locations,
 )
 
 log = logging.getLogger("stockgate.reconcile")
+
+
+class ReconcileConfig(msgspec.Struct, frozen=True):
+    # Per channel and run: at most this many reads, none starting after budget_s.
+    max_reads: int = 200
+    budget_s: float = 20.0
 
 
 class Drift(msgspec.Struct, frozen=True):
@@ -39,43 +66,106 @@ class Drift(msgspec.Struct, frozen=True):
     canonical: int
 
 
+_cursor_encode = msgspec.json.Encoder().encode
+_cursor_decode = msgspec.json.Decoder(tuple[str, str]).decode
+
+
 async def reconcile(redis: Redis, engine: StockEngine, settings: Settings,
-                    adapters: dict[str, ChannelAdapter]) -> list[Drift]:
+                    adapters: dict[str, ChannelAdapter],
+                    config: ReconcileConfig | None = None) -> list[Drift]:
+    config = config or ReconcileConfig()
+    deadline = now_ms() + int(config.budget_s * 1000)
+    sweeps = [_sweep(redis, engine, settings, name, channel, adapters[name], config, deadline)
+              for name, channel in sorted(settings.channels.items())
+              if name in adapters and channel.api_url
+              and channel.tenant in settings.tenant_names()]
+    return [d for drifts in await asyncio.gather(*sweeps) for d in drifts]
+
+
+async def _take_slot(redis: Redis, tenant: str, channel: str, interval: int,
+                     deadline: int) -> bool:
+    """Wait for a call slot on the channel that is free now; False if none before deadline."""
+    while (now := now_ms()) < deadline:
+        if not interval:
+            return True
+        booked, at = await book_slot(redis, tenant, channel, interval, 0)
+        if booked:
+            return True
+        if at >= deadline:
+            return False
+        await asyncio.sleep((at - now) / 1000)
+    return False
+
+
+async def _sweep(redis: Redis, engine: StockEngine, settings: Settings, name: str,
+                 channel: Channel, adapter: ChannelAdapter, config: ReconcileConfig,
+                 deadline: int) -> list[Drift]:
+    """One channel's slice: from after its cursor, until max_reads or the deadline."""
+    tenant = channel.tenant
+    keys = worker_keys(tenant)
+    spots = sorted({push_location(settings, channel, loc)
+                    for loc in selling_locations(settings, channel)})
+    items = [(sku, loc) for sku in await engine.skus(tenant) for loc in spots]
+    raw = await redis.hget(keys.reconcile_cursor, name)
+    start = bisect.bisect_right(items, _cursor_decode(raw)) if raw else 0
+    if start >= len(items):
+        start = 0  # the last run finished the catalogue: start over
+    interval = call_interval_ms(channel)
     drifts: list[Drift] = []
-    for tenant in settings.tenant_names():
-        keys = worker_keys(tenant)
-        for sku in await engine.skus(tenant):
+    reads, done = 0, None
+    for sku, location in items[start:]:
+        member = member_of(name, location, sku)
+        if await redis.zscore(keys.due, member) is None:
+            if reads >= config.max_reads or not await _take_slot(
+                    redis, tenant, name, interval, deadline):
+                break
+            reads += 1
             try:
-                view = await engine.stock(tenant, sku)
-            except UnknownSku:
-                continue
-            for name, channel in settings.channels.items():
-                if channel.tenant != tenant or name not in adapters or not channel.api_url:
+                seen = await adapter.get_available(sku, location)
+            except PushError as exc:
+                if exc.retry_after is not None:  # 429: leave the channel alone this run
+                    await hold_channel(redis, tenant, name, exc.retry_after)
+                    break
+                if exc.status != 404:
+                    log.warning("reconcile: cannot read %s %s: %s", name, sku, exc)
+                    done = (sku, location)
                     continue
-                spots = {push_location(settings, channel, loc)
-                         for loc in selling_locations(settings, channel)}
-                for location in sorted(spots):
-                    member = member_of(name, location, sku)
-                    if await redis.zscore(keys.due, member) is not None:
-                        continue
-                    canonical = channel_value(settings, name, channel, location, view)
-                    try:
-                        seen = await adapters[name].get_available(sku, location)
-                    except PushError as exc:
-                        log.warning("reconcile: cannot read %s %s: %s", name, sku, exc)
-                        continue
-                    if seen == canonical:
-                        continue
-                    raw = await redis.hget(tenant_keys(tenant).pushed(name), f"{sku}|{location}")
-                    drift = Drift(tenant=tenant, channel=name, sku=sku, location=location,
-                                  channel_count=seen,
-                                  last_pushed=int(raw) if raw is not None else None,
-                                  canonical=canonical)
-                    drifts.append(drift)
-                    await raise_alert(
-                        redis, tenant, "drift",
-                        f"{name} shows {seen}, last pushed {drift.last_pushed}, "
-                        f"canonical {canonical}; re-pushing",
-                        sku=sku, location=location, channel=name)
-                    await mark_dirty(redis, tenant, [member])
+                seen = None
+            drift = await _compare(redis, engine, settings, name, channel, sku, location, seen)
+            if drift is not None:
+                drifts.append(drift)
+        done = (sku, location)
+    else:
+        await redis.hdel(keys.reconcile_cursor, name)
+        return drifts
+    if done is not None:
+        await redis.hset(keys.reconcile_cursor, name, _cursor_encode(done))
     return drifts
+
+
+async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: str,
+                   channel: Channel, sku: str, location: str, seen: int | None) -> Drift | None:
+    tenant = channel.tenant
+    if seen is None:
+        log.debug("reconcile: %s does not track %s at %s", name, sku, location)
+        return None
+    try:
+        view = await engine.stock(tenant, sku)
+    except UnknownSku:
+        return None
+    member = member_of(name, location, sku)
+    if await redis.zscore(worker_keys(tenant).due, member) is not None:
+        return None  # a change arrived during the read: its push is on the way
+    canonical = channel_value(settings, name, channel, location, view)
+    if seen == canonical:
+        return None
+    raw = await redis.hget(tenant_keys(tenant).pushed(name), f"{sku}|{location}")
+    drift = Drift(tenant=tenant, channel=name, sku=sku, location=location, channel_count=seen,
+                  last_pushed=int(raw) if raw is not None else None, canonical=canonical)
+    await raise_alert(
+        redis, tenant, "drift",
+        f"{name} shows {seen}, last pushed {drift.last_pushed}, canonical {canonical}; "
+        f"re-pushing", sku=sku, location=location, channel=name,
+        once=f"drift:{name}:{sku}:{location}:{seen}")
+    await mark_dirty(redis, tenant, [member])
+    return drift

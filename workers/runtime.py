@@ -17,6 +17,7 @@ from workers.audit import AuditStore, audit_store
 from workers.outbox import OutboxConfig, OutboxConsumer
 from workers.propagation import PropagationConfig, Propagator
 from workers.queue import FetchConfig
+from workers.reconcile import ReconcileConfig
 
 log = logging.getLogger("stockgate.worker")
 
@@ -27,7 +28,7 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     outbox: OutboxConfig = OutboxConfig()
     propagation: PropagationConfig = PropagationConfig()
     fetch: FetchConfig = FetchConfig()
-    reconcile_every_s: int = 60
+    reconcile: ReconcileConfig = ReconcileConfig()
 
 
 class WorkerRuntime:

@@ -44,7 +44,7 @@ async def expire_job(ctx: dict[str, Any]) -> int:
 async def reconcile_job(ctx: dict[str, Any]) -> int:
     runtime: WorkerRuntime = ctx["runtime"]
     drifts = await reconcile(runtime.redis, runtime.engine, runtime.settings,
-                             runtime.propagator.adapters)
+                             runtime.propagator.adapters, runtime.config.reconcile)
     return len(drifts)
 
 
