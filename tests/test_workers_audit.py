@@ -95,13 +95,10 @@ async def test_filters_time_range_and_cursor(store: AuditStore) -> None:
     assert (await store.query(EventQuery(tenant="nobody"))).events == []
 
 
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 async def test_postgres_store_reconnects_after_losing_its_connection(
     store: AuditStore,
 ) -> None:
-    from workers.audit import PostgresAuditStore
-
-    if not isinstance(store, PostgresAuditStore):
-        pytest.skip("PostgreSQL only")
     await store.write([event(1)])
     # As after a PostgreSQL restart: the server ends the store's session.
     pid = (await (await store._conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
