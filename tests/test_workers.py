@@ -377,3 +377,19 @@ async def test_adapters_read_back_what_they_set(tmp_path: Path, sim_factory: obj
             assert await adapter.get_available("SKU-9", "main") is None
             await adapter.set_available("SKU-9", "main", 17)
             assert await adapter.get_available("SKU-9", "main") == 17
+
+
+async def test_a_429_never_moves_booked_slots_earlier(redis: Redis) -> None:
+    from workers.keys import worker_keys
+    from workers.propagation import book_slot, hold_channel
+
+    # Pushes have booked the channel 5 s ahead; a 429 asking for 1 s must not shorten that.
+    for _ in range(5):
+        await book_slot(redis, "default", "shop", 1000, 10_000)
+    booked = int(await redis.get(worker_keys("default").rate("shop")))
+    assert await hold_channel(redis, "default", "shop", 1.0) == booked
+    assert int(await redis.get(worker_keys("default").rate("shop"))) == booked
+    # A longer Retry-After does move it.
+    later = await hold_channel(redis, "default", "shop", 30.0)
+    assert later > booked
+    assert int(await redis.get(worker_keys("default").rate("shop"))) == later

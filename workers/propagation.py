@@ -134,12 +134,24 @@ async def book_slot(redis: Redis, tenant: str, channel: str, interval: int,
     return bool(booked), int(at)
 
 
+# Moves the channel's next free time to ARGV[1] unless it is already later: slots that pushes
+# booked beyond a Retry-After must stay booked, or their callers would collide.
+_HOLD = """
+local key, free_at, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local at = tonumber(redis.call('GET', key) or '0')
+if at >= free_at then return at end
+redis.call('SET', key, free_at, 'PX', ttl)
+return free_at
+"""
+
+
 async def hold_channel(redis: Redis, tenant: str, channel: str, retry_after_s: float) -> int:
-    """The channel answered 429: nobody calls it before its Retry-After. Returns that time."""
+    """The channel answered 429: nobody calls it before its Retry-After. Returns the channel's
+    next free time (the Retry-After, or a later slot already booked)."""
     wait_ms = int(retry_after_s * 1000)
-    until = now_ms() + wait_ms
-    await redis.set(worker_keys(tenant).rate(channel), until, px=wait_ms + 60_000)
-    return until
+    until = await redis.register_script(_HOLD)(
+        keys=[worker_keys(tenant).rate(channel)], args=[now_ms() + wait_ms, wait_ms + 60_000])
+    return int(until)
 
 
 def member_of(channel: str, location: str, sku: str) -> str:
