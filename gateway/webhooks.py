@@ -282,8 +282,10 @@ async def _order_placed(request: Request, channel_id: str, channel: Channel,
         links.append(beyond_id)
     if links:
         key = tenant_keys(tenant).order_links(op.order_id)
-        await state.redis.sadd(key, *links)
-        await state.redis.expire(key, state.settings.idempotency_ttl_s)
+        async with state.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, *links)
+            pipe.expire(key, state.settings.idempotency_ttl_s)
+            await pipe.execute()
     return Applied("commit_hold", op.order_id, "replayed" if replayed else "applied",
                    lines=lines, skipped=skipped)
 

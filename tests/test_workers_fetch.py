@@ -6,7 +6,7 @@ fetched order commits at the channel's own selling location."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from workers_helpers import FAST, channel_for, running_worker, settings_with, wait_for
 
 from stockgate.embedded import EmbeddedRedis
+from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
 from workers.adapters.bigcommerce import BigCommerceAdapter
@@ -57,6 +58,21 @@ def fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return outcomes
 
 
+@pytest.fixture
+def bc_settings(tmp_path: Path, bc_sim: SimulatorServer) -> Settings:
+    return settings_with(tmp_path, {"bc": channel_for("bigcommerce", bc_sim)})
+
+
+@pytest.fixture
+async def hats(redis: Redis, bc_settings: Settings) -> AsyncIterator[StockEngine]:
+    """An engine on the BigCommerce settings, with 5 HAT in stock."""
+    engine = StockEngine(redis, bc_settings)
+    await engine.load_scripts()
+    await engine.adjust("default", "HAT", reason="receipt", idempotency_key="r", delta=5)
+    yield engine
+    engine.scripts.close()
+
+
 async def _committed(engine: StockEngine, sku: str, location: str = "main") -> int:
     view = await engine.stock("default", sku)
     cell = view.locations.get(location)
@@ -64,75 +80,58 @@ async def _committed(engine: StockEngine, sku: str, location: str = "main") -> i
 
 
 async def test_failed_fetch_is_retried_until_the_channel_recovers(
-        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path,
+        redis: Redis, redis_server: EmbeddedRedis, bc_settings: Settings, hats: StockEngine,
         bc_sim: SimulatorServer, fetches: list[str]) -> None:
-    settings = settings_with(tmp_path, {"bc": channel_for("bigcommerce", bc_sim)})
-    engine = StockEngine(redis, settings)
-    await engine.load_scripts()
-    try:
-        await engine.adjust("default", "HAT", reason="receipt", idempotency_key="r", delta=5)
-        bc_sim.state.orders["201"] = {"status_id": 11,
-                                      "products": [{"sku": "HAT", "quantity": 2}]}
-        bc_sim.state.fail_ratio = 1.0  # BigCommerce's API is down when the hook arrives
-        async with running_worker(settings, redis_server.url, fast(max_tries=8)):
-            await enqueue_fetch_order(redis, "default", "bc", "201", "hook-1")
+    bc_sim.state.orders["201"] = {"status_id": 11, "products": [{"sku": "HAT", "quantity": 2}]}
+    bc_sim.state.fail_ratio = 1.0  # BigCommerce's API is down when the hook arrives
+    async with running_worker(bc_settings, redis_server.url, fast(max_tries=8)):
+        await enqueue_fetch_order(redis, "default", "bc", "201", "hook-1")
 
-            async def failed_twice() -> bool:
-                return len(fetches) >= 2
+        async def failed_twice() -> bool:
+            return len(fetches) >= 2
 
-            await wait_for(failed_twice, 10.0)
-            assert await _committed(engine, "HAT") == 0
-            bc_sim.state.fail_ratio = 0.0  # it recovers
+        await wait_for(failed_twice, 10.0)
+        assert await _committed(hats, "HAT") == 0
+        bc_sim.state.fail_ratio = 0.0  # it recovers
 
-            async def applied() -> bool:
-                return await _committed(engine, "HAT") == 2
+        async def applied() -> bool:
+            return await _committed(hats, "HAT") == 2
 
-            await wait_for(applied, 10.0)
-            await asyncio.sleep(0.5)  # a stray extra run would show up here
-        # Failed tries, then the one that applied the order, then nothing.
-        assert 2 <= len(fetches) < 8 and fetches[-1] == "ok", fetches
-        assert set(fetches[:-1]) == {"PushError"}, fetches
-        assert await _committed(engine, "HAT") == 2  # applied once
-        assert (await engine.stock("default", "HAT")).locations["main"].on_hand == 5
-        assert await list_alerts(redis, "default", type="order_fetch_failed") == []
-    finally:
-        engine.scripts.close()
+        await wait_for(applied, 10.0)
+        await asyncio.sleep(0.5)  # a stray extra run would show up here
+    # Failed tries, then the one that applied the order, then nothing.
+    assert 2 <= len(fetches) < 8 and fetches[-1] == "ok", fetches
+    assert set(fetches[:-1]) == {"PushError"}, fetches
+    assert await _committed(hats, "HAT") == 2  # applied once
+    assert (await hats.stock("default", "HAT")).locations["main"].on_hand == 5
+    assert await list_alerts(redis, "default", type="order_fetch_failed") == []
 
 
 async def test_fetch_that_keeps_failing_raises_one_alert_after_bounded_tries(
-        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path,
+        redis: Redis, redis_server: EmbeddedRedis, bc_settings: Settings, hats: StockEngine,
         bc_sim: SimulatorServer, fetches: list[str]) -> None:
-    settings = settings_with(tmp_path, {"bc": channel_for("bigcommerce", bc_sim)})
-    engine = StockEngine(redis, settings)
-    await engine.load_scripts()
-    try:
-        await engine.adjust("default", "HAT", reason="receipt", idempotency_key="r", delta=5)
-        bc_sim.state.orders["202"] = {"status_id": 11,
-                                      "products": [{"sku": "HAT", "quantity": 1}]}
-        bc_sim.state.fail_ratio = 1.0
-        async with running_worker(settings, redis_server.url, fast(max_tries=3)):
-            await enqueue_fetch_order(redis, "default", "bc", "202", "hook-2")
+    bc_sim.state.orders["202"] = {"status_id": 11, "products": [{"sku": "HAT", "quantity": 1}]}
+    bc_sim.state.fail_ratio = 1.0
+    async with running_worker(bc_settings, redis_server.url, fast(max_tries=3)):
+        await enqueue_fetch_order(redis, "default", "bc", "202", "hook-2")
 
-            async def alerted() -> bool:
-                return bool(await list_alerts(redis, "default", type="order_fetch_failed"))
+        async def alerted() -> bool:
+            return bool(await list_alerts(redis, "default", type="order_fetch_failed"))
 
-            await wait_for(alerted, 10.0)
-            await asyncio.sleep(0.8)  # no try after the last one
-            assert fetches == ["PushError"] * 3
-        [alert] = await list_alerts(redis, "default", type="order_fetch_failed")
-        assert (alert.channel, alert.ref) == ("bc", "bc:202")
-        assert "order 202" in alert.detail and "3 tries" in alert.detail
-        assert await _committed(engine, "HAT") == 0
-    finally:
-        engine.scripts.close()
+        await wait_for(alerted, 10.0)
+        await asyncio.sleep(0.8)  # no try after the last one
+        assert fetches == ["PushError"] * 3
+    [alert] = await list_alerts(redis, "default", type="order_fetch_failed")
+    assert (alert.channel, alert.ref) == ("bc", "bc:202")
+    assert "order 202" in alert.detail and "3 tries" in alert.detail
+    assert await _committed(hats, "HAT") == 0
 
 
 async def test_order_that_cannot_be_fetched_for_good_alerts_at_once(
-        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path,
-        bc_sim: SimulatorServer, fetches: list[str]) -> None:
+        redis: Redis, redis_server: EmbeddedRedis, bc_settings: Settings,
+        fetches: list[str]) -> None:
     """A 404 (no such order) is not worth retrying, but it must not vanish either."""
-    settings = settings_with(tmp_path, {"bc": channel_for("bigcommerce", bc_sim)})
-    async with running_worker(settings, redis_server.url, fast(max_tries=5)):
+    async with running_worker(bc_settings, redis_server.url, fast(max_tries=5)):
         await enqueue_fetch_order(redis, "default", "bc", "404404", "hook-3")
 
         async def alerted() -> bool:
