@@ -1,10 +1,12 @@
 """Webhook ingress: `POST /webhooks/{channel_id}` verifies the channel's signature over the raw
 body, dedupes the delivery, and applies the stock operations it decodes into.
 
-Dedupe: a delivery is marked seen only after its operations went through, so a delivery that
-failed (Redis down -> 503) is processed again when the channel retries. Two copies racing each
-other may both apply; the stock scripts are idempotent on order, refund and fulfilment ids and
-on the adjust key, so the second changes nothing.
+Dedupe: on the channel's delivery or event id and on a digest of the signed body, so the same
+body resent under a fresh (unsigned) id and another topic is a duplicate. A delivery is marked
+seen only after its operations went through, so a delivery that failed (Redis down -> 503) is
+processed again when the channel retries. Two copies racing each other may both apply; the
+stock scripts are idempotent on order, refund and fulfilment ids and on the adjust key, so the
+second changes nothing. The rules of an order's life are in docs/order-lifecycle.md.
 
 Webhook replies are 2xx for anything a retry cannot fix (unknown order, SKU, topic): a channel
 that keeps getting errors retries for days and then disables the subscription.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
 
 import msgspec
 from starlette.requests import Request
@@ -31,13 +32,13 @@ from gateway.channels.base import (
     OrderFulfilled,
     OrderPlaced,
     Refunded,
+    Refused,
     Skipped,
 )
 from gateway.errors import NotFound, UnsupportedMediaType
 from gateway.http import JSONReply, is_json, read_body
 from stockgate import errors
 from stockgate.keys import tenant_keys
-from stockgate.models import Line, ScriptLine
 from stockgate.settings import Channel
 from workers.alerts import check_refund, raise_alert
 
@@ -79,13 +80,21 @@ async def receive_webhook(request: Request) -> JSONReply:
     if not is_json(request):
         raise UnsupportedMediaType("webhook bodies must be application/json")
     delivery, operations = adapter.decode(channel_id, channel, delivery, body)
-    seen_key = tenant_keys(channel.tenant).webhook_seen(channel_id, delivery.id)
+    operations = _unless_stale(operations, settings.return_window_s)
+    keys = tenant_keys(channel.tenant)
+    # Keyed on the channel's id for the delivery and on the signed body itself: the id and the
+    # topic are unsigned headers on some channels (Shopify), so a body resent under a fresh id
+    # must still be recognised.
+    seen_keys = [keys.webhook_seen(channel_id, delivery.id),
+                 keys.webhook_seen(channel_id, "body-" + hashlib.blake2b(
+                     body, digest_size=20).hexdigest())]
     commands = state.commands
-    if await commands.run("GET", seen_key) is not None:
+    if await commands.run("EXISTS", *seen_keys):
         metrics.webhooks[(channel_id, "duplicate")] += 1
         return JSONReply(WebhookReply("duplicate", delivery.id, delivery.topic))
     results = [await _apply(request, channel_id, channel, delivery, op) for op in operations]
-    await commands.run("SET", seen_key, b"1", "EX", settings.idempotency_ttl_s)
+    for key in seen_keys:
+        await commands.run("SET", key, b"1", "EX", settings.idempotency_ttl_s)
     if not results:
         status = "ignored"
     elif all(r.outcome == "queued" for r in results):
@@ -117,6 +126,8 @@ def _ref(op: Operation) -> str:
         return op.channel_order_id
     if isinstance(op, Refunded):
         return op.refund_id
+    if isinstance(op, Refused):
+        return op.ref
     return op.order_id
 
 
@@ -133,6 +144,7 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
     if isinstance(op, OrderFulfilled):
         return await _order_fulfilled(request, channel_id, channel, op)
     if isinstance(op, Refunded):
+        await _alert_skipped(request, channel_id, channel, op.refund_id, op.skipped, "refund")
         with metrics.script("restock"):
             reply, replayed = await engine.restock(tenant, op.refund_id, op.lines,
                                                    order_id=op.order_id, channel=channel_id)
@@ -143,6 +155,22 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
                        skipped=op.skipped or None)
     if isinstance(op, InventorySet):
         return await _inventory_set(request, channel_id, channel, delivery, op)
+    if isinstance(op, Refused):
+        metrics.rejections[op.reason] += 1
+        await raise_alert(state.redis, tenant, op.reason, op.detail, channel=channel_id,
+                          ref=op.ref, once=f"{op.reason}:{channel_id}:{delivery.id}")
+        return Applied("refused", op.ref, "ignored", error=op.reason)
+    from gateway.channels.base import RefundReview  # kept next to the one branch that uses it
+
+    if isinstance(op, RefundReview):
+        # The channel cannot say which units came back: change no stock, ask a person.
+        named = ", ".join(f"{ln.sku} x {ln.qty}" for ln in op.lines)
+        await raise_alert(
+            state.redis, tenant, "refund_needs_review",
+            f"order {op.order_id} {op.reason}: the channel does not say which units came "
+            f"back, nothing was restocked; review: {named}", channel=channel_id,
+            ref=op.order_id, once=f"review:{op.order_id}:{op.reason}")
+        return Applied("refund_review", op.order_id, "applied")
     from workers.queue import enqueue_fetch_order  # imported late: arq is a worker concern
 
     await enqueue_fetch_order(state.redis, tenant, channel_id, op.channel_order_id, delivery.id)
@@ -151,204 +179,87 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
 
 # ---- channel orders ------------------------------------------------------------------------
 #
-# An order naming a storefront hold (the shopper's cart) is the hold's sale. Its units are:
-#   covered  - the hold's own lines, committed by the commit script under the order's id, or
-#              already committed by the storefront under the storefront's order id (H4);
-#   beyond   - what the order has on top of the hold (the cart changed after the hold), taken
-#              from available by the order script under `beyond_hold_id(order_id)`.
-# Matching is by SKU, not (SKU, location): a hold reserves at the location the storefront
-# asked for (the tenant default unless it named one), while the channel's order maps to the
-# channel's selling location; the hold's units are that sale wherever they were reserved.
-# Hold lines the order no longer has stay committed with the order: the hold was the cart the
-# shopper paid for a moment ago, and a cancel or fulfilment of the order releases them.
-# A hold that is gone (unknown, released, expired), or that another channel order already
-# committed (the attribute comes from the shopper's browser, so it may name someone else's
-# cart), covers nothing: the whole order takes from available.
-
-BEYOND_HOLD = ":beyond-hold"
+# Every rule of an order's life (which hold an order may claim, links, expiry, record lifetime)
+# lives in the scripts, one atomic call per operation: here an order is one `order` call with
+# the hold it names as a hint, a cancel one `cancel`, a fulfilment one `fulfil`.
 
 
-def beyond_hold_id(order_id: str) -> str:
-    """The order id for a held order's units beyond its hold: derived, so a redelivery of the
-    same order replays instead of committing again; at most 128 characters (the scripts'
-    name limit)."""
-    derived = order_id + BEYOND_HOLD
-    if len(derived) <= 128:
-        return derived
-    return "beyond-hold:" + hashlib.blake2b(order_id.encode(), digest_size=16).hexdigest()
+def _unless_stale(operations: list[Operation], window_s: int) -> list[Operation]:
+    """One rule for stale deliveries: an order body whose signed placement time is older than
+    the return window changes nothing (its order record may be gone, so its create would
+    commit units again). Unsigned times (X-Shopify-Triggered-At) are never trusted; within
+    the window, late and out-of-order deliveries are harmless because every operation is
+    idempotent on its own id."""
+    oldest = int((time.time() - window_s) * 1000)
+    for op in operations:
+        if isinstance(op, OrderPlaced | OrderCancelled) and 0 < op.placed_at_ms < oldest:
+            return [Refused("stale_delivery", op.order_id,
+                            f"order {op.order_id} was placed more than {window_s // 86_400} "
+                            "days ago (the return window); its delivery changes nothing")]
+    return operations
 
 
-def beyond_hold(lines: list[Line], covered: list[ScriptLine]) -> list[Line]:
-    """The order's lines minus what the hold covered, per SKU (positive part only)."""
-    left: Counter[str] = Counter()
-    for ln in covered:
-        left[ln.sku] += ln.qty
-    out = []
-    for ln in lines:
-        take = min(ln.qty, left[ln.sku])
-        left[ln.sku] -= take
-        if ln.qty > take:
-            out.append(msgspec.structs.replace(ln, qty=ln.qty - take))
-    return out
-
-
-def _channel_order(request: Request, order_id: str) -> bool:
-    """Whether an order id is one a channel webhook or fetch made ("<channel id>:...")."""
-    return any(order_id.startswith(name + ":") for name in request.app.state.settings.channels)
-
-
-async def _alert_skipped(request: Request, channel_id: str, channel: Channel,
-                         op: OrderPlaced) -> None:
-    """An order line that was not stocked is a sale Stockgate does not count: oversell
-    elsewhere unless someone maps it. One alert per order line, however often it is
+async def _alert_skipped(request: Request, channel_id: str, channel: Channel, ref: str,
+                         skipped: list[Skipped], what: str) -> None:
+    """A line that was not stocked is a sale, shipment or return Stockgate does not count:
+    oversell elsewhere unless someone maps it. One alert per line, however often it is
     delivered."""
-    for i, sk in enumerate(op.skipped):
+    for i, sk in enumerate(skipped):
         if sk.reason == "no_units":
             continue
-        what = f"variant {sk.variant}" if sk.reason == "unmapped" else f"SKU {sk.sku[:64]!r}"
+        kind = f"variant {sk.variant}" if sk.reason == "unmapped" else f"SKU {sk.sku[:64]!r}"
         why = ("has no SKU and is not in the channel's variant_skus" if sk.reason == "unmapped"
                else "has a SKU or quantity no stock line may have")
+        request.app.state.metrics.rejections["unmapped_line"] += 1
         await raise_alert(
             request.app.state.redis, channel.tenant, "unmapped_line",
-            f"order {op.order_id}: line {i + 1} ({what}, qty {sk.qty}) {why}; not stocked",
-            sku=sk.sku[:128], channel=channel_id, ref=op.order_id,
-            once=f"unmapped:{op.order_id}:{i}")
-
-
-def _order_lines(reply_lines: list, **extra: str) -> list[dict]:
-    return [{"sku": ln.sku, "location": ln.location, "qty": ln.qty, "status": ln.status, **extra}
-            for ln in reply_lines]
+            f"{what} {ref}: line {i + 1} ({kind}, qty {sk.qty}) {why}; not stocked",
+            sku=sk.sku[:128], channel=channel_id, ref=ref, once=f"unmapped:{ref}:{i}")
 
 
 async def _order_placed(request: Request, channel_id: str, channel: Channel,
                         op: OrderPlaced) -> Applied:
     state = request.app.state
-    engine, metrics, tenant = state.engine, state.metrics, channel.tenant
+    engine, metrics = state.engine, state.metrics
     skipped = op.skipped or None
-    unstocked = sum(sk.reason != "no_units" for sk in op.skipped)
-    if unstocked:
-        metrics.rejections["unmapped_line"] += unstocked
-        await _alert_skipped(request, channel_id, channel, op)
-    covered: list[ScriptLine] | None = None
-    links: list[str] = []
-    hold_replayed = True
-    if op.hold_id:
-        try:
-            with metrics.script("commit"):
-                committed, hold_replayed = await engine.commit(tenant, op.hold_id, op.order_id,
-                                                               channel=channel_id)
-            covered = committed.lines
-        except errors.HoldNotFound:
-            pass  # unknown, released or expired: the sale takes from available
-        except errors.IdempotencyConflict:
-            record = await engine.hold_lines(tenant, op.hold_id)
-            if (record is not None and record.status == "committed"
-                    and not _channel_order(request, record.order_id)):
-                # The storefront committed it (POST /v1/holds/{id}/commit) under its own
-                # order id: the same sale, already counted.
-                covered = record.lines
-                links.append(record.order_id)
-            # Otherwise another channel order spent it, or this order id already names an
-            # order: take from available (the order script replays a known order id).
-    if covered is None:
-        if not op.lines:
-            return Applied("order", op.order_id, "ignored", error="no_stocked_lines",
-                           skipped=skipped)
-        with metrics.script("order"):
-            reply, replayed = await engine.order(tenant, op.order_id, op.lines,
-                                                 channel=channel_id)
-        if not replayed:
-            for ln in reply.lines:
-                if ln.status != "committed":
-                    metrics.rejections[ln.status] += 1
-        return Applied("order", op.order_id, "replayed" if replayed else "applied",
-                       lines=_order_lines(reply.lines), skipped=skipped)
-    held = [{"sku": ln.sku, "location": ln.location, "qty": ln.qty, "status": "held"}
-            for ln in covered]
-    extra = beyond_hold(op.lines, covered)
-    replayed = hold_replayed
-    lines = held
-    if extra:
-        beyond_id = beyond_hold_id(op.order_id)
-        with metrics.script("order"):
-            reply, beyond_replayed = await engine.order(tenant, beyond_id, extra,
-                                                        channel=channel_id)
-        if not beyond_replayed:
-            for ln in reply.lines:
-                if ln.status != "committed":
-                    metrics.rejections[ln.status] += 1
-        replayed = replayed and beyond_replayed
-        lines = held + _order_lines(reply.lines, order_id=beyond_id)
-        links.append(beyond_id)
-    if links:
-        key = tenant_keys(tenant).order_links(op.order_id)
-        async with state.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(key, *links)
-            pipe.expire(key, state.settings.idempotency_ttl_s)
-            await pipe.execute()
-    return Applied("commit_hold", op.order_id, "replayed" if replayed else "applied",
-                   lines=lines, skipped=skipped)
-
-
-async def _linked(request: Request, tenant: str, order_id: str) -> list[str]:
-    members = await request.app.state.redis.smembers(tenant_keys(tenant).order_links(order_id))
-    return sorted(m.decode() for m in members)
+    await _alert_skipped(request, channel_id, channel, op.order_id, op.skipped, "order")
+    if not op.lines:
+        return Applied("order", op.order_id, "ignored", error="no_stocked_lines",
+                       skipped=skipped)
+    with metrics.script("order"):
+        reply, replayed = await engine.order(channel.tenant, op.order_id, op.lines,
+                                             hold_id=op.hold_id, channel=channel_id)
+    if not replayed:
+        for ln in reply.lines:
+            if ln.status not in ("committed", "held"):
+                metrics.rejections[ln.status] += 1
+    lines = [{"sku": ln.sku, "location": ln.location, "qty": ln.qty, "status": ln.status}
+             for ln in reply.lines]
+    return Applied("commit_hold" if reply.hold_id else "order", op.order_id,
+                   "replayed" if replayed else "applied", lines=lines, skipped=skipped)
 
 
 async def _order_cancelled(request: Request, channel_id: str, channel: Channel,
                            op: OrderCancelled) -> Applied:
-    """Cancels the channel order and the order records linked to it (its storefront hold's
-    order, its units beyond the hold)."""
-    engine, metrics, tenant = request.app.state.engine, request.app.state.metrics, channel.tenant
-    outcomes = []
-    for order_id in [op.order_id, *await _linked(request, tenant, op.order_id)]:
-        try:
-            with metrics.script("cancel"):
-                _, replayed = await engine.cancel(tenant, order_id, channel=channel_id)
-        except errors.OrderNotFound:
-            continue
-        outcomes.append(replayed)
-    if not outcomes:
-        raise errors.OrderNotFound(order_id=op.order_id)
-    return Applied("cancel", op.order_id, "replayed" if all(outcomes) else "applied")
+    engine, metrics = request.app.state.engine, request.app.state.metrics
+    with metrics.script("cancel"):
+        # The body is signed and says "cancelled": an order not seen yet is recorded as
+        # cancelled, so its create arriving late commits nothing.
+        _, replayed = await engine.cancel(channel.tenant, op.order_id, channel=channel_id,
+                                          tombstone=True)
+    return Applied("cancel", op.order_id, "replayed" if replayed else "applied")
 
 
 async def _order_fulfilled(request: Request, channel_id: str, channel: Channel,
                            op: OrderFulfilled) -> Applied:
-    """Fulfils the channel order and the order records linked to it.
-
-    Without lines (every open unit), each record ships all its open units. With lines, the
-    first record that can ship them all does, the channel order's own first: the usual
-    linked cases are a hold committed by the storefront (the channel order has no record of
-    its own) and a shipment that fits one record. A shipment spanning the hold's record and
-    the units beyond it is not split: it is ignored as before (`invalid`), and its units stay
-    committed until a full fulfilment or cancel (on_hand and committed both stay high, so
-    available is unaffected)."""
-    engine, metrics, tenant = request.app.state.engine, request.app.state.metrics, channel.tenant
-    skipped = op.skipped or None
-    linked = await _linked(request, tenant, op.order_id)
-    outcomes = []
-    error: errors.StockgateError | None = None
-    for order_id in [op.order_id, *linked]:
-        # Each record's fulfilment needs its own id: the fulfil script keys on it alone.
-        fulfilment_id = (op.fulfilment_id if order_id == op.order_id
-                         else f"{op.fulfilment_id}>{order_id}")
-        try:
-            with metrics.script("fulfil"):
-                _, replayed = await engine.fulfil(tenant, order_id, fulfilment_id, op.lines,
-                                                  channel=channel_id)
-        except (errors.OrderNotFound, errors.InvalidRequest) as exc:
-            if not linked:
-                raise
-            error = error or exc
-            continue
-        outcomes.append(replayed)
-        if op.lines:
-            break
-    if not outcomes:
-        raise error or errors.OrderNotFound(order_id=op.order_id)
-    return Applied("fulfil", op.order_id, "replayed" if all(outcomes) else "applied",
-                   skipped=skipped)
+    engine, metrics = request.app.state.engine, request.app.state.metrics
+    await _alert_skipped(request, channel_id, channel, op.fulfilment_id, op.skipped,
+                         "fulfilment")
+    with metrics.script("fulfil"):
+        _, replayed = await engine.fulfil(channel.tenant, op.order_id, op.fulfilment_id,
+                                          op.lines, channel=channel_id)
+    return Applied("fulfil", op.order_id, "replayed" if replayed else "applied",
+                   skipped=op.skipped or None)
 
 
 async def _inventory_set(request: Request, channel_id: str, channel: Channel,

@@ -25,8 +25,16 @@ local function is_count(v, lo)
   return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= MAX_QTY
 end
 
+-- A SKU or location: 1 to 128 bytes (Lua's # counts bytes, as stockgate.models.valid_line
+-- does: one definition, so a line Python accepts is never refused here).
 local function is_name(v)
   return type(v) == 'string' and #v > 0 and #v <= 128
+end
+
+-- An order, refund, fulfilment or hold reference: "<channel id>:<channel's id>" needs room
+-- beyond a SKU's 128 bytes (a 64-byte channel name and a 100-byte bridge id).
+local function is_id(v)
+  return type(v) == 'string' and #v > 0 and #v <= 256
 end
 
 -- The parts of a request line [sku, location, qty]. A line that is not an array (a number,
@@ -143,4 +151,53 @@ local function customer_give_back(prefix, customer, lines)
     local left = redis.call('DECRBY', k, line[3])
     if left <= 0 then redis.call('DEL', k) end
   end
+end
+
+-- An order record has no expiry while any unit is open (committed, not shipped): a backorder
+-- or a slow shipment may take months. Once none is, it lives for the return window after its
+-- last change, so a late return or refund still finds its lines. Independent of the
+-- idempotency TTL, which only bounds request replays and delivery dedupe.
+local function order_keep(order_key, order_lines, window_ms)
+  for _, ol in ipairs(order_lines) do
+    if ol.open > 0 then
+      redis.call('PERSIST', order_key)
+      return
+    end
+  end
+  redis.call('PEXPIRE', order_key, window_ms)
+end
+
+-- Expires one hold whose TTL has passed: its units go back to sale now. The caller has
+-- checked that the hold is `held` and due. Returns nothing; writes the cells it changes.
+local function expire_hold(outbox, tenant, prefix, expiry_key, cells, hold_id, lines_json,
+                           customer, ts)
+  local lines = cjson.decode(lines_json)
+  local ctx = {ts = ts, tenant = tenant, channel = '', ref = hold_id,
+    key = 'expire:' .. hold_id, reason = 'hold ttl passed'}
+  for _, ch in ipairs(hold_give_back(cells, prefix, lines)) do
+    cell_write(ch[1], 'reserved')
+    emit(outbox, ctx, 'expire', ch[1], ch[2])
+  end
+  customer_give_back(prefix, customer, lines)
+  redis.call('HSET', prefix .. 'hold:' .. hold_id, 'status', 'expired')
+  redis.call('ZREM', expiry_key, hold_id)
+end
+
+-- Expires up to `limit` holds of the tenant whose TTL has passed, before a script judges
+-- stock: a dead hold must never make a live checkout look oversold while it waits for the
+-- sweep (the sweep would then free the unit and sell it a second time).
+local function expire_due(outbox, tenant, prefix, expiry_key, cells, ts, limit)
+  local due = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', ts, 'LIMIT', 0, limit)
+  local n = 0
+  for _, hold_id in ipairs(due) do
+    local status, lines_json, customer = unpack(redis.call('HMGET', prefix .. 'hold:' .. hold_id,
+      'status', 'lines', 'customer'))
+    if status == 'held' then
+      expire_hold(outbox, tenant, prefix, expiry_key, cells, hold_id, lines_json, customer, ts)
+      n = n + 1
+    else
+      redis.call('ZREM', expiry_key, hold_id)
+    end
+  end
+  return n
 end

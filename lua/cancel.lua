@@ -1,13 +1,21 @@
 -- cancel: an order is called off; its open (unshipped) units return to available.
 -- KEYS[1] outbox stream, KEYS[2] order record
--- ARGV: common; request = {order_id}
+-- ARGV: common; request = {order_id, window_ms, tombstone}
 -- Reply: {"ok", {order_id, lines = [{sku, location, qty}]}, replayed}
--- Errors: order_not_found
+-- Errors: order_not_found (unless `tombstone`: a channel's signed cancel of an order not seen
+--   yet records the order as cancelled, so its late create commits nothing)
 local outbox, order_key = KEYS[1], KEYS[2]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
 local status, lines_json, cancel_reply =
   unpack(redis.call('HMGET', order_key, 'status', 'lines', 'cancel_reply'))
+if not status and req.tombstone == true and is_id(req.order_id) then
+  local reply = cjson.encode({order_id = req.order_id})
+  redis.call('HSET', order_key, 'status', 'cancelled', 'fp', 'cancelled', 'reply', reply,
+    'cancel_reply', reply, 'lines', '[]', 'channel', channel)
+  redis.call('PEXPIRE', order_key, req.window_ms)
+  return {'ok', reply, 0}
+end
 if not status then return fail('order_not_found', {order_id = req.order_id}) end
 if status == 'cancelled' then return {'ok', cancel_reply, 1} end
 
@@ -30,4 +38,5 @@ end
 local reply = cjson.encode({order_id = req.order_id, lines = #returned > 0 and returned or nil})
 redis.call('HSET', order_key, 'status', 'cancelled', 'cancel_reply', reply,
   'lines', cjson.encode(order_lines))
+order_keep(order_key, order_lines, req.window_ms)
 return {'ok', reply, 0}

@@ -1,6 +1,6 @@
 -- fulfil: shipped units leave the building: committed -= qty, on_hand -= qty.
 -- KEYS[1] outbox stream, KEYS[2] order record, KEYS[3] idempotency record (fulfilment id)
--- ARGV: common; request = {order_id, fulfilment_id, fp, idem_ttl_ms,
+-- ARGV: common; request = {order_id, fulfilment_id, fp, idem_ttl_ms, window_ms,
 --   lines = [[sku, location or "", qty], ...]}; no lines means every open unit of the order.
 -- Reply: {"ok", {order_id, fulfilment_id, lines = [{sku, location, qty}]}, replayed}
 -- Errors: order_not_found, invalid (more than the order has open), idempotency_conflict
@@ -59,6 +59,7 @@ for _, t in ipairs(takes) do
   shipped[#shipped + 1] = {sku = ol.sku, location = ol.location, qty = x}
 end
 redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
+order_keep(order_key, order_lines, req.window_ms)
 -- cjson encodes an empty table as {}: leave the field out and let the reader default it.
 local reply = cjson.encode({order_id = req.order_id, fulfilment_id = req.fulfilment_id,
   lines = #shipped > 0 and shipped or nil})

@@ -1,4 +1,6 @@
 -- hold: reserve every line of a cart for a TTL, all lines or none.
+-- Before judging stock it expires up to 50 of the tenant's holds whose TTL has passed (their
+-- units go back to sale; a dead hold must not refuse a live cart while the sweep is behind).
 -- KEYS[1] outbox stream, KEYS[2] hold record, KEYS[3] expiry index (zset of hold ids)
 -- ARGV: common (tenant, prefix, request, channel); request =
 --   {hold_id, ttl_ms, idem_ttl_ms, fp, customer?, lines = [[sku, location, qty], ...]}
@@ -15,17 +17,23 @@ if fp then
   end
   return {'ok', reply, 1}
 end
-if not is_name(req.hold_id) or not is_count(req.ttl_ms, 1) or type(req.lines) ~= 'table'
+if not is_id(req.hold_id) or not is_count(req.ttl_ms, 1) or type(req.lines) ~= 'table'
   or #req.lines == 0 then
   return fail('invalid', {detail = 'hold needs a hold_id, a ttl and at least one line'})
 end
 
-local cells, wanted, per_sku, order = {}, {}, {}, {}
 for _, line in ipairs(req.lines) do
   local sku, loc, qty = line_parts(line)
   if not is_name(sku) or not is_name(loc) or not is_count(qty, 1) then
     return fail('invalid', {detail = 'each line needs a sku, a location and a positive qty'})
   end
+end
+
+local ts = now_ms()
+local cells, wanted, per_sku, order = {}, {}, {}, {}
+expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
+for _, line in ipairs(req.lines) do
+  local sku, loc, qty = line[1], line[2], line[3]
   local c = cell_read(cells, prefix, sku, loc)
   if not c then return fail('unknown_sku', {sku = sku, location = loc}) end
   -- A cart may name one cell twice: check the sum, not each line alone.
@@ -55,7 +63,6 @@ else
 end
 
 -- Every check passed: write.
-local ts = now_ms()
 local expires_at = ts + req.ttl_ms
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.hold_id,
   key = 'hold:' .. req.hold_id, reason = 'cart hold'}

@@ -1,57 +1,177 @@
--- order: a channel order without a prior hold commits straight from available.
--- The sale already happened on the channel, so lines are judged one by one: a line that can
--- be covered commits; one that cannot is refused as an oversell_rejected event (never as
--- negative stock) and reported in the reply for an alert.
--- KEYS[1] outbox stream, KEYS[2] order record
--- ARGV: common; request = {order_id, fp, idem_ttl_ms, lines = [[sku, location, qty], ...]}
--- Reply: {"ok", {order_id, lines = [{sku, location, qty, status}]}, replayed};
---   line status is committed, oversell_rejected or unknown_sku.
+-- order: a channel order. The sale already happened on the channel, so lines are judged one
+-- by one: a line that can be covered commits; one that cannot is refused as an
+-- oversell_rejected event (never as negative stock) and reported in the reply for an alert.
+--
+-- A hold the order names is only a hint (it travels in a field the shopper controls). It is
+-- claimed when it is live (held, TTL not passed), was made for no channel or for this one, and
+-- shares a SKU with the order: per SKU, min(order qty, hold qty) units move reserved ->
+-- committed at the hold's location (line status "held"); units beyond the hold come from
+-- available at the order's location; hold units the order lacks are released. A hold past
+-- its TTL is expired here first (units back to sale), then the order takes from available:
+-- the units go to this checkout or back to sale, never both. Any other hint claims nothing.
+--
+-- Explicit link: when the storefront already committed a hold under this very order id
+-- (POST /v1/holds/{id}/commit {"order_id": "<channel>:<id>"}), that record is this sale: the
+-- order adds only the units beyond it and gives back the committed units it does not have.
+--
+-- Before judging stock it expires up to 50 due holds of the tenant (see hold.lua).
+-- KEYS[1] outbox stream, KEYS[2] order record, KEYS[3] expiry index, KEYS[4] hold record
+--   (of req.hold_id; any key of the tenant when there is no hint)
+-- ARGV: common; request = {order_id, fp, window_ms, hold_id ("" for none),
+--   channels (the tenant's channel ids), lines = [[sku, location, qty], ...]}
+-- Reply: {"ok", {order_id, hold_id?, lines = [{sku, location, qty, status}]}, replayed};
+--   line status is held, committed, oversell_rejected, unknown_sku or invalid.
 -- Errors: invalid, idempotency_conflict
-local outbox, order_key = KEYS[1], KEYS[2]
+local outbox, order_key, expiry_key, hold_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
-local fp, reply = unpack(redis.call('HMGET', order_key, 'fp', 'reply'))
-if fp then
-  if fp ~= req.fp then
+local rec_fp, rec_reply, rec_lines, rec_status, rec_channel_fp = unpack(redis.call('HMGET',
+  order_key, 'fp', 'reply', 'lines', 'status', 'channel_fp'))
+if rec_fp then
+  if rec_fp == req.fp or rec_channel_fp == req.fp then return {'ok', rec_reply, 1} end
+  if rec_status == 'cancelled' then
+    -- A cancel landed first (or the order is over): a late create must not commit units.
+    return {'ok', cjson.encode({order_id = req.order_id}), 1}
+  end
+  if string.sub(rec_fp, 1, 5) ~= 'hold:' or rec_channel_fp then
     return fail('idempotency_conflict', {detail = 'order_id reused with a different order'})
   end
-  return {'ok', reply, 1}
 end
-if not is_name(req.order_id) or type(req.lines) ~= 'table' or #req.lines == 0 then
+if not is_id(req.order_id) or type(req.lines) ~= 'table' or #req.lines == 0 then
   return fail('invalid', {detail = 'order needs an order_id and at least one line'})
-end
-for _, line in ipairs(req.lines) do
-  local sku, loc, q = line_parts(line)
-  if not is_name(sku) or not is_name(loc) or not is_count(q, 1) then
-    return fail('invalid', {detail = 'each line needs a sku, a location and a positive qty'})
-  end
 end
 
 local ts = now_ms()
+local cells = {}
+expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
+
+-- Units that already belong to this sale: the claimed hold's reserved units, or the order
+-- record the storefront committed under this order id. {sku, location, qty, state, line}.
+local sources, entries, claimed = {}, {}, nil
+if rec_fp then
+  entries = cjson.decode(rec_lines)
+  for _, ol in ipairs(entries) do
+    if ol.open > 0 then
+      sources[#sources + 1] = {sku = ol.sku, loc = ol.location, qty = ol.open,
+        state = 'committed', line = ol}
+    end
+  end
+elseif is_id(req.hold_id) then
+  local status, lines_json, expires_at, customer, hold_channel = unpack(redis.call('HMGET',
+    hold_key, 'status', 'lines', 'expires_at', 'customer', 'channel'))
+  if status == 'held' and tonumber(expires_at) <= ts then
+    expire_hold(outbox, tenant, prefix, expiry_key, cells, req.hold_id, lines_json, customer, ts)
+  elseif status == 'held' then
+    local foreign = false
+    if hold_channel and hold_channel ~= '' and hold_channel ~= channel then
+      for _, name in ipairs(req.channels or {}) do
+        if name == hold_channel then foreign = true end
+      end
+    end
+    local hold_lines = cjson.decode(lines_json)
+    local overlap = false
+    for _, hl in ipairs(hold_lines) do
+      for _, line in ipairs(req.lines) do
+        if type(line) == 'table' and line[1] == hl[1] then overlap = true end
+      end
+    end
+    if overlap and not foreign then
+      claimed = {customer = customer, lines = hold_lines}
+      for _, hl in ipairs(hold_lines) do
+        sources[#sources + 1] = {sku = hl[1], loc = hl[2], qty = hl[3], state = 'reserved'}
+      end
+    end
+  end
+end
+
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
   key = 'order:' .. req.order_id, reason = 'channel order'}
-local cells, results, order_lines = {}, {}, {}
+local results = {}
 for _, line in ipairs(req.lines) do
-  local sku, loc, q = line[1], line[2], line[3]
-  local c = cell_read(cells, prefix, sku, loc)
-  local status = 'committed'
-  if not c then
-    status = 'unknown_sku'
-  elseif not can_take(c, q) then
-    status = 'oversell_rejected'
-    emit(outbox, ctx, 'oversell_rejected', c, {},
-      'requested ' .. q .. ', available ' .. math.max(available(c), 0))
+  local sku, loc, q = line_parts(line)
+  if not is_name(sku) or not is_name(loc) or not is_count(q, 1) then
+    -- Python skips such lines already (same definition); one must never void the others.
+    results[#results + 1] = {sku = type(sku) == 'string' and string.sub(sku, 1, 128) or '',
+      location = type(loc) == 'string' and string.sub(loc, 1, 64) or '',
+      qty = is_count(q, -MAX_QTY) and q or 0, status = 'invalid'}
   else
-    c.committed = c.committed + q
-    cell_write(c, 'committed')
-    emit(outbox, ctx, 'commit', c, {committed = q})
-    order_lines[#order_lines + 1] = {sku = sku, location = loc, qty = q, open = q,
-      fulfilled = 0, restocked = 0}
+    for _, s in ipairs(sources) do
+      if q == 0 then break end
+      if s.sku == sku and s.qty > 0 then
+        local x = math.min(q, s.qty)
+        s.qty = s.qty - x
+        q = q - x
+        if s.state == 'reserved' then
+          local c = cell_read(cells, prefix, s.sku, s.loc)
+          if c then
+            local r = math.min(x, c.reserved)
+            c.reserved = c.reserved - r
+            c.committed = c.committed + x
+            emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x}, 'order placed from hold')
+          end
+          entries[#entries + 1] = {sku = sku, location = s.loc, qty = x, open = x,
+            fulfilled = 0, restocked = 0}
+        end
+        results[#results + 1] = {sku = sku, location = s.loc, qty = x, status = 'held'}
+      end
+    end
+    if q > 0 then
+      local c = cell_read(cells, prefix, sku, loc)
+      local status = 'committed'
+      if not c then
+        status = 'unknown_sku'
+      elseif not can_take(c, q) then
+        status = 'oversell_rejected'
+        emit(outbox, ctx, 'oversell_rejected', c, {},
+          'requested ' .. q .. ', available ' .. math.max(available(c), 0))
+      else
+        c.committed = c.committed + q
+        emit(outbox, ctx, 'commit', c, {committed = q})
+        entries[#entries + 1] = {sku = sku, location = loc, qty = q, open = q, fulfilled = 0,
+          restocked = 0}
+      end
+      results[#results + 1] = {sku = sku, location = loc, qty = q, status = status}
+    end
   end
-  results[#results + 1] = {sku = sku, location = loc, qty = q, status = status}
 end
-reply = cjson.encode({order_id = req.order_id, lines = results})
-redis.call('HSET', order_key, 'status', 'open', 'fp', req.fp, 'reply', reply,
-  'lines', cjson.encode(order_lines), 'channel', channel)
-redis.call('PEXPIRE', order_key, req.idem_ttl_ms)
+
+-- What belonged to the sale but the order does not have: a claimed hold's leftover units go
+-- back to sale; a storefront-committed record's leftover open units are called off.
+local given_back = {}
+for _, s in ipairs(sources) do
+  if s.qty > 0 then
+    local c = cell_read(cells, prefix, s.sku, s.loc)
+    if c and s.state == 'reserved' then
+      local r = math.min(s.qty, c.reserved)
+      c.reserved = c.reserved - r
+      emit(outbox, ctx, 'release', c, {reserved = -r}, 'hold units not in the order')
+      given_back[#given_back + 1] = {s.sku, s.loc, s.qty}
+    elseif c then
+      local x = math.min(s.qty, c.committed)
+      c.committed = c.committed - x
+      s.line.open = s.line.open - s.qty
+      emit(outbox, ctx, 'cancel', c, {committed = -x}, 'units not in the channel order')
+    end
+  end
+end
+for _, c in pairs(cells) do
+  if c then cell_write(c) end
+end
+
+local reply = cjson.encode({order_id = req.order_id,
+  hold_id = claimed and req.hold_id or nil, lines = results})
+if rec_fp then
+  redis.call('HSET', order_key, 'channel_fp', req.fp, 'reply', reply,
+    'lines', cjson.encode(entries), 'channel', channel)
+else
+  redis.call('HSET', order_key, 'status', 'open', 'fp', req.fp, 'reply', reply,
+    'lines', cjson.encode(entries), 'channel', channel)
+end
+if claimed then
+  customer_give_back(prefix, claimed.customer, given_back)
+  redis.call('HSET', order_key, 'hold_id', req.hold_id)
+  redis.call('HSET', hold_key, 'status', 'committed', 'order_id', req.order_id)
+  redis.call('ZREM', expiry_key, req.hold_id)
+end
+order_keep(order_key, entries, req.window_ms)
 return {'ok', reply, 0}

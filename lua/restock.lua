@@ -2,7 +2,7 @@
 -- committed; shipped units that come back are added to on_hand (never more than shipped).
 -- Without an order id (a return of unknown origin) every unit is added to on_hand.
 -- KEYS[1] outbox stream, KEYS[2] idempotency record (refund id), KEYS[3] order record
--- ARGV: common; request = {refund_id, order_id or "", fp, idem_ttl_ms,
+-- ARGV: common; request = {refund_id, order_id or "", fp, idem_ttl_ms, window_ms,
 --   lines = [[sku, location or "", qty], ...]}
 -- Reply: {"ok", {refund_id, lines = [{sku, location, qty, restocked}]}, replayed}
 --   (restocked < qty when the order had fewer units to give back)
@@ -71,6 +71,7 @@ for _, p in ipairs(plan) do
 end
 if order_lines then
   redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
+  order_keep(order_key, order_lines, req.window_ms)
 end
 local results = {}
 for _, w in ipairs(req.lines) do

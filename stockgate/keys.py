@@ -37,11 +37,12 @@ class TenantKeys:
         webhook for an older push can arrive after a newer push, and is still an echo."""
         return self.prefix + "pushed:" + channel + ":recent:" + ref
 
-    def order_links(self, order_id: str) -> str:
-        """Set of the order records that hold a channel order's units besides its own: the
-        storefront order that committed its hold, and the order for the units beyond the
-        hold (gateway/webhooks.py). Cancels and fulfilments of the channel order reach them."""
-        return self.prefix + "order-links:" + order_id
+    def pushed_log(self, channel: str, ref: str) -> str:
+        """List, newest first, of what a channel showed for "<sku>|<location>" and from when:
+        our pushes and the counts it reported ("<ms>:<p|r>:<value>", workers/propagation.py).
+        A count the channel reports is judged against what it showed when it made the count,
+        not against the canonical value seconds later (workers/channel_counts.py)."""
+        return self.prefix + "pushed:" + channel + ":log:" + ref
 
     def webhook_seen(self, channel: str, delivery_id: str) -> str:
         return self.prefix + "webhook:" + channel + ":" + delivery_id

@@ -13,8 +13,15 @@ from msgspec import Meta, Struct
 from stockgate.settings import NAME_PATTERN
 
 MAX_QTY = 1_000_000_000
+# A SKU is at most this many UTF-8 bytes: the Lua scripts count bytes (lua/_common.lua
+# is_name), so Python counts them too, or a line Python accepts would void a whole order.
+MAX_SKU_BYTES = 128
 
 Sku = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+def sku_fits(sku: str) -> bool:
+    return len(sku.encode("utf-8", "surrogatepass")) <= MAX_SKU_BYTES
 Location = Annotated[str, Meta(pattern=NAME_PATTERN)]
 Ident = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
 Qty = Annotated[int, Meta(ge=1, le=1_000_000)]
@@ -33,6 +40,11 @@ class Line(Struct, frozen=True, forbid_unknown_fields=True):
     sku: Sku
     qty: Qty
     location: Location | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec turns this ValueError into a ValidationError naming the field's Struct.
+        if not sku_fits(self.sku):
+            raise ValueError(f"sku: at most {MAX_SKU_BYTES} UTF-8 bytes")
 
 
 def valid_line(sku: str, qty: int, location: str | None) -> Line | None:
@@ -79,6 +91,10 @@ class BulkAdjustLine(Struct, frozen=True, forbid_unknown_fields=True):
     set_on_hand: Count | None = None
     unavailable_delta: SignedCount | None = None
 
+    def __post_init__(self) -> None:
+        if not sku_fits(self.sku):
+            raise ValueError(f"sku: at most {MAX_SKU_BYTES} UTF-8 bytes")
+
 
 class BulkAdjustRequest(Struct, frozen=True, forbid_unknown_fields=True):
     lines: Annotated[list[BulkAdjustLine], Meta(min_length=1, max_length=5000)]
@@ -123,12 +139,14 @@ class OrderLineResult(Struct, frozen=True):
     sku: str
     location: str
     qty: int
-    status: Literal["committed", "oversell_rejected", "unknown_sku"]
+    # held: covered by the hold the order named; committed: taken from available.
+    status: Literal["held", "committed", "oversell_rejected", "unknown_sku", "invalid"]
 
 
 class OrderReply(Struct, frozen=True):
     order_id: str
     lines: list[OrderLineResult] = []
+    hold_id: str = ""  # the hold the order claimed, if its hint verified
 
 
 class MovedLine(Struct, frozen=True):

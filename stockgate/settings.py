@@ -51,6 +51,10 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     location_map: dict[str, Name] = {}
     # Pushes per second the channel's API accepts (coalesced per SKU and location).
     rate_limit_per_s: float = 2.0
+    # A WooCommerce `refunded` status or a BigCommerce refund/dispute status cannot say which
+    # units came back, so by default nothing is restocked and an alert asks for review. Set
+    # this when this shop's refunds always mean the goods came back (or never left).
+    restock_refunds: bool = False
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own
@@ -76,6 +80,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 900
     # Idempotency records outlive any channel's retry window (Shopify retries for 48 h).
     idempotency_ttl_s: Annotated[int, msgspec.Meta(ge=86_400)] = 3 * 86_400
+    # An order's stock state (open, shipped, restocked units) lives while any unit is open, and
+    # this long after its last change once none is, so a late return still finds its lines.
+    # Separate from the idempotency TTL: backorders, slow shipping and 30-day returns all
+    # outlive 3 days.
+    return_window_s: Annotated[int, msgspec.Meta(ge=1)] = 90 * 86_400
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     max_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # strict: acknowledge a change only once it is on disk; everysec: fsync once a second.

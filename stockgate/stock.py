@@ -63,6 +63,7 @@ class StockEngine:
         self.settings = settings
         self.scripts = Scripts(redis, wait_aof_ms=1000 if settings.wait_aof else 0)
         self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
+        self._window_ms = settings.return_window_s * 1000
 
     async def load_scripts(self) -> None:
         await self.scripts.load()
@@ -113,7 +114,7 @@ class StockEngine:
     async def commit(self, tenant: str, hold_id: str, order_id: str, *, channel: str = ""
                      ) -> tuple[CommitReply, bool]:
         k = tenant_keys(tenant)
-        request = {"hold_id": hold_id, "order_id": order_id, "idem_ttl_ms": self._idem_ttl_ms}
+        request = {"hold_id": hold_id, "order_id": order_id, "window_ms": self._window_ms}
         return await self._run("commit", tenant,
                                [k.outbox, k.hold(hold_id), k.expiry, k.order(order_id)],
                                request, channel, CommitReply)
@@ -127,14 +128,17 @@ class StockEngine:
     # ---- orders ----------------------------------------------------------------------------
 
     async def order(self, tenant: str, order_id: str, lines: Sequence[Line], *,
-                    channel: str = "") -> tuple[OrderReply, bool]:
-        """Commit a channel order straight from available, line by line."""
+                    hold_id: str | None = None, channel: str = "") -> tuple[OrderReply, bool]:
+        """Commit a channel order line by line: from the hold it names when that hint
+        verifies (lua/order.lua), else straight from available."""
         k = tenant_keys(tenant)
         script_lines = self._lines(tenant, lines)
-        request = {"order_id": order_id, "lines": script_lines, "idem_ttl_ms": self._idem_ttl_ms,
-                   "fp": fingerprint(script_lines)}
-        return await self._run("order", tenant, [k.outbox, k.order(order_id)], request, channel,
-                               OrderReply)
+        request = {"order_id": order_id, "lines": script_lines, "window_ms": self._window_ms,
+                   "hold_id": hold_id or "", "fp": fingerprint(script_lines),
+                   "channels": [name for name, ch in self.settings.channels.items()
+                                if ch.tenant == tenant]}
+        keys = [k.outbox, k.order(order_id), k.expiry, k.hold(hold_id or "")]
+        return await self._run("order", tenant, keys, request, channel, OrderReply)
 
     async def fulfil(self, tenant: str, order_id: str, fulfilment_id: str,
                      lines: Sequence[Line] = (), *, channel: str = ""
@@ -142,15 +146,19 @@ class StockEngine:
         k = tenant_keys(tenant)
         script_lines = [(ln.sku, ln.location or "", ln.qty) for ln in lines]
         request = {"order_id": order_id, "fulfilment_id": fulfilment_id, "lines": script_lines,
-                   "idem_ttl_ms": self._idem_ttl_ms, "fp": fingerprint([order_id, script_lines])}
+                   "idem_ttl_ms": self._idem_ttl_ms, "window_ms": self._window_ms,
+                   "fp": fingerprint([order_id, script_lines])}
         keys = [k.outbox, k.order(order_id), k.idempotency("fulfil", fulfilment_id)]
         return await self._run("fulfil", tenant, keys, request, channel, FulfilReply)
 
-    async def cancel(self, tenant: str, order_id: str, *, channel: str = ""
-                     ) -> tuple[CancelReply, bool]:
+    async def cancel(self, tenant: str, order_id: str, *, channel: str = "",
+                     tombstone: bool = False) -> tuple[CancelReply, bool]:
+        """Call off an order's open units. With `tombstone` (a channel's signed cancel), an
+        order not seen yet is recorded as cancelled, so its late create commits nothing."""
         k = tenant_keys(tenant)
-        return await self._run("cancel", tenant, [k.outbox, k.order(order_id)],
-                               {"order_id": order_id}, channel, CancelReply)
+        request = {"order_id": order_id, "window_ms": self._window_ms, "tombstone": tombstone}
+        return await self._run("cancel", tenant, [k.outbox, k.order(order_id)], request,
+                               channel, CancelReply)
 
     async def restock(self, tenant: str, refund_id: str, lines: Sequence[Line], *,
                       order_id: str = "", channel: str = "") -> tuple[RestockReply, bool]:
@@ -159,7 +167,8 @@ class StockEngine:
         default = "" if order_id else self.default_location(tenant)
         script_lines = [(ln.sku, ln.location or default, ln.qty) for ln in lines]
         request = {"refund_id": refund_id, "order_id": order_id, "lines": script_lines,
-                   "idem_ttl_ms": self._idem_ttl_ms, "fp": fingerprint([order_id, script_lines])}
+                   "idem_ttl_ms": self._idem_ttl_ms, "window_ms": self._window_ms,
+                   "fp": fingerprint([order_id, script_lines])}
         keys = [k.outbox, k.idempotency("restock", refund_id), k.order(order_id)]
         return await self._run("restock", tenant, keys, request, channel, RestockReply)
 

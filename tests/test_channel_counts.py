@@ -1,15 +1,20 @@
 """Counts a channel reports on its own: a person's edit becomes an adjust; an echo of our
-push, or the channel's bookkeeping of its own sale, changes nothing."""
+push, or the channel's bookkeeping of its own sale, changes nothing. An edit is measured from
+what the channel showed when the count was made, and never creates units the report does not
+prove."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from gateway_support import OPERATOR, SHOPIFY_SECRET, bearer, gateway_settings
 from redis.asyncio import Redis
+from test_workers_audit import PG_BASE, _pg_or_skip
 from workers_helpers import running_worker, wait_for
 
 from gateway.app import create_app
@@ -22,6 +27,7 @@ from workers.alerts import list_alerts
 from workers.audit import AuditStore, audit_store
 from workers.channel_counts import judge_channel_count
 from workers.outbox import OutboxConsumer
+from workers.propagation import SHOWN_PUSH, log_shown, now_ms, record_push
 
 T = "acme"
 
@@ -122,3 +128,121 @@ async def test_an_admin_edit_reaches_stock_through_the_worker(
             return view.json()["locations"]["main"]["on_hand"] == 30
 
         await wait_for(applied, 10)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_audit(request: pytest.FixtureRequest, tmp_path: Path
+                    ) -> AsyncIterator[AuditStore]:
+    """Both audit stores: the judge's query filters by event type in SQL on each."""
+    schema = ""
+    settings = Settings(data_dir=str(tmp_path))
+    if request.param == "postgresql":
+        await _pg_or_skip()
+        schema = f"sg_counts_{uuid.uuid4().hex[:12]}"
+        async with await psycopg.AsyncConnection.connect(PG_BASE, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        settings = Settings(data_dir=str(tmp_path),
+                            audit_dsn=f"{PG_BASE}?options=-csearch_path%3D{schema}")
+    store = audit_store(settings)
+    await store.open()
+    yield store
+    await store.close()
+    if schema:
+        async with await psycopg.AsyncConnection.connect(PG_BASE, autocommit=True) as conn:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_the_channels_sale_among_many_cart_holds_is_its_own(
+    redis: Redis, engine: StockEngine, any_audit: AuditStore
+) -> None:
+    await engine.adjust(T, "SKU-1", reason="receipt", idempotency_key="r", delta=1000)
+    received = now_ms()
+    # A flash sale: shoppers' carts on the channel's storefront and on the web shop hold the
+    # SKU (600 hold events of the channel alone, more than one page of the audit trail)...
+    for i in range(600):
+        await engine.hold(T, [Line("SKU-1", 1)], hold_id=f"shop-cart-{i}", channel="shop")
+    for i in range(100):
+        await engine.hold(T, [Line("SKU-1", 1)], hold_id=f"web-cart-{i}")
+    # ...and then the channel's own sale, whose count update is the report judged below.
+    await engine.order(T, "shop:1", [Line("SKU-1", 1)], channel="shop")
+    consumer = OutboxConsumer(redis, gateway_settings(engine.settings), any_audit)
+    await consumer.ensure_groups()
+    while await consumer.read_new():
+        pass
+    assert await judge(redis, engine, any_audit, 999, received_ms=received) == "own_sale"
+    assert await on_hand(engine) == 1000  # no adjust
+
+
+REF = "SKU-1|main"
+
+
+async def shown(redis: Redis, ms: int, value: int) -> None:
+    """A push of ours to the channel at `ms` (the pusher records now; tests pick the time)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(tenant_keys(T).pushed("shop"), REF, value)
+        log_shown(pipe, T, "shop", REF, SHOWN_PUSH, ms, value)
+        await pipe.execute()
+
+
+async def sell(engine: StockEngine, order_id: str, qty: int) -> None:
+    """A sale elsewhere (the web shop): the canonical count moves, the channel's does not yet."""
+    await engine.order(T, order_id, [Line("SKU-1", qty)])
+
+
+async def available(engine: StockEngine) -> int:
+    return (await engine.stock(T, "SKU-1")).locations["main"].available
+
+
+async def test_an_edit_is_measured_from_what_the_channel_showed(
+    redis: Redis, engine: StockEngine, audit: AuditStore
+) -> None:
+    await engine.adjust(T, "SKU-1", reason="receipt", idempotency_key="r", delta=10)
+    await record_push(redis, T, "shop", REF, 10)
+    # The channel shows 10; a person sets 12 in its admin: two more units on the shelf.
+    received = now_ms() + 1
+    # Before the job judges it, the web shop sells 3 and the pusher sends the new 7.
+    await sell(engine, "web:1", 3)
+    await shown(redis, received + 5, 7)
+    assert await judge(redis, engine, audit, 12, received_ms=received) == "applied"
+    # +2, not the +5 that separates 12 from the canonical 7 when the job runs.
+    assert (await on_hand(engine), await available(engine)) == (12, 9)
+
+
+@pytest.mark.parametrize("case", ["sold_out_since", "push_in_flight", "two_edits",
+                                  "late_job", "nothing_pushed"])
+async def test_a_report_never_creates_units_it_does_not_prove(
+    redis: Redis, engine: StockEngine, audit: AuditStore, case: str
+) -> None:
+    await engine.adjust(T, "SKU-1", reason="receipt", idempotency_key="r", delta=10)
+    t = now_ms()
+    pushed = 10
+    if case != "nothing_pushed":
+        await shown(redis, t - 60_000, 10)
+    reports: list[tuple[str, int, int]] = []  # fingerprint, received ms, reported count
+    if case == "sold_out_since":
+        # A person adds 2 (10 -> 12); the web shop then sells all 10 and 0 is pushed.
+        reports = [("a", t, 12)]
+        await sell(engine, "web:1", 10)
+        await shown(redis, t + 100, 0)
+    elif case == "push_in_flight":
+        # The web shop sold 3 and our push of 7 left 100 ms before the report: the channel
+        # may still have shown 10 when the person typed 12. Only +2 is proven.
+        await sell(engine, "web:1", 3)
+        await shown(redis, t - 100, 7)
+        reports = [("a", t, 12)]
+    elif case in ("two_edits", "late_job"):
+        # Two edits (12, then 14) before any push of ours: +4 in all, not +2 and +4.
+        reports = [("a", t, 12), ("b", t + 1_000, 14)]
+        if case == "late_job":
+            reports.reverse()  # the first count's job runs after the second's
+    else:
+        # Nothing ever pushed: judged against the canonical count, never above the report.
+        pushed = await available(engine)
+        reports = [("a", t, 12)]
+    start = await on_hand(engine)
+    for fingerprint, received, count in reports:
+        before = await on_hand(engine)
+        await judge(redis, engine, audit, count, fingerprint=fingerprint, received_ms=received)
+        assert await on_hand(engine) - before <= count - pushed
+    grown = await on_hand(engine) - start
+    assert grown == max(count for _, _, count in reports) - pushed

@@ -71,6 +71,7 @@ class Order:
     fp: tuple[Any, ...]
     lines: list[dict[str, Any]]
     status: str = "open"
+    channel_fp: tuple[Any, ...] | None = None  # a channel order merged into a commit's record
 
 
 @dataclass
@@ -169,20 +170,43 @@ class Model:
         return "", len(h.lines)
 
     def order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
-        if order_id in self.orders:
-            same = self.orders[order_id].fp == ("order", order_lines)
-            return ("" if same else "IdempotencyConflict"), 0
+        fp = ("order", order_lines)
+        record = self.orders.get(order_id)
+        sources: list[dict[str, Any]] = []
+        if record is not None:
+            if fp in (record.fp, record.channel_fp) or record.status == "cancelled":
+                return "", 0
+            if record.fp[0] != "hold" or record.channel_fp is not None:
+                return "IdempotencyConflict", 0
+            # The storefront committed a hold under this id: the same sale (explicit link).
+            sources = [ol for ol in record.lines if ol["open"] > 0]
+        left = [ol["open"] for ol in sources]
         kept, emitted = [], 0
         for sku, loc, qty in order_lines:
+            for i, ol in enumerate(sources):
+                if qty and ol["sku"] == sku and left[i] > 0:
+                    x = min(qty, left[i])
+                    left[i] -= x
+                    qty -= x
             c = self.cells.get((sku, loc))
-            if c is None:
+            if qty == 0 or c is None:
                 continue
             emitted += 1  # committed, or recorded as oversell_rejected
             if self.can_take(c, qty):
                 c["committed"] += qty
                 kept.append({"sku": sku, "location": loc, "qty": qty, "open": qty,
                              "fulfilled": 0, "restocked": 0})
-        self.orders[order_id] = Order(("order", order_lines), kept)
+        for i, ol in enumerate(sources):
+            if left[i] > 0:
+                c = self.cells[(ol["sku"], ol["location"])]
+                c["committed"] -= min(left[i], c["committed"])
+                ol["open"] -= left[i]
+                emitted += 1
+        if record is not None:
+            record.lines += kept
+            record.channel_fp = fp
+        else:
+            self.orders[order_id] = Order(fp, kept)
         return "", emitted
 
     def fulfil(self, order_id: str, fulfilment_id: str,
@@ -401,11 +425,14 @@ class StockMachine(RuleBasedStateMachine):
 
     @rule(target=made_orders, order_id=order_ids, order_lines=lines)
     def order(self, order_id: str, order_lines: list[ScriptLine]) -> Any:
+        record = self.model.orders.get(order_id)
+        cancelled = record is not None and record.status == "cancelled"
         expected = self.model.order(order_id, order_lines)
         reply = self.call(self.engine.order(T, order_id,
                                             [Line(s, q, loc) for s, loc, q in order_lines]),
                           expected)
-        if expected[0] == "":
+        # A cancelled order takes no create any more: its reply names no line.
+        if expected[0] == "" and not cancelled:
             assert len(reply[0].lines) == len(order_lines)
         return order_id if expected[1] else multiple()
 

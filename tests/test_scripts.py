@@ -422,10 +422,17 @@ class TestCommit:
         await receive(engine, "A", 10)
         await engine.hold(T, [Line("A", 3)], hold_id="h1", ttl_s=1)
         await asyncio.sleep(1.1)
-        before = await snapshot(redis)
         with pytest.raises(errors.HoldNotFound):
             await engine.commit(T, "h1", "o1")
-        assert await snapshot(redis) == before
+        # The commit that meets a dead hold expires it at once: its units are back on sale
+        # (not reserved until the sweep) and the sweep finds nothing left to do.
+        view = await engine.stock(T, "A")
+        assert (view.locations["main"].reserved, view.locations["main"].committed) == (0, 0)
+        assert (await engine.hold_lines(T, "h1")).status == "expired"
+        assert not await redis.exists(K.order("o1"))
+        assert (await engine.expire(T)).expired == 0
+        types = [e.type for e in await events(redis)]
+        assert types.count("expire") == 1
 
     @pytest.mark.parametrize("order_id", ["", None, 5])
     async def test_invalid_order_id(self, engine: StockEngine, redis: Redis,
@@ -485,24 +492,34 @@ class TestOrder:
             await engine.order(T, "o1", [Line("A", 3)])
         assert await snapshot(redis) == before
 
-    async def test_order_id_of_a_committed_hold_conflicts(self, engine: StockEngine,
-                                                          redis: Redis) -> None:
+    async def test_order_id_of_a_committed_hold_is_the_same_sale(self, engine: StockEngine,
+                                                                 redis: Redis) -> None:
+        # The storefront committed its hold under the channel order's id (the explicit
+        # link): the channel order adds only its units beyond the hold and gives back the
+        # committed units it does not have.
         await receive(engine, "A", 10)
-        await engine.hold(T, [Line("A", 1)], hold_id="h1")
+        await receive(engine, "B", 10)
+        await engine.hold(T, [Line("A", 2), Line("B", 1)], hold_id="h1")
         await engine.commit(T, "h1", "o1")
+        reply, replayed = await engine.order(T, "o1", [Line("A", 3)])
+        assert not replayed
+        assert [(ln.sku, ln.qty, ln.status) for ln in reply.lines] == [
+            ("A", 2, "held"), ("A", 1, "committed")]
+        assert (await cell(engine, "A")).committed == 3
+        assert (await cell(engine, "B")).committed == 0
         before = await snapshot(redis)
+        assert (await engine.order(T, "o1", [Line("A", 3)]))[1]
         with pytest.raises(errors.IdempotencyConflict):
-            await engine.order(T, "o1", [Line("A", 1)])
+            await engine.order(T, "o1", [Line("A", 4)])
         assert await snapshot(redis) == before
 
     @pytest.mark.parametrize("qty", [0, -3, 2.5])
-    async def test_invalid_line_changes_nothing(self, engine: StockEngine, redis: Redis,
-                                                qty: Any) -> None:
+    async def test_invalid_line_never_voids_the_others(self, engine: StockEngine,
+                                                       qty: Any) -> None:
         await receive(engine, "A", 10)
-        before = await snapshot(redis)
-        with pytest.raises(errors.InvalidRequest):
-            await engine.order(T, "o1", [Line("A", 1), Line("A", qty)])
-        assert await snapshot(redis) == before
+        reply, _ = await engine.order(T, "o1", [Line("A", 1), Line("A", qty)])
+        assert [ln.status for ln in reply.lines] == ["committed", "invalid"]
+        assert (await cell(engine, "A")).committed == 1
 
     async def test_backorder_limit(self, engine: StockEngine) -> None:
         await receive(engine, "A", 1)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from workers_helpers import FAST, channel_for, running_worker, settings_with, wait_for
 
 from stockgate.embedded import EmbeddedRedis
-from stockgate.settings import Settings
+from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
 from workers.adapters.bigcommerce import BigCommerceAdapter
@@ -177,3 +177,212 @@ async def test_bigcommerce_order_commits_at_the_channels_location(
         assert view.channels["bc"] == 3  # eu's 5, less the 2 sold
     finally:
         engine.scripts.close()
+
+
+# ---- what a fetched order's status does to its units ----------------------------------------
+#
+# BigCommerce's documented status ids (Orders v2, "Order Status Descriptions"): 0 Incomplete,
+# 2 Shipped, 3 Partially Shipped, 4 Refunded, 5 Cancelled, 6 Declined, 10 Completed,
+# 13 Disputed, 14 Partially Refunded; the rest are stages of a placed, unshipped sale.
+
+class FakeBigCommerce:
+    """BigCommerce's v2 order endpoints as its API reference shapes them: the order
+    (`status_id`), its products (`id` is the order_product_id) and its shipments (`items` of
+    {order_product_id, product_id, quantity}; 204 No Content when there are none)."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, int] = {}
+        self.products: dict[str, list[dict[str, object]]] = {}
+        self.shipments: dict[str, list[dict[str, object]]] = {}
+
+    def add(self, order_id: str, status_id: int, *lines: tuple[str, int]) -> None:
+        self.status[order_id] = status_id
+        self.products[order_id] = [
+            {"id": 100 + i, "order_id": int(order_id), "product_id": 77 + i, "variant_id": 0,
+             "sku": sku, "quantity": qty, "quantity_shipped": 0}
+            for i, (sku, qty) in enumerate(lines)]
+
+    def ship(self, order_id: str, shipment_id: int, *items: tuple[str, int]) -> None:
+        by_sku = {p["sku"]: p for p in self.products[order_id]}
+        self.shipments.setdefault(order_id, []).append({
+            "id": shipment_id, "order_id": int(order_id), "tracking_number": "1Z",
+            "items": [{"order_product_id": by_sku[sku]["id"] if sku in by_sku else 999,
+                       "product_id": by_sku[sku]["product_id"] if sku in by_sku else 0,
+                       "quantity": qty} for sku, qty in items]})
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.split("/v2/orders/", 1)[1].split("/")
+        order_id = parts[0]
+        if order_id not in self.status:
+            return httpx.Response(404, json=[{"status": 404, "message": "not found"}])
+        if len(parts) == 1:
+            return httpx.Response(200, json={"id": int(order_id),
+                                             "status_id": self.status[order_id]})
+        if parts[1] == "products":
+            return httpx.Response(200, json=self.products[order_id])
+        shipments = self.shipments.get(order_id)
+        return httpx.Response(200, json=shipments) if shipments else httpx.Response(204)
+
+
+@pytest.fixture
+def bc_api() -> FakeBigCommerce:
+    return FakeBigCommerce()
+
+
+@pytest.fixture
+async def bc_engine(redis: Redis, tmp_path: Path) -> AsyncIterator[StockEngine]:
+    """An engine with 5 HAT and 5 CAP at `main`."""
+    engine = StockEngine(redis, settings_with(tmp_path, {}))
+    await engine.load_scripts()
+    for sku in ("HAT", "CAP"):
+        await engine.adjust("default", sku, reason="receipt", idempotency_key=f"r-{sku}",
+                            delta=5)
+    yield engine
+    engine.scripts.close()
+
+
+async def _apply(engine: StockEngine, api: FakeBigCommerce, order_id: str,
+                 restock_refunds: bool = False) -> str:
+    channel = Channel(kind="bigcommerce", secret="s3cret", api_url="https://bc.test/stores/x",
+                      access_token="token")
+    if restock_refunds:
+        channel = msgspec.structs.replace(channel, restock_refunds=True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(api.handler)) as client:
+        adapter = adapter_for("bc", channel, client)
+        return await apply_channel_order(engine, adapter, "default", "bc", order_id)
+
+
+async def _cell(engine: StockEngine, sku: str) -> tuple[int, int]:
+    """(on_hand, committed) at main."""
+    found = (await engine.stock("default", sku)).locations["main"]
+    return found.on_hand, found.committed
+
+
+@pytest.mark.parametrize("status_id", [2, 10], ids=["shipped", "completed"])
+@pytest.mark.parametrize("seen_before", [True, False], ids=["placed-first", "unseen"])
+async def test_bigcommerce_shipped_and_completed_fulfil_every_open_unit(
+        bc_engine: StockEngine, bc_api: FakeBigCommerce, status_id: int,
+        seen_before: bool) -> None:
+    bc_api.add("401", 11, ("HAT", 2), ("CAP", 1))
+    if seen_before:
+        assert await _apply(bc_engine, bc_api, "401") == "ordered"
+    bc_api.status["401"] = status_id
+    await _apply(bc_engine, bc_api, "401")
+    assert await _cell(bc_engine, "HAT") == (3, 0)
+    assert await _cell(bc_engine, "CAP") == (4, 0)
+    await _apply(bc_engine, bc_api, "401")  # the same status fetched again ships nothing more
+    bc_api.status["401"] = 10 if status_id == 2 else 2  # and neither does the other one
+    await _apply(bc_engine, bc_api, "401")
+    assert await _cell(bc_engine, "HAT") == (3, 0)
+    assert await _cell(bc_engine, "CAP") == (4, 0)
+
+
+async def test_bigcommerce_partially_shipped_fulfils_only_the_listed_shipments(
+        bc_engine: StockEngine, bc_api: FakeBigCommerce) -> None:
+    bc_api.add("402", 11, ("HAT", 2), ("CAP", 3))
+    await _apply(bc_engine, bc_api, "402")
+    bc_api.status["402"] = 3
+    bc_api.ship("402", 9001, ("HAT", 1))
+    bc_api.ship("402", 9002, ("GIFT-CARD", 1))  # an item of no known order product
+    await _apply(bc_engine, bc_api, "402")
+    assert await _cell(bc_engine, "HAT") == (4, 1)
+    assert await _cell(bc_engine, "CAP") == (5, 3)  # not in a shipment: still committed
+    await _apply(bc_engine, bc_api, "402")  # shipment 9001 again: a replay
+    assert await _cell(bc_engine, "HAT") == (4, 1)
+    bc_api.ship("402", 9003, ("CAP", 2))  # a second parcel leaves
+    await _apply(bc_engine, bc_api, "402")
+    assert await _cell(bc_engine, "HAT") == (4, 1)
+    assert await _cell(bc_engine, "CAP") == (3, 1)
+    bc_api.status["402"] = 2  # the rest ships
+    await _apply(bc_engine, bc_api, "402")
+    assert await _cell(bc_engine, "HAT") == (3, 0)
+    assert await _cell(bc_engine, "CAP") == (2, 0)
+
+
+@pytest.mark.parametrize("status_id", [4, 14, 13],
+                         ids=["refunded", "partially-refunded", "disputed"])
+async def test_bigcommerce_refund_or_dispute_changes_no_stock_and_asks_for_review(
+        redis: Redis, bc_engine: StockEngine, bc_api: FakeBigCommerce, status_id: int) -> None:
+    bc_api.add("403", 11, ("HAT", 2))  # refunded before it shipped
+    await _apply(bc_engine, bc_api, "403")
+    bc_api.status["403"] = status_id
+    outcomes = [await _apply(bc_engine, bc_api, "403"),
+                await _apply(bc_engine, bc_api, "403")]  # fetched again: no second alert
+    assert await _cell(bc_engine, "HAT") == (5, 2)  # still committed, awaiting review
+    [alert] = await list_alerts(redis, "default", type="refund_needs_review")
+    assert (alert.ref, alert.channel) == ("bc:403", "bc")
+    assert "HAT x 2" in alert.detail and f"({status_id})" in alert.detail
+    assert outcomes == ["refund-review"] * 2
+    bc_api.add("404", 11, ("CAP", 1))  # refunded after it shipped
+    await _apply(bc_engine, bc_api, "404")
+    bc_api.status["404"] = 2
+    await _apply(bc_engine, bc_api, "404")
+    bc_api.status["404"] = status_id
+    assert await _apply(bc_engine, bc_api, "404") == "refund-review"
+    assert await _cell(bc_engine, "CAP") == (4, 0)  # not back on sale
+    found = {a.ref: a for a in await list_alerts(redis, "default", type="refund_needs_review")}
+    assert sorted(found) == ["bc:403", "bc:404"] and "CAP x 1" in found["bc:404"].detail
+
+
+async def test_bigcommerce_refund_of_an_unseen_order_counts_the_sale_for_review(
+        redis: Redis, bc_engine: StockEngine, bc_api: FakeBigCommerce) -> None:
+    bc_api.add("405", 4, ("HAT", 2))
+    outcome = await _apply(bc_engine, bc_api, "405")
+    assert await _cell(bc_engine, "HAT") == (5, 2)
+    [alert] = await list_alerts(redis, "default", type="refund_needs_review")
+    assert alert.ref == "bc:405" and outcome == "refund-review"
+
+
+async def test_bigcommerce_refund_restocks_when_the_channel_sets_restock_refunds(
+        redis: Redis, bc_engine: StockEngine, bc_api: FakeBigCommerce) -> None:
+    bc_api.add("406", 11, ("HAT", 2), ("CAP", 1))
+    await _apply(bc_engine, bc_api, "406", restock_refunds=True)
+    bc_api.status["406"] = 3
+    bc_api.ship("406", 9100, ("HAT", 2))
+    await _apply(bc_engine, bc_api, "406", restock_refunds=True)
+    assert await _cell(bc_engine, "HAT") == (3, 0)
+    bc_api.status["406"] = 4
+    assert await _apply(bc_engine, bc_api, "406", restock_refunds=True) == "restocked"
+    assert await _cell(bc_engine, "HAT") == (5, 0)  # shipped units came back
+    assert await _cell(bc_engine, "CAP") == (5, 0)  # the open unit left committed
+    bc_api.status["406"] = 14  # another refund status: the order was restocked once
+    await _apply(bc_engine, bc_api, "406", restock_refunds=True)
+    assert await _cell(bc_engine, "HAT") == (5, 0)
+    assert await list_alerts(redis, "default", type="refund_needs_review") == []
+
+
+@pytest.mark.parametrize("status_id", [5, 6], ids=["cancelled", "declined"])
+async def test_bigcommerce_cancel_after_a_partial_shipment_frees_only_unshipped_units(
+        bc_engine: StockEngine, bc_api: FakeBigCommerce, status_id: int) -> None:
+    bc_api.add("407", 11, ("HAT", 3))
+    await _apply(bc_engine, bc_api, "407")
+    bc_api.status["407"] = 3
+    bc_api.ship("407", 9200, ("HAT", 1))
+    await _apply(bc_engine, bc_api, "407")
+    bc_api.status["407"] = status_id
+    outcome = await _apply(bc_engine, bc_api, "407")
+    assert await _cell(bc_engine, "HAT") == (4, 0)  # the shipped unit stays gone
+    assert outcome == "cancelled"
+
+
+@pytest.mark.parametrize("status_id", [5, 6], ids=["cancelled", "declined"])
+async def test_bigcommerce_cancel_of_an_unseen_order_sticks(
+        bc_engine: StockEngine, bc_api: FakeBigCommerce, status_id: int) -> None:
+    """The cancel's job may run before the created hook's (retried) job: that one must not
+    commit the units of an order that is already off."""
+    bc_api.add("408", status_id, ("HAT", 2))
+    outcome = await _apply(bc_engine, bc_api, "408")
+    assert await _cell(bc_engine, "HAT") == (5, 0)
+    # The stale job applies the order as its created hook saw it (awaiting fulfilment).
+    bc_api.status["408"] = 11
+    await _apply(bc_engine, bc_api, "408")
+    assert await _cell(bc_engine, "HAT") == (5, 0)
+    assert outcome == "cancelled"
+
+
+async def test_bigcommerce_incomplete_checkout_changes_nothing(
+        bc_engine: StockEngine, bc_api: FakeBigCommerce) -> None:
+    bc_api.add("409", 0, ("HAT", 2))
+    outcome = await _apply(bc_engine, bc_api, "409")
+    assert await _cell(bc_engine, "HAT") == (5, 0)
+    assert outcome == "incomplete"

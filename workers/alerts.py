@@ -23,6 +23,9 @@ AlertType = Literal[
     "drift", "oversell", "low_stock", "delivery_failing", "refund_not_restocked",
     "channel_count_ignored", "order_fetch_failed",
     "unmapped_line",  # a channel order line that could not be stocked (no SKU, bad values)
+    "refund_needs_review",  # a refund that cannot say which units came back: not restocked
+    "webhook_contradiction",  # a signed body under a topic it contradicts: nothing changed
+    "stale_delivery",  # an order body older than the return window: nothing changed
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400
@@ -44,21 +47,37 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Alert).decode
 
 
+# Record an alert and its once-marker in one atomic call. Two separate calls (marker, then
+# alert) lose the alert for the marker's whole TTL when the second one fails: the retry finds
+# the marker and drops it. The marker is also written last, so that even a script stopped
+# between its writes (out of memory) leaves a duplicate at worst, never a lost alert.
+# KEYS[1] the alert list, KEYS[2] the marker (absent without `once`)
+# ARGV[1] the alert JSON, ARGV[2] the list bound, ARGV[3] the marker TTL in seconds
+# Returns 1 when recorded, 0 when the marker dropped it.
+_RAISE = """
+local marker = KEYS[2]
+if marker and redis.call('EXISTS', marker) == 1 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if marker then redis.call('SET', marker, 1, 'EX', ARGV[3]) end
+return 1
+"""
+
+
 async def raise_alert(redis: Redis, tenant: str, type: AlertType, detail: str, *,
                       sku: str = "", location: str = "", channel: str = "", ref: str = "",
                       once: str = "", once_ttl_s: int = _MARKER_TTL_S) -> Alert | None:
     """Record an alert. With `once`, a second alert with the same marker within `once_ttl_s`
     is dropped (replayed events, a channel failing again a second later)."""
     keys = worker_keys(tenant)
-    if once and not await redis.set(keys.alert_once(once), 1, nx=True, ex=once_ttl_s):
-        return None
     alert = Alert(id=uuid.uuid4().hex[:16], ts=int(time.time() * 1000), tenant=tenant,
                   type=type, detail=detail, sku=sku, location=location, channel=channel,
                   ref=ref)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.lpush(keys.alerts, _encode(alert))
-        pipe.ltrim(keys.alerts, 0, MAX_ALERTS - 1)
-        await pipe.execute()
+    script_keys = [keys.alerts, keys.alert_once(once)] if once else [keys.alerts]
+    raised = await redis.register_script(_RAISE)(
+        keys=script_keys, args=[_encode(alert), MAX_ALERTS, once_ttl_s])
+    if not raised:
+        return None
     log.warning("alert %s tenant=%s sku=%s channel=%s: %s", type, tenant, sku, channel, detail)
     return alert
 

@@ -8,13 +8,20 @@ echoes at once and hands the rest to this job, deferred by a settle time: by the
 webhook and the push that follows it have landed, and the count is judged against them.
 Treating the channel's own sale as an edit would count the sale twice (once as the order,
 once as a negative adjust), and a late echo as an edit would create stock that does not exist.
+
+A person's edit is the difference between the count they set and the count the channel showed
+when they set it: the last value we pushed, or the channel's own last count, before the report
+(TenantKeys.pushed_log). Not the canonical value when the job runs, seconds later: other sales
+have moved it meanwhile, and "set to 12 while showing 10" is +2, however far the canonical
+count has moved since. An edit never creates more units than the report proves.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
@@ -24,7 +31,15 @@ from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers.alerts import raise_alert
 from workers.audit import AuditStore, EventQuery
-from workers.propagation import channel_value, mark_dirty, member_of
+from workers.propagation import (
+    SHOWN_PUSH,
+    SHOWN_REPORT,
+    PropagationConfig,
+    channel_value,
+    log_shown,
+    mark_dirty,
+    member_of,
+)
 from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.channel_counts")
@@ -35,7 +50,18 @@ APPLY_CHANNEL_COUNT = "apply_channel_count"
 SALE_WINDOW_MS = 60_000
 # Changes a channel makes to its own count: its orders (committed, or refused as oversold),
 # cancels and refunds.
-_OWN_SALE_TYPES = frozenset({"commit", "oversell_rejected", "cancel", "fulfil", "restock"})
+_OWN_SALE_TYPES = ("cancel", "commit", "fulfil", "oversell_rejected", "restock")
+# A push recorded this shortly before a report may not have reached the channel when the
+# count was made (the push is recorded before its call, which may take this long).
+PUSH_IN_FLIGHT_MS = int(PropagationConfig().http_timeout_s * 1000)
+
+
+class Shown(NamedTuple):
+    """The channel showed `value` from `ms` on: our push, or its own report."""
+
+    ms: int
+    kind: str
+    value: int
 
 
 async def is_echo(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> bool:
@@ -57,18 +83,80 @@ async def enqueue_channel_count(redis: Redis, tenant: str, channel_id: str, sku:
 
 async def own_sale_near(audit: AuditStore, tenant: str, channel_id: str, sku: str,
                         location: str, received_ms: int) -> bool:
-    page = await audit.query(EventQuery(tenant=tenant, sku=sku, channel=channel_id,
-                                        since_ms=received_ms - SALE_WINDOW_MS, limit=500))
-    return any(e.location == location and e.type in _OWN_SALE_TYPES for e in page.events)
+    # Only the channel's sale events, filtered in the query: its carts' holds and releases
+    # (thousands in a flash sale) must not fill the page and hide the one sale that matters.
+    query = EventQuery(tenant=tenant, sku=sku, channel=channel_id, types=_OWN_SALE_TYPES,
+                       since_ms=received_ms - SALE_WINDOW_MS, limit=500)
+    while True:
+        page = await audit.query(query)
+        if any(e.location == location for e in page.events):
+            return True
+        if page.next_cursor is None:
+            return False
+        query = msgspec.structs.replace(query, cursor=page.next_cursor)
+
+
+async def shown_log(redis: Redis, tenant: str, channel_id: str, ref: str) -> list[Shown]:
+    """What the channel showed for `ref`, in no particular order. When the log has expired
+    (nothing pushed or reported for a day), the last value pushed predates any report still
+    being judged, so it stands in as shown since forever."""
+    keys = tenant_keys(tenant)
+    raw = await redis.lrange(keys.pushed_log(channel_id, ref), 0, -1)
+    if not raw:
+        last = await redis.hget(keys.pushed(channel_id), ref)
+        return [] if last is None else [Shown(0, SHOWN_PUSH, int(last))]
+    log_ = []
+    for entry in raw:
+        ms, kind, value = entry.decode().split(":")
+        log_.append(Shown(int(ms), kind, int(value)))
+    return log_
+
+
+def edit_delta(shown: list[Shown], received_ms: int, reported: int, shown_now: int,
+               in_flight_ms: int = PUSH_IN_FLIGHT_MS) -> int:
+    """The person's edit: the report minus what the channel showed when it was made."""
+    before = [s for s in shown if s.ms <= received_ms]
+    if not before:
+        # Nothing known that the channel showed: judge against the canonical count now, so the
+        # result is the reported count and never above it.
+        return reported - shown_now
+    then = max(before, key=lambda s: s.ms)
+    delta = reported - then.value
+    if delta > 0:
+        # A push recorded just before the report may still have been on its way: the channel
+        # showed it or the value before it. Only the units above all of them are proven.
+        cut = received_ms - in_flight_ms
+        maybe = [s.value for s in before if s.ms > cut]
+        settled = [s for s in before if s.ms <= cut]
+        if settled:
+            maybe.append(max(settled, key=lambda s: s.ms).value)
+        delta = min(delta, reported - max(maybe))
+    return delta
+
+
+async def record_report(redis: Redis, tenant: str, channel_id: str, ref: str,
+                        received_ms: int, available: int) -> None:
+    """The channel showed its reported count from when it was received: the next count it
+    reports (a second edit before our push lands) is judged against this one, so two edits
+    in a row are not both measured from the same push."""
+    async with redis.pipeline(transaction=False) as pipe:
+        log_shown(pipe, tenant, channel_id, ref, SHOWN_REPORT, received_ms, available)
+        await pipe.execute()
 
 
 async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditStore,
                               settings: Settings, tenant: str, channel_id: str, sku: str,
                               location: str, available: int, fingerprint: str,
-                              received_ms: int) -> str:
+                              received_ms: int, in_flight_ms: int = PUSH_IN_FLIGHT_MS) -> str:
     ref = f"{sku}|{location}"
     if await is_echo(redis, tenant, channel_id, ref, available):
         return "echo"
+    shown = await shown_log(redis, tenant, channel_id, ref)
+    if any(s.kind == SHOWN_REPORT and s.ms > received_ms for s in shown):
+        # A later count of the channel was judged already (this job ran late): it was measured
+        # from what the channel showed then, which includes this edit; judging this one now
+        # would count the edit again.
+        return "stale"
     if await own_sale_near(audit, tenant, channel_id, sku, location, received_ms):
         # Overwrite the channel's figure with the canonical one; an edit a person made in
         # the middle of the channel's own sales is not told apart, so say so.
@@ -79,29 +167,39 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
             "canonical count is pushed back (make stock edits in Stockgate during a sale)",
             sku=sku, location=location, channel=channel_id, ref=fingerprint,
             once=f"count:{channel_id}:{fingerprint}")
+        await record_report(redis, tenant, channel_id, ref, received_ms, available)
         return "own_sale"
     channel = settings.channels[channel_id]
     try:
-        shown = channel_value(settings, channel_id, channel, location,
-                              await engine.stock(tenant, sku))
+        view = await engine.stock(tenant, sku)
     except UnknownSku:
-        shown = 0  # the first adjust creates the SKU
-    delta = available - shown
-    if delta == 0:
-        return "no_change"
-    await engine.adjust(tenant, sku, location=location, delta=delta,
-                        reason=f"set to {available} in {channel_id} admin",
-                        idempotency_key=f"{channel_id}:count:{fingerprint}",
-                        channel=channel_id)
-    return "applied"
+        shown_now, removable = 0, 0  # the first adjust creates the SKU
+    else:
+        shown_now = channel_value(settings, channel_id, channel, location, view)
+        cell = view.locations.get(location)
+        removable = cell.on_hand - cell.unavailable if cell else 0
+    # A removal larger than the location holds now (sales since the report took the rest)
+    # stops at what is there: on_hand never goes below zero or below the unsellable units.
+    delta = max(edit_delta(shown, received_ms, available, shown_now, in_flight_ms),
+                -removable)
+    if delta != 0:
+        await engine.adjust(tenant, sku, location=location, delta=delta,
+                            reason=f"set to {available} in {channel_id} admin",
+                            idempotency_key=f"{channel_id}:count:{fingerprint}",
+                            channel=channel_id)
+    # After the adjust: a job redone after a crash in between must not find its own report
+    # and judge the edit as no change.
+    await record_report(redis, tenant, channel_id, ref, received_ms, available)
+    return "applied" if delta else "no_change"
 
 
 async def apply_channel_count(ctx: dict[str, Any], tenant: str, channel_id: str, sku: str,
                               location: str, available: int, fingerprint: str,
                               received_ms: int) -> str:
     runtime = ctx["runtime"]
+    in_flight_ms = int(runtime.config.propagation.http_timeout_s * 1000)
     outcome = await judge_channel_count(runtime.redis, runtime.engine, runtime.audit,
                                         runtime.settings, tenant, channel_id, sku, location,
-                                        available, fingerprint, received_ms)
+                                        available, fingerprint, received_ms, in_flight_ms)
     log.info("count %s of %s|%s from %s: %s", available, sku, location, channel_id, outcome)
     return outcome

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import httpx
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from stockgate.errors import StockgateError, UnknownSku
 from stockgate.keys import tenant_keys
@@ -213,6 +214,23 @@ RECENT_PUSHES = 16
 RECENT_PUSH_TTL_MS = 10 * 60 * 1000
 
 
+# What a channel showed over time (TenantKeys.pushed_log): entries enough to span a flash
+# sale's pushes during a count's settle time, kept long enough for a quiet SKU's last push.
+SHOWN_PUSH = "p"  # a value we pushed, from the moment we were about to push it
+SHOWN_REPORT = "r"  # a count the channel reported, from the moment the gateway received it
+SHOWN_LOG_LEN = 64
+SHOWN_LOG_TTL_MS = 24 * 60 * 60 * 1000
+
+
+def log_shown(pipe: Pipeline, tenant: str, channel: str, ref: str, kind: str, ms: int,
+              value: int) -> None:
+    """Queue on `pipe` one entry of what the channel showed for `ref` from `ms` on."""
+    log_key = tenant_keys(tenant).pushed_log(channel, ref)
+    pipe.lpush(log_key, f"{ms}:{kind}:{value}")
+    pipe.ltrim(log_key, 0, SHOWN_LOG_LEN - 1)
+    pipe.pexpire(log_key, SHOWN_LOG_TTL_MS)
+
+
 async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> None:
     """Remember a value about to be pushed (before the push: its echo can beat the reply)."""
     keys = tenant_keys(tenant)
@@ -222,6 +240,7 @@ async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: 
         pipe.lpush(recent, value)
         pipe.ltrim(recent, 0, RECENT_PUSHES - 1)
         pipe.pexpire(recent, RECENT_PUSH_TTL_MS)
+        log_shown(pipe, tenant, channel, ref, SHOWN_PUSH, now_ms(), value)
         await pipe.execute()
 
 

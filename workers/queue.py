@@ -1,8 +1,11 @@
 """Jobs the gateway enqueues: fetching an order that a webhook names only by id (BigCommerce).
 
-The job fetches the order from the channel's API (the authoritative data) and applies it as
-a channel order, or cancels it. Order ids are "<channel_id>:<channel order id>" so two
-channels' orders never collide; the engine's idempotency makes a re-run a no-op.
+The job fetches the order from the channel's API (the authoritative data) and applies what its
+status says (docs/order-lifecycle.md): places it, fulfils it (every open unit, or per listed
+shipment), cancels it, or (a refund or dispute, which cannot say which units came back) leaves
+stock alone and raises a `refund_needs_review` alert unless the channel sets `restock_refunds`.
+Order ids are "<channel_id>:<channel order id>" so two channels' orders never collide; the
+engine's idempotency (order, fulfilment and refund ids) makes a re-run a no-op.
 
 The webhook was answered (and marked seen) before the fetch runs, so the channel will not
 resend it: a fetch that fails is retried here, with backoff, and one that keeps failing raises
@@ -26,11 +29,17 @@ from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from redis.asyncio import Redis
 
-from stockgate.errors import OrderNotFound, StockgateError, StoreUnavailable
-from stockgate.models import valid_line
+from stockgate.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    OrderNotFound,
+    StockgateError,
+    StoreUnavailable,
+)
+from stockgate.models import Line, valid_line
 from stockgate.stock import StockEngine
-from workers.adapters import ChannelAdapter, PushError
-from workers.alerts import raise_alert
+from workers.adapters import ChannelAdapter, ChannelOrder, OrderLine, PushError
+from workers.alerts import check_refund, raise_alert
 from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.queue")
@@ -69,29 +78,119 @@ async def enqueue_fetch_order(redis: Redis, tenant: str, channel_id: str, order_
 
 async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
                               channel_id: str, order_id: str) -> str:
+    """Apply the order's current status; returns a short outcome for the log."""
     order = await adapter.fetch_order(order_id)
     ref = order_ref(channel_id, order_id)
-    if order.cancelled:
-        try:
-            await engine.cancel(tenant, ref, channel=channel_id)
-        except OrderNotFound:
-            return "cancelled-unknown"
-        return "cancelled"
-    if not order.lines:
-        return "empty"
+    if order.state == "incomplete":
+        return "incomplete"  # the shopper never finished checkout: nothing was sold
     # The order carries no location: it sells from the channel's own (first) location.
-    location = adapter.channel.location_for(None)
-    # A line no stock line may have (empty or overlong SKU, absurd qty) must not make the
-    # order script refuse the whole order: skip it, and say so.
-    lines = [line for ln in order.lines
+    lines = _stock_lines(order.lines, adapter.channel.location_for(None), order_id,
+                         channel_id)
+    if order.state == "open":
+        if not lines:
+            return "empty"
+        await engine.order(tenant, ref, lines, channel=channel_id)
+        return "ordered"
+    if order.state == "cancelled":
+        # The channel's API says cancelled: an order not seen yet is recorded as cancelled,
+        # so a stale "created" job commits nothing (the order script honours the record).
+        await engine.cancel(tenant, ref, channel=channel_id, tombstone=True)
+        return "cancelled"
+    # Every other status moves a sale that Stockgate may not have seen yet (its created hook
+    # was lost, or its job is still queued): count the sale first, so a shipment ships
+    # committed units and a refund has something to review.
+    await _ensure_order(engine, tenant, channel_id, ref, lines)
+    try:
+        if order.state == "shipped":
+            await engine.fulfil(tenant, ref, f"{ref}:status-{order.status_id}", [],
+                                channel=channel_id)
+            return "fulfilled"
+        if order.state == "partially_shipped":
+            return await _fulfil_shipments(engine, tenant, channel_id, ref, order)
+        return await _refunded(engine, adapter, tenant, channel_id, ref, order, lines)
+    except OrderNotFound:
+        # No stockable line, so no record to move: nothing Stockgate counts was sold.
+        return "empty"
+
+
+def _stock_lines(order_lines: list[OrderLine], location: str | None, order_id: str,
+                 channel_id: str) -> list[Line]:
+    # A line no stock line may have (empty or overlong SKU, absurd qty) must not make a
+    # script refuse the whole order: skip it, and say so.
+    lines = [line for ln in order_lines
              if (line := valid_line(ln.sku, ln.qty, location)) is not None]
-    if len(lines) < len(order.lines):
+    if len(lines) < len(order_lines):
         log.warning("order %s from %s: %d line(s) not stocked (invalid SKU or quantity)",
-                    order_id, channel_id, len(order.lines) - len(lines))
+                    order_id, channel_id, len(order_lines) - len(lines))
+    return lines
+
+
+def _by_sku(lines: list[Line]) -> list[Line]:
+    """Lines without a location: the fulfil and restock scripts then match the order's own
+    lines by SKU, wherever the order committed them."""
+    return [msgspec.structs.replace(ln, location=None) for ln in lines]
+
+
+async def _ensure_order(engine: StockEngine, tenant: str, channel_id: str, ref: str,
+                        lines: list[Line]) -> None:
+    """Place the order unless Stockgate already has it (the order script replays a known
+    order id)."""
+    if not lines:
+        return
+    try:
+        await engine.order(tenant, ref, lines, channel=channel_id)
+    except IdempotencyConflict:
+        # Known under other lines (edited in the channel since): that record is the sale.
+        pass
+
+
+async def _fulfil_shipments(engine: StockEngine, tenant: str, channel_id: str, ref: str,
+                            order: ChannelOrder) -> str:
+    """Partially shipped: ship exactly what each listed shipment took, one fulfilment per
+    shipment id, so a shipment seen again (the next status change) is a replay."""
+    shipped = 0
+    for shipment in order.shipments:
+        lines = _by_sku(_stock_lines(shipment.lines, None, order.order_id, channel_id))
+        if not lines:
+            # Never fulfil with no lines: the script reads that as "every open unit".
+            log.warning("order %s from %s: shipment %s names no stocked line; not applied",
+                        order.order_id, channel_id, shipment.shipment_id)
+            continue
+        try:
+            await engine.fulfil(tenant, ref, f"{ref}:shipment-{shipment.shipment_id}", lines,
+                                channel=channel_id)
+        except (InvalidRequest, IdempotencyConflict) as exc:
+            # More than the order has open (a line Stockgate refused as oversold), or the
+            # shipment was edited after it was applied: the other shipments still apply.
+            log.warning("order %s from %s: shipment %s not applied: %s", order.order_id,
+                        channel_id, shipment.shipment_id, _describe(exc))
+            continue
+        shipped += 1
+    return f"shipped {shipped} of {len(order.shipments)} shipment(s)"
+
+
+async def _refunded(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
+                    channel_id: str, ref: str, order: ChannelOrder, lines: list[Line]) -> str:
+    """A refund or dispute says money moved, not which goods came back: restock nothing and
+    ask for review, unless the channel's config says its refunds always bring goods back."""
     if not lines:
         return "empty"
-    await engine.order(tenant, ref, lines, channel=channel_id)
-    return "ordered"
+    if adapter.channel.restock_refunds:
+        # One refund id for the order whatever the status: a partial refund followed by a
+        # full one, or a dispute, restocks the order's units once.
+        reply, replayed = await engine.restock(tenant, f"{ref}:refunded", _by_sku(lines),
+                                               order_id=ref, channel=channel_id)
+        if not replayed:
+            await check_refund(engine.redis, tenant, reply, channel=channel_id)
+        return "restocked"
+    named = ", ".join(f"{ln.sku} x {ln.qty}" for ln in lines)
+    reason = f"status-{order.status_id}"
+    await raise_alert(
+        engine.redis, tenant, "refund_needs_review",
+        f"order {ref} {order.status} ({order.status_id}): the channel does not say which "
+        f"units came back, nothing was restocked; review: {named}",
+        channel=channel_id, ref=ref, once=f"review:{ref}:{reason}")
+    return "refund-review"
 
 
 def retryable(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -61,10 +62,17 @@ class OrderPlaced(msgspec.Struct, frozen=True, tag="order_placed"):
     # Lines that cannot be stocked: reported and alerted on, never sent to the scripts (one
     # bad line would make the order script refuse the whole order).
     skipped: list[Skipped] = []
+    # When the channel says the order was placed (signed, in the body); 0 when it does not
+    # say. An order body older than the return window is stale (gateway/webhooks.py).
+    placed_at_ms: int = 0
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled"):
+    """The body says the order is cancelled: its open units return to sale; an order not
+    seen yet is recorded as cancelled so that its late create commits nothing."""
+
     order_id: str
+    placed_at_ms: int = 0
 
 
 class OrderFulfilled(msgspec.Struct, frozen=True, tag="order_fulfilled"):
@@ -95,7 +103,28 @@ class FetchOrder(msgspec.Struct, frozen=True, tag="fetch_order"):
     channel_order_id: str
 
 
-Operation = OrderPlaced | OrderCancelled | OrderFulfilled | Refunded | InventorySet | FetchOrder
+class RefundReview(msgspec.Struct, frozen=True, tag="refund_review"):
+    """A refund whose channel cannot say which units came back (WooCommerce's `refunded`
+    status): restocking on a guess would put units the customer may still have back on sale,
+    so nothing changes and an operator is asked to review these lines (`refund_needs_review`)."""
+
+    order_id: str
+    lines: list[Line]
+    reason: str  # what the channel said, e.g. "refunded"; part of the alert's once-marker
+
+
+class Refused(msgspec.Struct, frozen=True, tag="refused"):
+    """A signed delivery that changes nothing and is alerted: its unsigned topic contradicts
+    its body (`webhook_contradiction`), or its body is older than the return window
+    (`stale_delivery`)."""
+
+    reason: str  # webhook_contradiction, stale_delivery
+    ref: str
+    detail: str
+
+
+Operation = (OrderPlaced | OrderCancelled | OrderFulfilled | Refunded | InventorySet | FetchOrder
+             | RefundReview | Refused)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -143,6 +172,20 @@ def lines_of(channel: Channel, items: Iterable[tuple[str | None, tuple, int]],
             continue
         lines.append(line)
     return lines, skipped
+
+
+def iso_ms(stamp: str | None) -> int:
+    """Milliseconds since the epoch of an ISO 8601 time a channel sends ("2026-11-30T05:34:29Z",
+    "2026-11-30T00:34:29-05:00", or no zone: UTC); 0 when absent or unreadable."""
+    if not stamp:
+        return 0
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def parse(dec: msgspec.json.Decoder, body: bytes, what: str):  # type: ignore[no-untyped-def]

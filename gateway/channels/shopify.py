@@ -1,8 +1,16 @@
 """Shopify: HMAC-SHA256 of the raw body, base64, in X-Shopify-Hmac-Sha256.
 
-Topics: orders/create, orders/cancelled, orders/fulfilled, fulfillments/create, refunds/create,
-inventory_levels/update. Shopify retries a failed delivery for up to 48 hours with the same
-X-Shopify-Webhook-Id, which is the dedupe key.
+The signature covers the body only: the topic (X-Shopify-Topic) and the delivery ids
+(X-Shopify-Webhook-Id, X-Shopify-Event-Id) are unsigned headers that anyone holding a signed
+body can change. So the operation is derived from the body (REST Admin Order resource,
+shopify.dev/docs/api/admin-rest/latest/resources/order: `cancelled_at`, `fulfillment_status`
+null/partial/fulfilled, `fulfillments[]` with their `line_items`, `refunds[]` with
+`refund_line_items[].restock_type`), and the topic only picks which kind of body to read:
+order topics (orders/*) an Order, fulfillments/* a Fulfillment, refunds/create a Refund,
+inventory_levels/update an InventoryLevel. A topic the body contradicts becomes a `Refused`
+operation: nothing changes and an alert is raised. Shopify retries a failed delivery for up
+to 48 hours with the same X-Shopify-Webhook-Id; the gateway also dedupes on X-Shopify-Event-Id
+and on a digest of the body.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from gateway.channels.base import (
     OrderFulfilled,
     OrderPlaced,
     Refunded,
+    Refused,
     equal,
+    iso_ms,
     lines_of,
     order_ref,
     parse,
@@ -50,19 +60,14 @@ def _items(line_items: list[LineItem]):  # type: ignore[no-untyped-def]
     return ((li.sku, (li.variant_id,), li.quantity) for li in line_items if not li.gift_card)
 
 
-class Order(msgspec.Struct, frozen=True):
-    id: int
-    line_items: list[LineItem] = []
-    note_attributes: list[NoteAttribute] = []
-    # Set for POS orders only; online orders have no location until fulfilment.
-    location_id: int | None = None
-
-
 class Fulfillment(msgspec.Struct, frozen=True):
     id: int
-    order_id: int
-    line_items: list[LineItem] = []
+    # Required in a fulfillments/* body; None means the body is something else (an order).
+    order_id: int | None = None
+    line_items: list[LineItem] | None = None
     location_id: int | None = None
+    # pending, open, success, cancelled, error, failure: only success moved goods.
+    status: str | None = None
 
 
 class RefundLineItem(msgspec.Struct, frozen=True):
@@ -75,10 +80,27 @@ class RefundLineItem(msgspec.Struct, frozen=True):
 
 class Refund(msgspec.Struct, frozen=True):
     id: int
-    order_id: int
-    refund_line_items: list[RefundLineItem] = []
+    # Required in a refunds/create body; None means the body is something else.
+    order_id: int | None = None
+    refund_line_items: list[RefundLineItem] | None = None
     # Pre-2019 API versions carried a boolean instead of restock_type per line.
     restock: bool | None = None
+
+
+class Order(msgspec.Struct, frozen=True):
+    id: int
+    line_items: list[LineItem] = []
+    note_attributes: list[NoteAttribute] = []
+    # Set for POS orders only; online orders have no location until fulfilment.
+    location_id: int | None = None
+    created_at: str | None = None
+    cancelled_at: str | None = None
+    fulfillment_status: str | None = None
+    fulfillments: list[Fulfillment] = []
+    refunds: list[Refund] = []
+    # Present only in fulfilment, refund and transaction bodies: such a body sent under an
+    # order topic is a contradiction, not an order.
+    order_id: int | None = None
 
 
 class InventoryLevel(msgspec.Struct, frozen=True):
@@ -101,7 +123,10 @@ def verify(channel: Channel, headers: Headers, body: bytes, now: float,
     expected = base64.b64encode(hmac.digest(channel.secret.encode(), body, hashlib.sha256))
     if not equal(expected, given.encode("latin-1")):
         raise Unauthorized("signature mismatch")
-    delivery_id = headers.get("x-shopify-webhook-id") or headers.get("x-shopify-event-id")
+    # The event id names the change (one per order update, shared by its retries); the
+    # webhook id names one delivery of it. Both are unsigned: the gateway dedupes on the
+    # body's digest as well.
+    delivery_id = headers.get("x-shopify-event-id") or headers.get("x-shopify-webhook-id")
     if not delivery_id:
         # Signed but without an id: use the body's digest so a resend still dedupes.
         delivery_id = "sha256-" + hashlib.sha256(body).hexdigest()
@@ -120,48 +145,34 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
     return delivery, _operations(channel_id, channel, delivery, body)
 
 
+def _refused(topic: str, ref: str, what: str) -> list[Operation]:
+    return [Refused("webhook_contradiction", ref,
+                    f"topic {topic!r} contradicts its signed body ({what}); nothing changed")]
+
+
 def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
                 ) -> list[Operation]:
     topic = delivery.topic
-    if topic == "orders/create":
-        order = parse(_ORDER, body, "order")
-        lines, skipped = lines_of(
-            channel, _items(order.line_items),
-            # POS orders name their location; online ones sell from the channel's own.
-            channel.location_for(order.location_id))
-        return [OrderPlaced(order_ref(channel_id, order.id), lines, _hold_id(order), skipped)]
-    if topic == "orders/cancelled":
-        order = parse(_ORDER, body, "order")
-        return [OrderCancelled(order_ref(channel_id, order.id))]
-    if topic == "orders/fulfilled":
+    if topic.startswith("orders/"):
         order = parse(_ORDER, body, "order")
         ref = order_ref(channel_id, order.id)
-        return [OrderFulfilled(ref, ref + ":fulfilled")]
-    if topic == "fulfillments/create":
+        if order.order_id is not None:
+            return _refused(topic, ref, "a fulfilment, refund or transaction body")
+        if topic == "orders/cancelled" and not order.cancelled_at:
+            return _refused(topic, ref, "the order has no cancelled_at")
+        if topic == "orders/fulfilled" and order.fulfillment_status != "fulfilled":
+            return _refused(topic, ref, f"fulfillment_status is {order.fulfillment_status}")
+        return _order_operations(channel_id, channel, order)
+    if topic.startswith("fulfillments/"):
         ful = parse(_FULFILLMENT, body, "fulfillment")
-        # Units ship from whichever location committed them: match lines by SKU only.
-        lines, skipped = lines_of(channel, _items(ful.line_items), None)
-        if ful.line_items and not lines:
-            # Only gift cards or unmappable lines shipped: no lines would mean "every open
-            # unit of the order" to the fulfil script.
-            return []
-        return [OrderFulfilled(order_ref(channel_id, ful.order_id),
-                               order_ref(channel_id, f"fulfillment-{ful.id}"), lines, skipped)]
+        if ful.order_id is None or ful.line_items is None:
+            return _refused(topic, order_ref(channel_id, ful.id), "not a fulfilment body")
+        return _fulfilment(channel_id, channel, ful.order_id, ful)
     if topic == "refunds/create":
         refund = parse(_REFUND, body, "refund")
-        restocked = [
-            rli for rli in refund.refund_line_items
-            if (rli.restock_type or ("legacy_restock" if refund.restock else "no_restock"))
-            != "no_restock"
-        ]
-        lines, skipped = lines_of(channel, (
-            ((rli.line_item.sku if rli.line_item else None),
-             ((rli.line_item.variant_id if rli.line_item else None),), rli.quantity)
-            for rli in restocked if not (rli.line_item and rli.line_item.gift_card)), None)
-        if not lines:
-            return []
-        return [Refunded(order_ref(channel_id, f"refund-{refund.id}"),
-                         order_ref(channel_id, refund.order_id), lines, skipped)]
+        if refund.order_id is None or refund.refund_line_items is None:
+            return _refused(topic, order_ref(channel_id, refund.id), "not a refund body")
+        return _refund(channel_id, channel, refund.order_id, refund)
     if topic == "inventory_levels/update":
         level = parse(_LEVEL, body, "inventory level")
         item = str(level.inventory_item_id)
@@ -171,6 +182,61 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
             return []  # an item or location Stockgate does not manage
         return [InventorySet(sku, location, level.available)]
     return []
+
+
+def _order_operations(channel_id: str, channel: Channel, order: Order) -> list[Operation]:
+    """Everything an order body says, each part idempotent on its own id: placed (the order
+    id), cancelled, shipped (each fulfilment id), refunded (each refund id). Applying the same
+    body twice, or an older body after a newer one, changes nothing more."""
+    ref = order_ref(channel_id, order.id)
+    placed_at = iso_ms(order.created_at)
+    if order.cancelled_at:
+        return [OrderCancelled(ref, placed_at)]
+    lines, skipped = lines_of(
+        channel, _items(order.line_items),
+        # POS orders name their location; online ones sell from the channel's own.
+        channel.location_for(order.location_id))
+    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at)]
+    for ful in order.fulfillments:
+        ops += _fulfilment(channel_id, channel, order.id, ful)
+    if order.fulfillment_status == "fulfilled" and not order.fulfillments:
+        ops.append(OrderFulfilled(ref, ref + ":fulfilled"))
+    for refund in order.refunds:
+        ops += _refund(channel_id, channel, order.id, refund)
+    return ops
+
+
+def _fulfilment(channel_id: str, channel: Channel, order_id: int, ful: Fulfillment
+                ) -> list[Operation]:
+    if ful.status not in (None, "success"):
+        return []  # not shipped (pending, open) or undone (cancelled, error, failure)
+    # Units ship from whichever location committed them: match lines by SKU only.
+    lines, skipped = lines_of(channel, _items(ful.line_items or []), None)
+    if not lines:
+        # Only gift cards or unmappable lines shipped: no lines would mean "every open unit
+        # of the order" to the fulfil script.
+        return []
+    return [OrderFulfilled(order_ref(channel_id, order_id),
+                           order_ref(channel_id, f"fulfillment-{ful.id}"), lines, skipped)]
+
+
+def _refund(channel_id: str, channel: Channel, order_id: int, refund: Refund
+            ) -> list[Operation]:
+    # Only units the channel says came back or were never shipped: return, cancel,
+    # legacy_restock; no_restock keeps them out of stock.
+    restocked = [
+        rli for rli in refund.refund_line_items or []
+        if (rli.restock_type or ("legacy_restock" if refund.restock else "no_restock"))
+        != "no_restock"
+    ]
+    lines, skipped = lines_of(channel, (
+        ((rli.line_item.sku if rli.line_item else None),
+         ((rli.line_item.variant_id if rli.line_item else None),), rli.quantity)
+        for rli in restocked if not (rli.line_item and rli.line_item.gift_card)), None)
+    if not lines:
+        return []
+    return [Refunded(order_ref(channel_id, f"refund-{refund.id}"),
+                     order_ref(channel_id, order_id), lines, skipped)]
 
 
 def _known_location(channel: Channel, location_id: int) -> str | None:

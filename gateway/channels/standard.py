@@ -35,21 +35,24 @@ from gateway.channels.base import (
     OrderFulfilled,
     OrderPlaced,
     Refunded,
+    Skipped,
     equal,
     order_ref,
     parse,
 )
 from gateway.errors import Unauthorized
-from stockgate.models import Line, Location, Qty, Sku
+from stockgate.models import Line, Location, Sku, valid_line
 from stockgate.settings import Channel
 
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
 
 
 class StdLine(msgspec.Struct, frozen=True):
-    sku: Sku
-    qty: Qty
-    location: Location | None = None
+    # Shapes only: the values are judged per line (_lines), so one bad line is skipped and
+    # alerted like on every other channel instead of voiding the whole delivery.
+    sku: str
+    qty: int
+    location: str | None = None
     restock: bool = True
 
 
@@ -135,15 +138,22 @@ def verify(channel: Channel, headers: Headers, body: bytes, now: float,
     return Delivery(msg_id, "")  # the topic is the payload's "type", read by decode()
 
 
-def _lines(channel: Channel, lines: list[StdLine]) -> list[Line]:
-    # Unlike the other channels' lines, these were validated when decoded (StdLine's Sku, Qty
-    # and Location types; the location map's values are validated names): this channel
-    # speaks Stockgate's own schema, so a bad line is a 400 for the bridge to fix, not a
-    # line skipped here.
-    # A line naming no location sells from the channel's own location, like other channels.
-    return [Line(ln.sku, ln.qty, channel.location_map.get(ln.location, ln.location)
-                 if ln.location is not None else channel.location_for(None))
-            for ln in lines]
+def _lines(channel: Channel, lines: list[StdLine]) -> tuple[list[Line], list[Skipped]]:
+    """Stock lines and the lines skipped for values no stock line may have (the one
+    definition in stockgate.models.valid_line). A line naming no location sells from the
+    channel's own location, like other channels."""
+    good: list[Line] = []
+    skipped: list[Skipped] = []
+    for ln in lines:
+        location = (channel.location_map.get(ln.location, ln.location)
+                    if ln.location is not None else channel.location_for(None))
+        line = valid_line(ln.sku, ln.qty, location) if ln.qty > 0 else None
+        if line is None:
+            skipped.append(Skipped("invalid" if ln.qty > 0 else "no_units", ln.qty,
+                                   sku=ln.sku[:128]))
+        else:
+            good.append(line)
+    return good, skipped
 
 
 def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
@@ -155,19 +165,22 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
         return delivery, []
     data = parse(dec, envelope.data, "data")
     if isinstance(data, OrderCreatedData):
-        ops: list[Operation] = [OrderPlaced(order_ref(channel_id, data.order_id),
-                                            _lines(channel, data.lines), data.hold_id)]
+        lines, skipped = _lines(channel, data.lines)
+        ops: list[Operation] = [OrderPlaced(order_ref(channel_id, data.order_id), lines,
+                                            data.hold_id, skipped)]
     elif isinstance(data, OrderCancelledData):
         ops = [OrderCancelled(order_ref(channel_id, data.order_id))]
     elif isinstance(data, OrderFulfilledData):
+        lines, skipped = _lines(channel, data.lines)
+        # Lines named but none valid: nothing to ship (no lines means "every open unit").
         ops = [OrderFulfilled(order_ref(channel_id, data.order_id),
-                              order_ref(channel_id, data.fulfilment_id),
-                              _lines(channel, data.lines))]
+                              order_ref(channel_id, data.fulfilment_id), lines, skipped)
+               ] if lines or not data.lines else []
     elif isinstance(data, RefundData):
-        restocked = [ln for ln in data.lines if ln.restock]
+        # Only lines the bridge marks as back in stock (`restock`, default true).
+        lines, skipped = _lines(channel, [ln for ln in data.lines if ln.restock])
         ops = [Refunded(order_ref(channel_id, data.refund_id),
-                        order_ref(channel_id, data.order_id),
-                        _lines(channel, restocked))] if restocked else []
+                        order_ref(channel_id, data.order_id), lines, skipped)] if lines else []
     else:
         location = (channel.location_map.get(data.location, data.location)
                     if data.location else channel.location_for(None))

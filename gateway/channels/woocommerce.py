@@ -1,10 +1,16 @@
 """WooCommerce: HMAC-SHA256 of the raw body, base64, in X-WC-Webhook-Signature.
 
-Topics: order.created (commit), order.updated by status: cancelled/failed (cancel), completed
-(fulfil), refunded (restock every line). Partial refunds are not in the order payload's lines,
-so they are left to reconcile. When a webhook is saved, WooCommerce sends an unsigned
-`webhook_id=<n>` form post and disables the hook unless it gets a 2xx: that probe is
-answered 200 and changes nothing.
+The signature covers the body only; X-WC-Webhook-Topic and the delivery id are unsigned. So
+for order.created and order.updated alike the operation is what the order body's `status`
+says (WooCommerce REST API v3 order statuses: pending, processing, on-hold, completed,
+cancelled, refunded, failed, trash): cancelled/failed cancel (an order not seen yet is
+recorded as cancelled); completed places and ships; refunded places and asks for review (the
+status cannot say which units came back, so nothing is restocked and an alert names the
+lines; with the channel's `restock_refunds`, every line is restocked); trash changes nothing;
+any other status places the order (idempotent on its id). Partial refunds are not in the
+order payload's lines, so they are left to reconcile.
+When a webhook is saved, WooCommerce sends an unsigned `webhook_id=<n>` form post and disables
+the hook unless it gets a 2xx: that probe is answered 200 and changes nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from gateway.channels.base import (
     OrderFulfilled,
     OrderPlaced,
     Refunded,
+    RefundReview,
     equal,
+    iso_ms,
     lines_of,
     order_ref,
     parse,
@@ -51,6 +59,7 @@ class LineItem(msgspec.Struct, frozen=True):
 class Order(msgspec.Struct, frozen=True):
     id: int
     status: str = ""
+    date_created_gmt: str | None = None  # signed placement time, for the stale rule
     line_items: list[LineItem] = []
     meta_data: list[MetaData] = []
 
@@ -98,18 +107,22 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
         return []
     order = parse(_ORDER, body, "order")
     ref = order_ref(channel_id, order.id)
-    if delivery.topic == "order.created":
-        if order.status in ("cancelled", "failed", "trash"):
-            return []
-        lines, skipped = _lines(channel, order)
-        return [OrderPlaced(ref, lines, _hold_id(order), skipped)]
+    placed_at = iso_ms(order.date_created_gmt)
     if order.status in ("cancelled", "failed"):
-        return [OrderCancelled(ref)]
+        return [OrderCancelled(ref, placed_at)]
+    if order.status == "trash":
+        return []
+    lines, skipped = _lines(channel, order)
+    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at)]
     if order.status == "completed":
-        return [OrderFulfilled(ref, ref + ":completed")]
-    if order.status == "refunded":
-        lines, skipped = _lines(channel, order)
+        ops.append(OrderFulfilled(ref, ref + ":completed"))
+    elif order.status == "refunded" and lines:
         # Order-level location: the restock script matches the order's own lines by SKU.
-        lines = [msgspec.structs.replace(ln, location=None) for ln in lines]
-        return [Refunded(ref + ":refunded", ref, lines, skipped)] if lines else []
-    return []
+        by_sku = [msgspec.structs.replace(ln, location=None) for ln in lines]
+        if channel.restock_refunds:
+            # The merchant says this shop's refunds always mean the goods came back.
+            ops.append(Refunded(ref + ":refunded", ref, by_sku))
+        else:
+            # A refund is money, not goods: the status cannot say which units came back.
+            ops.append(RefundReview(ref, by_sku, "refunded"))
+    return ops

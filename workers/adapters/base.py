@@ -4,7 +4,7 @@ order. Errors come out as PushError so propagation can tell "wait and retry" fro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import msgspec
@@ -28,10 +28,39 @@ class OrderLine(msgspec.Struct, frozen=True):
     qty: int
 
 
+# What a fetched order's channel status means for its units; each adapter maps its channel's
+# own statuses onto these and workers/queue.py applies them:
+#   incomplete         checkout never finished: nothing was sold
+#   open               sold, not shipped: the units are committed
+#   shipped            every unit left: fulfil every open unit
+#   partially_shipped  some units left: fulfil what `shipments` lists
+#   cancelled          the sale is off: open units go back on sale
+#   refunded           money went back, which goods came back is unknown: review
+OrderState = Literal["incomplete", "open", "shipped", "partially_shipped", "cancelled",
+                     "refunded"]
+
+
+class Shipment(msgspec.Struct, frozen=True):
+    """One of a partially shipped order's shipments: its channel id (the fulfilment's
+    idempotency key) and the lines it took."""
+
+    shipment_id: str
+    lines: list[OrderLine]
+
+
 class ChannelOrder(msgspec.Struct, frozen=True):
     order_id: str
-    cancelled: bool
+    state: OrderState
     lines: list[OrderLine]
+    # The channel's own status, for fulfilment ids, alerts and logs.
+    status_id: int = 0
+    status: str = ""
+    # Read only for a partially shipped order: the other states need no shipment detail.
+    shipments: list[Shipment] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state == "cancelled"
 
 
 def _retry_after(response: httpx.Response) -> float:
