@@ -43,6 +43,16 @@ class UnsupportedMediaType(StockgateError):
     status = 415
 
 
+class OrderNotYetKnown(StockgateError):
+    """A fulfilment or refund of an order Stockgate has not seen yet (its create is still on
+    the way): answered 409 with Retry-After so the channel delivers it again, for a bounded
+    time (gateway/webhooks.py), instead of acknowledging a shipment that changed nothing."""
+
+    code = "order_not_yet_known"
+    status = 409
+    retry_after = 60
+
+
 class RateLimited(StockgateError):
     code = "rate_limited"
     status = 429

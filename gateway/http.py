@@ -11,7 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, MalformedRequest, RateLimited, UnsupportedMediaType
+from gateway.errors import (
+    BodyTooLarge,
+    MalformedRequest,
+    OrderNotYetKnown,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from stockgate.errors import StockgateError, StoreUnavailable
 
 T = TypeVar("T")
@@ -132,7 +138,7 @@ def error_reply(exc: StockgateError) -> JSONReply:
     headers = None
     if isinstance(exc, StoreUnavailable):
         headers = {"Retry-After": "1"}
-    elif isinstance(exc, RateLimited):
+    elif isinstance(exc, RateLimited | OrderNotYetKnown):
         headers = {"Retry-After": str(exc.retry_after)}
     elif exc.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}

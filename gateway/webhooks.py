@@ -35,7 +35,7 @@ from gateway.channels.base import (
     Refused,
     Skipped,
 )
-from gateway.errors import NotFound, UnsupportedMediaType
+from gateway.errors import NotFound, OrderNotYetKnown, UnsupportedMediaType
 from gateway.http import JSONReply, is_json, read_body
 from stockgate import errors
 from stockgate.keys import tenant_keys
@@ -80,7 +80,8 @@ async def receive_webhook(request: Request) -> JSONReply:
     if not is_json(request):
         raise UnsupportedMediaType("webhook bodies must be application/json")
     delivery, operations = adapter.decode(channel_id, channel, delivery, body)
-    operations = _unless_stale(operations, settings.return_window_s)
+    operations = _unless_stale(operations, settings.return_window_s,
+                               settings.idempotency_ttl_s)
     keys = tenant_keys(channel.tenant)
     # Keyed on the channel's id for the delivery and on the signed body itself: the id and the
     # topic are unsigned headers on some channels (Shopify), so a body resent under a fresh id
@@ -93,7 +94,11 @@ async def receive_webhook(request: Request) -> JSONReply:
         metrics.webhooks[(channel_id, "duplicate")] += 1
         return JSONReply(WebhookReply("duplicate", delivery.id, delivery.topic))
     results = [await _apply(request, channel_id, channel, delivery, op) for op in operations]
-    for key in seen_keys:
+    # The body is marked seen only when it did something: a signed body first sent under a
+    # topic that means nothing (or contradicts it) must not make its real delivery a
+    # duplicate. Its delivery id is marked either way.
+    did = any(r.outcome not in ("ignored",) for r in results)
+    for key in seen_keys if did else seen_keys[:1]:
         await commands.run("SET", key, b"1", "EX", settings.idempotency_ttl_s)
     if not results:
         status = "ignored"
@@ -108,15 +113,49 @@ async def receive_webhook(request: Request) -> JSONReply:
 
 async def _apply(request: Request, channel_id: str, channel: Channel, delivery: Delivery,
                  op: Operation) -> Applied:
-    """One operation; stock errors a retry cannot fix become an `ignored` result."""
+    """One operation; stock errors a retry cannot fix become an `ignored` result, and an
+    operation that moved no stock for a reason someone must look at raises an alert."""
     name = type(op).__struct_config__.tag
     try:
         return await _run(request, channel_id, channel, delivery, op)
     except errors.StoreUnavailable:
         raise
+    except errors.OrderNotFound:
+        if isinstance(op, OrderFulfilled | Refunded):
+            await _order_not_yet_known(request, channel_id, channel, delivery, op)
+        return Applied(str(name), _ref(op), "ignored", error="order_not_found")
     except errors.StockgateError as exc:
         log.warning("webhook %s from %s: %s %s", delivery.id, channel_id, name, exc.code)
+        if isinstance(exc, errors.IdempotencyConflict | errors.InvalidRequest):
+            # An order edited in the channel, a shipment larger than what is open: the
+            # channel says goods moved and Stockgate did not move them. Never silent.
+            await raise_alert(
+                request.app.state.redis, channel.tenant, "webhook_not_applied",
+                f"{name} {_ref(op)} from {channel_id} changed no stock: {exc.detail}",
+                channel=channel_id, ref=_ref(op), once=f"not-applied:{_ref(op)}:{name}")
         return Applied(str(name), _ref(op), "ignored", error=exc.code)
+
+
+# A shipment or refund of an order not seen yet is asked again for this long after its first
+# delivery (the order's create is usually seconds behind); after that it is acknowledged and
+# an alert stands, so a channel never disables the subscription over it.
+NOT_YET_KNOWN_RETRY_S = 3600
+
+
+async def _order_not_yet_known(request: Request, channel_id: str, channel: Channel,
+                               delivery: Delivery, op: OrderFulfilled | Refunded) -> None:
+    state = request.app.state
+    ref = op.fulfilment_id if isinstance(op, OrderFulfilled) else op.refund_id
+    first = tenant_keys(channel.tenant).webhook_seen(channel_id, "first-" + ref)
+    now = int(time.time())
+    await state.commands.run("SET", first, now, "NX", "EX", 86_400)
+    since = int(await state.commands.run("GET", first) or now)
+    if now - since < NOT_YET_KNOWN_RETRY_S:
+        raise OrderNotYetKnown(f"order {op.order_id} is not known yet; deliver again later")
+    await raise_alert(
+        state.redis, channel.tenant, "webhook_not_applied",
+        f"{ref} names order {op.order_id}, which Stockgate never received: nothing moved",
+        channel=channel_id, ref=ref, once=f"not-applied:{ref}")
 
 
 def _ref(op: Operation) -> str:
@@ -147,7 +186,8 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
         await _alert_skipped(request, channel_id, channel, op.refund_id, op.skipped, "refund")
         with metrics.script("restock"):
             reply, replayed = await engine.restock(tenant, op.refund_id, op.lines,
-                                                   order_id=op.order_id, channel=channel_id)
+                                                   order_id=op.order_id, channel=channel_id,
+                                                   take_from=op.take_from)
         if not replayed:
             # A line that restored nothing leaves no outbox event: only the reply shows it.
             await check_refund(state.redis, tenant, reply, channel=channel_id)
@@ -184,18 +224,25 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
 # the hold it names as a hint, a cancel one `cancel`, a fulfilment one `fulfil`.
 
 
-def _unless_stale(operations: list[Operation], window_s: int) -> list[Operation]:
-    """One rule for stale deliveries: an order body whose signed placement time is older than
-    the return window changes nothing (its order record may be gone, so its create would
-    commit units again). Unsigned times (X-Shopify-Triggered-At) are never trusted; within
-    the window, late and out-of-order deliveries are harmless because every operation is
-    idempotent on its own id."""
-    oldest = int((time.time() - window_s) * 1000)
+def _unless_stale(operations: list[Operation], window_s: int, ttl_s: int) -> list[Operation]:
+    """One rule for stale deliveries: a body is judged by the signed time it carries, against
+    how long Stockgate remembers what it applied. An order body placed before the return
+    window changes nothing (its record may be gone, so its create would commit units again);
+    a count report older than the idempotency TTL changes nothing (its dedupe record may be
+    gone, so a replay would be judged as a new edit). Unsigned times (X-Shopify-Triggered-At)
+    are never trusted; inside those windows, late and out-of-order deliveries are harmless
+    because every operation is idempotent on its own id, kept as long as its order."""
+    now_ms = int(time.time() * 1000)
     for op in operations:
-        if isinstance(op, OrderPlaced | OrderCancelled) and 0 < op.placed_at_ms < oldest:
+        if isinstance(op, OrderPlaced | OrderCancelled) and (
+                0 < op.placed_at_ms < now_ms - window_s * 1000):
             return [Refused("stale_delivery", op.order_id,
                             f"order {op.order_id} was placed more than {window_s // 86_400} "
                             "days ago (the return window); its delivery changes nothing")]
+        if isinstance(op, InventorySet) and 0 < op.reported_at_ms < now_ms - ttl_s * 1000:
+            return [Refused("stale_delivery", f"{op.sku}|{op.location}",
+                            f"count report of {op.sku} made more than {ttl_s // 3600} hours "
+                            "ago; its delivery changes nothing")]
     return operations
 
 
@@ -228,11 +275,20 @@ async def _order_placed(request: Request, channel_id: str, channel: Channel,
                        skipped=skipped)
     with metrics.script("order"):
         reply, replayed = await engine.order(channel.tenant, op.order_id, op.lines,
-                                             hold_id=op.hold_id, channel=channel_id)
+                                             hold_id=op.hold_id, state_ms=op.state_at_ms,
+                                             channel=channel_id)
     if not replayed:
-        for ln in reply.lines:
+        for i, ln in enumerate(reply.lines):
             if ln.status not in ("committed", "held"):
                 metrics.rejections[ln.status] += 1
+            if ln.status == "unknown_sku":
+                # No stock line at that SKU and location: a sale Stockgate cannot count.
+                await raise_alert(
+                    state.redis, channel.tenant, "unmapped_line",
+                    f"order {op.order_id}: {ln.sku[:64]!r} x {ln.qty} at {ln.location!r} is "
+                    "not a stocked SKU and location; not stocked", sku=ln.sku,
+                    location=ln.location, channel=channel_id, ref=op.order_id,
+                    once=f"unknown:{op.order_id}:{i}")
     lines = [{"sku": ln.sku, "location": ln.location, "qty": ln.qty, "status": ln.status}
              for ln in reply.lines]
     return Applied("commit_hold" if reply.hold_id else "order", op.order_id,
@@ -246,7 +302,7 @@ async def _order_cancelled(request: Request, channel_id: str, channel: Channel,
         # The body is signed and says "cancelled": an order not seen yet is recorded as
         # cancelled, so its create arriving late commits nothing.
         _, replayed = await engine.cancel(channel.tenant, op.order_id, channel=channel_id,
-                                          tombstone=True)
+                                          tombstone=True, state_ms=op.state_at_ms)
     return Applied("cancel", op.order_id, "replayed" if replayed else "applied")
 
 

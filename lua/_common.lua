@@ -109,14 +109,18 @@ end
 
 -- Idempotency record stored as "<fingerprint>\n<reply>": a repeat with the same request gets
 -- the first reply byte for byte; the same key with another request is a conflict.
-local function idem_lookup(key, fp)
-  local v = redis.call('GET', key)
+-- idem_match does the same for a record already read (an order record's "done:<id>" field).
+local function idem_match(v, fp)
   if not v then return nil end
   local sep = string.find(v, '\n', 1, true)
   if string.sub(v, 1, sep - 1) ~= fp then
     return fail('idempotency_conflict', {detail = 'idempotency key reused with a different request'})
   end
   return {'ok', string.sub(v, sep + 1), 1}
+end
+
+local function idem_lookup(key, fp)
+  return idem_match(redis.call('GET', key), fp)
 end
 
 local function idem_store(key, fp, reply, ttl_ms)

@@ -1,23 +1,31 @@
 -- cancel: an order is called off; its open (unshipped) units return to available.
 -- KEYS[1] outbox stream, KEYS[2] order record
--- ARGV: common; request = {order_id, window_ms, tombstone}
+-- ARGV: common; request = {order_id, window_ms, tombstone, state_ms (the body's modification
+--   time; 0 when unknown): a cancel older than the order's latest state (a re-opened
+--   WooCommerce order's old `failed` body) changes nothing}
 -- Reply: {"ok", {order_id, lines = [{sku, location, qty}]}, replayed}
 -- Errors: order_not_found (unless `tombstone`: a channel's signed cancel of an order not seen
 --   yet records the order as cancelled, so its late create commits nothing)
 local outbox, order_key = KEYS[1], KEYS[2]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
-local status, lines_json, cancel_reply =
-  unpack(redis.call('HMGET', order_key, 'status', 'lines', 'cancel_reply'))
+local status, lines_json, cancel_reply, rec_state =
+  unpack(redis.call('HMGET', order_key, 'status', 'lines', 'cancel_reply', 'state_ms'))
+local state_ms = tonumber(req.state_ms) or 0
 if not status and req.tombstone == true and is_id(req.order_id) then
   local reply = cjson.encode({order_id = req.order_id})
   redis.call('HSET', order_key, 'status', 'cancelled', 'fp', 'cancelled', 'reply', reply,
-    'cancel_reply', reply, 'lines', '[]', 'channel', channel)
+    'cancel_reply', reply, 'lines', '[]', 'channel', channel, 'state_ms', state_ms)
   redis.call('PEXPIRE', order_key, req.window_ms)
   return {'ok', reply, 0}
 end
 if not status then return fail('order_not_found', {order_id = req.order_id}) end
-if status == 'cancelled' then return {'ok', cancel_reply, 1} end
+if status == 'cancelled' then
+  return {'ok', cancel_reply or cjson.encode({order_id = req.order_id}), 1}
+end
+if state_ms > 0 and state_ms < (tonumber(rec_state) or 0) then
+  return {'ok', cjson.encode({order_id = req.order_id}), 1}
+end
 
 local order_lines = cjson.decode(lines_json)
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.order_id,
@@ -31,12 +39,15 @@ for _, ol in ipairs(order_lines) do
     cell_write(c)
     emit(outbox, ctx, 'cancel', c, {committed = -x})
     returned[#returned + 1] = {sku = ol.sku, location = ol.location, qty = ol.open}
+    -- Remembered so that the channel's cancel-type refund of these units (Shopify sends one
+    -- with its orders/cancelled) finds them already back on sale instead of taking shipped ones.
+    ol.cancelled = (ol.cancelled or 0) + ol.open
     ol.open = 0
   end
 end
 -- cjson encodes an empty table as {}: leave the field out and let the reader default it.
 local reply = cjson.encode({order_id = req.order_id, lines = #returned > 0 and returned or nil})
 redis.call('HSET', order_key, 'status', 'cancelled', 'cancel_reply', reply,
-  'lines', cjson.encode(order_lines))
+  'lines', cjson.encode(order_lines), 'state_ms', math.max(state_ms, tonumber(rec_state) or 0))
 order_keep(order_key, order_lines, req.window_ms)
 return {'ok', reply, 0}

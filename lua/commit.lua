@@ -3,8 +3,10 @@
 -- A hold past its TTL is dead even before the sweep: it is expired here (its units go back to
 -- sale) and the commit answers hold_not_found.
 -- Explicit link: when the order id is a channel order's reference that already has a record
--- (the channel's order webhook landed first, naming no hold), that order counted the sale:
--- the hold's units go back to sale and the hold is marked committed to it.
+-- (the channel's order webhook landed first, naming no hold), the hold is that sale. The
+-- units the order asked for but was refused (oversell_rejected: often because this very hold
+-- reserved them) are the hold's units: they move reserved -> committed into the order's
+-- record. The rest of the hold was counted by the order already and goes back to sale.
 -- KEYS[1] outbox stream, KEYS[2] hold record, KEYS[3] expiry index, KEYS[4] order record
 -- ARGV: common; request = {hold_id, order_id, window_ms}
 -- Reply: {"ok", {order_id, hold_id, lines}, replayed}
@@ -31,7 +33,8 @@ end
 if status ~= 'held' then
   return fail('hold_not_found', {hold_id = req.hold_id, status = status or 'unknown'})
 end
-local rec_fp, rec_channel = unpack(redis.call('HMGET', order_key, 'fp', 'channel'))
+local rec_fp, rec_channel, rec_status, rec_reply, rec_lines = unpack(redis.call('HMGET',
+  order_key, 'fp', 'channel', 'status', 'reply', 'lines'))
 if rec_fp and (rec_channel == nil or rec_channel == '') then
   return fail('idempotency_conflict', {detail = 'order_id already used by another order'})
 end
@@ -46,13 +49,33 @@ local reply = cjson.encode({order_id = req.order_id, hold_id = req.hold_id, line
 redis.call('HSET', hold_key, 'status', 'committed', 'order_id', req.order_id)
 redis.call('ZREM', expiry_key, req.hold_id)
 if rec_fp then
-  -- The channel order counted these units already: the hold's reservation is released.
+  local refused = {}
+  if rec_status ~= 'cancelled' then
+    for _, ln in ipairs(cjson.decode(rec_reply).lines or {}) do
+      if ln.status == 'oversell_rejected' then refused[ln.sku] = (refused[ln.sku] or 0) + ln.qty end
+    end
+  end
   local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
     key = 'commit:' .. req.hold_id, reason = 'hold linked to its channel order'}
-  for _, ch in ipairs(hold_give_back(cells, prefix, lines)) do
-    cell_write(ch[1], 'reserved')
-    emit(outbox, ctx, 'release', ch[1], ch[2])
+  local entries = cjson.decode(rec_lines)
+  for _, line in ipairs(lines) do
+    local c = cell_read(cells, prefix, line[1], line[2])
+    local x = math.min(line[3], refused[line[1]] or 0)
+    local r = math.min(line[3], c.reserved)
+    c.reserved = c.reserved - r
+    if x > 0 then
+      refused[line[1]] = refused[line[1]] - x
+      c.committed = c.committed + x
+      entries[#entries + 1] = {sku = line[1], location = line[2], qty = x, open = x,
+        fulfilled = 0, restocked = 0}
+      emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x})
+    else
+      emit(outbox, ctx, 'release', c, {reserved = -r})
+    end
+    cell_write(c, 'reserved', 'committed')
   end
+  redis.call('HSET', order_key, 'lines', cjson.encode(entries))
+  order_keep(order_key, entries, req.window_ms)
   return {'ok', reply, 0}
 end
 

@@ -9,8 +9,12 @@ local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), AR
 
 local replay = idem_lookup(idem_key, req.fp)
 if replay then return replay end
-local lines_json = redis.call('HGET', order_key, 'lines')
+local lines_json, done = unpack(redis.call('HMGET', order_key, 'lines',
+  'done:' .. req.fulfilment_id))
 if not lines_json then return fail('order_not_found', {order_id = req.order_id}) end
+-- The order record keeps the fulfilment ids it applied for as long as it lives (the return
+-- window), far past the idempotency TTL: a body replayed weeks later ships nothing again.
+if done then return idem_match(done, req.fp) end
 local order_lines = cjson.decode(lines_json)
 
 -- Pair each requested quantity with the order lines it ships from, before writing anything.
@@ -64,4 +68,5 @@ order_keep(order_key, order_lines, req.window_ms)
 local reply = cjson.encode({order_id = req.order_id, fulfilment_id = req.fulfilment_id,
   lines = #shipped > 0 and shipped or nil})
 idem_store(idem_key, req.fp, reply, req.idem_ttl_ms)
+redis.call('HSET', order_key, 'done:' .. req.fulfilment_id, req.fp .. '\n' .. reply)
 return {'ok', reply, 0}

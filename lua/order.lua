@@ -10,30 +10,40 @@
 -- its TTL is expired here first (units back to sale), then the order takes from available:
 -- the units go to this checkout or back to sale, never both. Any other hint claims nothing.
 --
--- Explicit link: when the storefront already committed a hold under this very order id
--- (POST /v1/holds/{id}/commit {"order_id": "<channel>:<id>"}), that record is this sale: the
--- order adds only the units beyond it and gives back the committed units it does not have.
+-- An order record that already exists is merged, never counted twice: its open and shipped
+-- units are this sale's (a storefront commit under this very order id, the explicit link
+-- POST /v1/holds/{id}/commit {"order_id": "<channel>:<id>"}; or an earlier state of the same
+-- channel order), the order adds only its units beyond them and gives back open units it no
+-- longer has. A channel order's later state merges only when its body is newer
+-- (req.state_ms, the body's own modification time): an edit that adds a line, or an order
+-- re-opened after a cancel (WooCommerce failed -> processing). An older body is a no-op.
 --
 -- Before judging stock it expires up to 50 due holds of the tenant (see hold.lua).
 -- KEYS[1] outbox stream, KEYS[2] order record, KEYS[3] expiry index, KEYS[4] hold record
 --   (of req.hold_id; any key of the tenant when there is no hint)
--- ARGV: common; request = {order_id, fp, window_ms, hold_id ("" for none),
---   channels (the tenant's channel ids), lines = [[sku, location, qty], ...]}
+-- ARGV: common; request = {order_id, fp, window_ms, state_ms (0: the body has no time),
+--   hold_id ("" for none), channels (the tenant's channel ids), lines = [[sku, location, qty]]}
 -- Reply: {"ok", {order_id, hold_id?, lines = [{sku, location, qty, status}]}, replayed};
 --   line status is held, committed, oversell_rejected, unknown_sku or invalid.
 -- Errors: invalid, idempotency_conflict
 local outbox, order_key, expiry_key, hold_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
-local rec_fp, rec_reply, rec_lines, rec_status, rec_channel_fp = unpack(redis.call('HMGET',
-  order_key, 'fp', 'reply', 'lines', 'status', 'channel_fp'))
+local rec_fp, rec_reply, rec_lines, rec_status, rec_channel_fp, rec_state = unpack(
+  redis.call('HMGET', order_key, 'fp', 'reply', 'lines', 'status', 'channel_fp', 'state_ms'))
+local state_ms = tonumber(req.state_ms) or 0
+rec_state = tonumber(rec_state) or 0
+local newer = state_ms > rec_state
 if rec_fp then
-  if rec_fp == req.fp or rec_channel_fp == req.fp then return {'ok', rec_reply, 1} end
+  local unchanged = {'ok', cjson.encode({order_id = req.order_id}), 1}
   if rec_status == 'cancelled' then
-    -- A cancel landed first (or the order is over): a late create must not commit units.
-    return {'ok', cjson.encode({order_id = req.order_id}), 1}
-  end
-  if string.sub(rec_fp, 1, 5) ~= 'hold:' or rec_channel_fp then
+    -- A cancel landed first or the order is over: only a newer body re-opens it.
+    if not newer then return unchanged end
+  elseif rec_fp == req.fp or rec_channel_fp == req.fp then
+    return {'ok', rec_reply, 1}
+  elseif state_ms > 0 and state_ms < rec_state then
+    return unchanged  -- an older state of an order already moved on
+  elseif not newer and (string.sub(rec_fp, 1, 5) ~= 'hold:' or rec_channel_fp) then
     return fail('idempotency_conflict', {detail = 'order_id reused with a different order'})
   end
 end
@@ -45,14 +55,16 @@ local ts = now_ms()
 local cells = {}
 expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
 
--- Units that already belong to this sale: the claimed hold's reserved units, or the order
--- record the storefront committed under this order id. {sku, location, qty, state, line}.
+-- Units that already belong to this sale: the claimed hold's reserved units, or the record's
+-- open and shipped units. {sku, loc, qty, open, state, line}; shipped units are matched first
+-- and never given back (they left the building).
 local sources, entries, claimed = {}, {}, nil
 if rec_fp then
   entries = cjson.decode(rec_lines)
   for _, ol in ipairs(entries) do
-    if ol.open > 0 then
-      sources[#sources + 1] = {sku = ol.sku, loc = ol.location, qty = ol.open,
+    local kept = ol.open + ol.fulfilled - ol.restocked
+    if kept > 0 then
+      sources[#sources + 1] = {sku = ol.sku, loc = ol.location, qty = kept, open = ol.open,
         state = 'committed', line = ol}
     end
   end
@@ -78,7 +90,8 @@ elseif is_id(req.hold_id) then
     if overlap and not foreign then
       claimed = {customer = customer, lines = hold_lines}
       for _, hl in ipairs(hold_lines) do
-        sources[#sources + 1] = {sku = hl[1], loc = hl[2], qty = hl[3], state = 'reserved'}
+        sources[#sources + 1] = {sku = hl[1], loc = hl[2], qty = hl[3], open = hl[3],
+          state = 'reserved'}
       end
     end
   end
@@ -161,11 +174,12 @@ end
 local reply = cjson.encode({order_id = req.order_id,
   hold_id = claimed and req.hold_id or nil, lines = results})
 if rec_fp then
-  redis.call('HSET', order_key, 'channel_fp', req.fp, 'reply', reply,
-    'lines', cjson.encode(entries), 'channel', channel)
+  redis.call('HSET', order_key, 'status', 'open', 'channel_fp', req.fp, 'reply', reply,
+    'lines', cjson.encode(entries), 'channel', channel, 'state_ms', math.max(state_ms, rec_state))
+  redis.call('HDEL', order_key, 'cancel_reply')
 else
   redis.call('HSET', order_key, 'status', 'open', 'fp', req.fp, 'reply', reply,
-    'lines', cjson.encode(entries), 'channel', channel)
+    'lines', cjson.encode(entries), 'channel', channel, 'state_ms', state_ms)
 end
 if claimed then
   customer_give_back(prefix, claimed.customer, given_back)

@@ -3,7 +3,8 @@
 -- Without an order id (a return of unknown origin) every unit is added to on_hand.
 -- KEYS[1] outbox stream, KEYS[2] idempotency record (refund id), KEYS[3] order record
 -- ARGV: common; request = {refund_id, order_id or "", fp, idem_ttl_ms, window_ms,
---   lines = [[sku, location or "", qty], ...]}
+--   take_from ("open": unshipped units only, a Shopify `cancel` restock; "shipped": returned
+--   units only, `return`; "any": unshipped first), lines = [[sku, location or "", qty], ...]}
 -- Reply: {"ok", {refund_id, lines = [{sku, location, qty, restocked}]}, replayed}
 --   (restocked < qty when the order had fewer units to give back)
 -- Errors: invalid, order_not_found, unknown_sku, idempotency_conflict
@@ -17,10 +18,14 @@ if type(req.lines) ~= 'table' or #req.lines == 0 then
 end
 local order_lines
 if req.order_id ~= '' then
-  local lines_json = redis.call('HGET', order_key, 'lines')
+  local lines_json, done = unpack(redis.call('HMGET', order_key, 'lines',
+    'done:' .. req.refund_id))
   if not lines_json then return fail('order_not_found', {order_id = req.order_id}) end
+  -- Refund ids applied to the order live as long as its record (see fulfil.lua).
+  if done then return idem_match(done, req.fp) end
   order_lines = cjson.decode(lines_json)
 end
+local open_ok, shipped_ok = req.take_from ~= 'shipped', req.take_from ~= 'open'
 
 -- Plan every line against the order and the cells first; write only when all are valid.
 local cells, plan = {}, {}
@@ -33,8 +38,16 @@ for _, w in ipairs(req.lines) do
     local left = q
     for _, ol in ipairs(order_lines) do
       if ol.sku == sku and (loc == '' or loc == ol.location) and left > 0 then
-        local from_open = math.min(left, ol.open)
-        local from_shipped = math.min(left - from_open, ol.fulfilled - ol.restocked)
+        local from_open = open_ok and math.min(left, ol.open) or 0
+        -- Units the order's cancel already put back count as restocked, changing nothing,
+        -- before any shipped unit is taken for them.
+        local from_cancelled = open_ok and math.min(left - from_open, ol.cancelled or 0) or 0
+        local from_shipped = shipped_ok and math.min(left - from_open - from_cancelled,
+          ol.fulfilled - ol.restocked) or 0
+        if from_cancelled > 0 then
+          ol.cancelled = ol.cancelled - from_cancelled
+          left = left - from_cancelled
+        end
         if from_open + from_shipped > 0 then
           ol.open = ol.open - from_open
           ol.restocked = ol.restocked + from_shipped
@@ -71,7 +84,6 @@ for _, p in ipairs(plan) do
 end
 if order_lines then
   redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
-  order_keep(order_key, order_lines, req.window_ms)
 end
 local results = {}
 for _, w in ipairs(req.lines) do
@@ -79,4 +91,8 @@ for _, w in ipairs(req.lines) do
 end
 local reply = cjson.encode({refund_id = req.refund_id, lines = results})
 idem_store(idem_key, req.fp, reply, req.idem_ttl_ms)
+if order_lines then
+  redis.call('HSET', order_key, 'done:' .. req.refund_id, req.fp .. '\n' .. reply)
+  order_keep(order_key, order_lines, req.window_ms)
+end
 return {'ok', reply, 0}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
@@ -128,13 +128,17 @@ class StockEngine:
     # ---- orders ----------------------------------------------------------------------------
 
     async def order(self, tenant: str, order_id: str, lines: Sequence[Line], *,
-                    hold_id: str | None = None, channel: str = "") -> tuple[OrderReply, bool]:
+                    hold_id: str | None = None, state_ms: int = 0, channel: str = ""
+                    ) -> tuple[OrderReply, bool]:
         """Commit a channel order line by line: from the hold it names when that hint
-        verifies (lua/order.lua), else straight from available."""
+        verifies (lua/order.lua), else straight from available. `state_ms` is when the
+        channel's body says the order last changed: a newer state of a known order is
+        merged (an edit, a re-opened order), an older one changes nothing."""
         k = tenant_keys(tenant)
         script_lines = self._lines(tenant, lines)
         request = {"order_id": order_id, "lines": script_lines, "window_ms": self._window_ms,
                    "hold_id": hold_id or "", "fp": fingerprint(script_lines),
+                   "state_ms": state_ms,
                    "channels": [name for name, ch in self.settings.channels.items()
                                 if ch.tenant == tenant]}
         keys = [k.outbox, k.order(order_id), k.expiry, k.hold(hold_id or "")]
@@ -152,23 +156,29 @@ class StockEngine:
         return await self._run("fulfil", tenant, keys, request, channel, FulfilReply)
 
     async def cancel(self, tenant: str, order_id: str, *, channel: str = "",
-                     tombstone: bool = False) -> tuple[CancelReply, bool]:
+                     tombstone: bool = False, state_ms: int = 0) -> tuple[CancelReply, bool]:
         """Call off an order's open units. With `tombstone` (a channel's signed cancel), an
-        order not seen yet is recorded as cancelled, so its late create commits nothing."""
+        order not seen yet is recorded as cancelled, so its late create commits nothing. A
+        cancel whose `state_ms` is older than the order's latest state changes nothing."""
         k = tenant_keys(tenant)
-        request = {"order_id": order_id, "window_ms": self._window_ms, "tombstone": tombstone}
+        request = {"order_id": order_id, "window_ms": self._window_ms, "tombstone": tombstone,
+                   "state_ms": state_ms}
         return await self._run("cancel", tenant, [k.outbox, k.order(order_id)], request,
                                channel, CancelReply)
 
     async def restock(self, tenant: str, refund_id: str, lines: Sequence[Line], *,
-                      order_id: str = "", channel: str = "") -> tuple[RestockReply, bool]:
-        """Put refunded units back: unshipped ones leave committed, returned ones rejoin on_hand."""
+                      order_id: str = "", channel: str = "",
+                      take_from: Literal["any", "open", "shipped"] = "any"
+                      ) -> tuple[RestockReply, bool]:
+        """Put refunded units back: unshipped ones leave committed, returned ones rejoin
+        on_hand. `take_from` narrows it when the channel says which (Shopify's `cancel`
+        restocks unshipped units only, `return` shipped ones only)."""
         k = tenant_keys(tenant)
         default = "" if order_id else self.default_location(tenant)
         script_lines = [(ln.sku, ln.location or default, ln.qty) for ln in lines]
         request = {"refund_id": refund_id, "order_id": order_id, "lines": script_lines,
                    "idem_ttl_ms": self._idem_ttl_ms, "window_ms": self._window_ms,
-                   "fp": fingerprint([order_id, script_lines])}
+                   "take_from": take_from, "fp": fingerprint([order_id, script_lines, take_from])}
         keys = [k.outbox, k.idempotency("restock", refund_id), k.order(order_id)]
         return await self._run("restock", tenant, keys, request, channel, RestockReply)
 

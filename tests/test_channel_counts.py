@@ -5,6 +5,7 @@ prove."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -108,7 +109,8 @@ async def test_an_admin_edit_reaches_stock_through_the_worker(
         gateway_settings(Settings(data_dir=str(tmp_path))), channel_count_settle_s=0.2)
     app = create_app(settings, redis)
     body = msgspec.json.encode({"inventory_item_id": 7001, "location_id": 9001,
-                                "available": 30, "updated_at": "2025-01-01T10:00:00Z"})
+                                "available": 30, "updated_at": time.strftime(
+                                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     sig = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), body, hashlib.sha256).digest())
     headers = {"X-Shopify-Hmac-Sha256": sig.decode(), "X-Shopify-Topic":
                "inventory_levels/update", "X-Shopify-Webhook-Id": "edit-1",

@@ -199,7 +199,7 @@ async def test_shopify_inventory_update_echo_or_queued(client: httpx.AsyncClient
                                                       redis: Redis) -> None:
     await receive(client, "SKU-1", 10)
     level = {"inventory_item_id": 7001, "location_id": 9001, "available": 12,
-             "updated_at": "2025-01-01T10:00:00-05:00",
+             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "admin_graphql_api_id": "gid://shopify/InventoryLevel/9001?inventory_item_id=7001"}
     # Not a value Stockgate pushed: judged later by a worker (tests/test_channel_counts.py).
     r = await post(client, "shop", shopify("inventory_levels/update", level))
@@ -208,7 +208,8 @@ async def test_shopify_inventory_update_echo_or_queued(client: httpx.AsyncClient
     # is still an echo, not a person's edit (it would otherwise create 3 phantom units).
     await redis.lpush(tenant_keys("acme").pushed_recent("shop", "SKU-1|main"), 12, 9)
     r = await post(client, "shop", shopify("inventory_levels/update", {
-        **level, "updated_at": "2025-01-01T10:00:05-05:00"}))
+        **level, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S+01:00",
+                                             time.gmtime(time.time() + 3600))}))
     assert r.json()["results"][0]["outcome"] == "echo"
     assert (await cell(client, "SKU-1"))["on_hand"] == 10
 

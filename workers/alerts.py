@@ -25,7 +25,8 @@ AlertType = Literal[
     "unmapped_line",  # a channel order line that could not be stocked (no SKU, bad values)
     "refund_needs_review",  # a refund that cannot say which units came back: not restocked
     "webhook_contradiction",  # a signed body under a topic it contradicts: nothing changed
-    "stale_delivery",  # an order body older than the return window: nothing changed
+    "stale_delivery",  # a body older than Stockgate remembers it: nothing changed
+    "webhook_not_applied",  # a channel said goods moved and Stockgate moved nothing
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400

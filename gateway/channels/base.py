@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 
@@ -65,6 +66,10 @@ class OrderPlaced(msgspec.Struct, frozen=True, tag="order_placed"):
     # When the channel says the order was placed (signed, in the body); 0 when it does not
     # say. An order body older than the return window is stale (gateway/webhooks.py).
     placed_at_ms: int = 0
+    # When the body says the order last changed; 0 when it does not say. Orders a known
+    # order's record by state: a newer body merges (an edit, a re-opened order), an older
+    # one changes nothing (lua/order.lua).
+    state_at_ms: int = 0
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled"):
@@ -73,6 +78,7 @@ class OrderCancelled(msgspec.Struct, frozen=True, tag="order_cancelled"):
 
     order_id: str
     placed_at_ms: int = 0
+    state_at_ms: int = 0
 
 
 class OrderFulfilled(msgspec.Struct, frozen=True, tag="order_fulfilled"):
@@ -87,6 +93,9 @@ class Refunded(msgspec.Struct, frozen=True, tag="refunded"):
     order_id: str
     lines: list[Line]  # only the restocked lines
     skipped: list[Skipped] = []
+    # Which units the channel says came back: "open" (never shipped: Shopify `cancel`),
+    # "shipped" (returned: `return`) or "any" (the channel does not say which).
+    take_from: Literal["any", "open", "shipped"] = "any"
 
 
 class InventorySet(msgspec.Struct, frozen=True, tag="inventory_set"):
@@ -95,6 +104,7 @@ class InventorySet(msgspec.Struct, frozen=True, tag="inventory_set"):
     sku: str
     location: str
     available: int
+    reported_at_ms: int = 0  # signed time of the count (Shopify `updated_at`); 0: unknown
 
 
 class FetchOrder(msgspec.Struct, frozen=True, tag="fetch_order"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Literal
 
 import msgspec
 from starlette.datastructures import Headers
@@ -94,6 +95,7 @@ class Order(msgspec.Struct, frozen=True):
     # Set for POS orders only; online orders have no location until fulfilment.
     location_id: int | None = None
     created_at: str | None = None
+    updated_at: str | None = None  # signed: orders this body among the order's states
     cancelled_at: str | None = None
     fulfillment_status: str | None = None
     fulfillments: list[Fulfillment] = []
@@ -107,6 +109,7 @@ class InventoryLevel(msgspec.Struct, frozen=True):
     inventory_item_id: int
     location_id: int
     available: int | None = None
+    updated_at: str | None = None
 
 
 _ORDER = msgspec.json.Decoder(Order)
@@ -180,7 +183,7 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
         location = _known_location(channel, level.location_id)
         if sku is None or location is None or level.available is None:
             return []  # an item or location Stockgate does not manage
-        return [InventorySet(sku, location, level.available)]
+        return [InventorySet(sku, location, level.available, iso_ms(level.updated_at))]
     return []
 
 
@@ -189,14 +192,15 @@ def _order_operations(channel_id: str, channel: Channel, order: Order) -> list[O
     id), cancelled, shipped (each fulfilment id), refunded (each refund id). Applying the same
     body twice, or an older body after a newer one, changes nothing more."""
     ref = order_ref(channel_id, order.id)
-    placed_at = iso_ms(order.created_at)
+    placed_at, state_at = iso_ms(order.created_at), iso_ms(order.updated_at)
     if order.cancelled_at:
-        return [OrderCancelled(ref, placed_at)]
+        return [OrderCancelled(ref, placed_at, state_at)]
     lines, skipped = lines_of(
         channel, _items(order.line_items),
         # POS orders name their location; online ones sell from the channel's own.
         channel.location_for(order.location_id))
-    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at)]
+    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at,
+                                        state_at)]
     for ful in order.fulfillments:
         ops += _fulfilment(channel_id, channel, order.id, ful)
     if order.fulfillment_status == "fulfilled" and not order.fulfillments:
@@ -220,23 +224,35 @@ def _fulfilment(channel_id: str, channel: Channel, order_id: int, ful: Fulfillme
                            order_ref(channel_id, f"fulfillment-{ful.id}"), lines, skipped)]
 
 
+# restock_type -> which units of the order came back (RefundLineItem.restock_type,
+# shopify.dev/docs/api/admin-rest/latest/resources/refund): `cancel` puts back units never
+# shipped, `return` units the customer sent back, `legacy_restock` does not say which;
+# `no_restock` puts nothing back (a refund is money, not goods).
+_TAKE_FROM: dict[str, Literal["any", "open", "shipped"]] = {
+    "cancel": "open", "return": "shipped", "legacy_restock": "any"}
+
+
 def _refund(channel_id: str, channel: Channel, order_id: int, refund: Refund
             ) -> list[Operation]:
-    # Only units the channel says came back or were never shipped: return, cancel,
-    # legacy_restock; no_restock keeps them out of stock.
-    restocked = [
-        rli for rli in refund.refund_line_items or []
-        if (rli.restock_type or ("legacy_restock" if refund.restock else "no_restock"))
-        != "no_restock"
-    ]
-    lines, skipped = lines_of(channel, (
-        ((rli.line_item.sku if rli.line_item else None),
-         ((rli.line_item.variant_id if rli.line_item else None),), rli.quantity)
-        for rli in restocked if not (rli.line_item and rli.line_item.gift_card)), None)
-    if not lines:
-        return []
-    return [Refunded(order_ref(channel_id, f"refund-{refund.id}"),
-                     order_ref(channel_id, order_id), lines, skipped)]
+    by_kind: dict[str, list[RefundLineItem]] = {}
+    for rli in refund.refund_line_items or []:
+        kind = rli.restock_type or ("legacy_restock" if refund.restock else "no_restock")
+        if kind in _TAKE_FROM and not (rli.line_item and rli.line_item.gift_card):
+            by_kind.setdefault(kind, []).append(rli)
+    ops: list[Operation] = []
+    for kind, items in sorted(by_kind.items()):
+        lines, skipped = lines_of(channel, (
+            ((rli.line_item.sku if rli.line_item else None),
+             ((rli.line_item.variant_id if rli.line_item else None),), rli.quantity)
+            for rli in items), None)
+        if not lines:
+            continue
+        # One refund id per kind, the same on every delivery of this refund's data.
+        suffix = f":{kind}" if len(by_kind) > 1 else ""
+        ops.append(Refunded(order_ref(channel_id, f"refund-{refund.id}{suffix}"),
+                            order_ref(channel_id, order_id), lines, skipped,
+                            _TAKE_FROM[kind]))
+    return ops
 
 
 def _known_location(channel: Channel, location_id: int) -> str | None:

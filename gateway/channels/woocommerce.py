@@ -60,6 +60,9 @@ class Order(msgspec.Struct, frozen=True):
     id: int
     status: str = ""
     date_created_gmt: str | None = None  # signed placement time, for the stale rule
+    # Signed: orders this body among the order's states (a `failed` order paid later is
+    # re-opened by its newer `processing` body; an older `failed` body changes nothing).
+    date_modified_gmt: str | None = None
     line_items: list[LineItem] = []
     meta_data: list[MetaData] = []
 
@@ -107,13 +110,14 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
         return []
     order = parse(_ORDER, body, "order")
     ref = order_ref(channel_id, order.id)
-    placed_at = iso_ms(order.date_created_gmt)
+    placed_at, state_at = iso_ms(order.date_created_gmt), iso_ms(order.date_modified_gmt)
     if order.status in ("cancelled", "failed"):
-        return [OrderCancelled(ref, placed_at)]
+        return [OrderCancelled(ref, placed_at, state_at)]
     if order.status == "trash":
         return []
     lines, skipped = _lines(channel, order)
-    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at)]
+    ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at,
+                                        state_at)]
     if order.status == "completed":
         ops.append(OrderFulfilled(ref, ref + ":completed"))
     elif order.status == "refunded" and lines:
