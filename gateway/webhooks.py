@@ -146,7 +146,7 @@ async def _order_not_yet_known(request: Request, channel_id: str, channel: Chann
                                delivery: Delivery, op: OrderFulfilled | Refunded) -> None:
     state = request.app.state
     ref = op.fulfilment_id if isinstance(op, OrderFulfilled) else op.refund_id
-    first = tenant_keys(channel.tenant).webhook_seen(channel_id, "first-" + ref)
+    first = tenant_keys(channel.tenant).webhook_first_seen(channel_id, ref)
     now = int(time.time())
     await state.commands.run("SET", first, now, "NX", "EX", 86_400)
     since = int(await state.commands.run("GET", first) or now)
@@ -336,8 +336,13 @@ async def _inventory_set(request: Request, channel_id: str, channel: Channel,
     # Keyed on the signed body, not the (unsigned) delivery id: a replayed body is judged once.
     digest = hashlib.blake2b(request.state.raw_body, digest_size=16)
     digest.update(ref.encode())
+    # Judged as of when the channel made the count (its signed time, when it says), not when
+    # it reached us: reports delivered out of order are then judged in the order they were
+    # made, and an older one than a report already judged changes nothing.
+    now_ms = int(time.time() * 1000)
+    made_ms = min(op.reported_at_ms, now_ms) if op.reported_at_ms > 0 else now_ms
     await enqueue_channel_count(state.redis, tenant, channel_id, op.sku, location,
-                                op.available, digest.hexdigest(), int(time.time() * 1000),
+                                op.available, digest.hexdigest(), made_ms,
                                 state.settings.channel_count_settle_s)
     return Applied("inventory_set", ref, "queued")
 

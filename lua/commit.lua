@@ -33,8 +33,8 @@ end
 if status ~= 'held' then
   return fail('hold_not_found', {hold_id = req.hold_id, status = status or 'unknown'})
 end
-local rec_fp, rec_channel, rec_status, rec_reply, rec_lines = unpack(redis.call('HMGET',
-  order_key, 'fp', 'channel', 'status', 'reply', 'lines'))
+local rec_fp, rec_channel, rec_status, rec_reply, rec_lines, rec_linked = unpack(redis.call(
+  'HMGET', order_key, 'fp', 'channel', 'status', 'reply', 'lines', 'linked'))
 if rec_fp and (rec_channel == nil or rec_channel == '') then
   return fail('idempotency_conflict', {detail = 'order_id already used by another order'})
 end
@@ -49,12 +49,14 @@ local reply = cjson.encode({order_id = req.order_id, hold_id = req.hold_id, line
 redis.call('HSET', hold_key, 'status', 'committed', 'order_id', req.order_id)
 redis.call('ZREM', expiry_key, req.hold_id)
 if rec_fp then
-  local refused = {}
+  -- Refused units per SKU, less those an earlier linked hold already filled.
+  local refused, linked = {}, rec_linked and cjson.decode(rec_linked) or {}
   if rec_status ~= 'cancelled' then
     for _, ln in ipairs(cjson.decode(rec_reply).lines or {}) do
       if ln.status == 'oversell_rejected' then refused[ln.sku] = (refused[ln.sku] or 0) + ln.qty end
     end
   end
+  for sku, n in pairs(linked) do refused[sku] = (refused[sku] or 0) - n end
   local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
     key = 'commit:' .. req.hold_id, reason = 'hold linked to its channel order'}
   local entries = cjson.decode(rec_lines)
@@ -65,6 +67,7 @@ if rec_fp then
     c.reserved = c.reserved - r
     if x > 0 then
       refused[line[1]] = refused[line[1]] - x
+      linked[line[1]] = (linked[line[1]] or 0) + x
       c.committed = c.committed + x
       entries[#entries + 1] = {sku = line[1], location = line[2], qty = x, open = x,
         fulfilled = 0, restocked = 0}
@@ -75,6 +78,7 @@ if rec_fp then
     cell_write(c, 'reserved', 'committed')
   end
   redis.call('HSET', order_key, 'lines', cjson.encode(entries))
+  if next(linked) then redis.call('HSET', order_key, 'linked', cjson.encode(linked)) end
   order_keep(order_key, entries, req.window_ms)
   return {'ok', reply, 0}
 end

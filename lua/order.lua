@@ -34,12 +34,22 @@ local rec_fp, rec_reply, rec_lines, rec_status, rec_channel_fp, rec_state = unpa
 local state_ms = tonumber(req.state_ms) or 0
 rec_state = tonumber(rec_state) or 0
 local newer = state_ms > rec_state
+local reopen = false
 if rec_fp then
   local unchanged = {'ok', cjson.encode({order_id = req.order_id}), 1}
+  -- The state last applied: a channel's later body (channel_fp) replaces the first one.
+  local latest_fp = rec_channel_fp or rec_fp
   if rec_status == 'cancelled' then
-    -- A cancel landed first or the order is over: only a newer body re-opens it.
+    -- A cancel landed first or the order is over: only a newer body re-opens it; one as old
+    -- as the cancel cannot be ordered against it, so it is refused (and alerted) instead.
+    if state_ms > 0 and state_ms == rec_state then
+      return fail('idempotency_conflict', {detail = 'order cancelled at the same time'})
+    end
     if not newer then return unchanged end
-  elseif rec_fp == req.fp or rec_channel_fp == req.fp then
+    reopen = true
+  elseif latest_fp == req.fp then
+    -- The same state again; a newer time for it still orders later bodies against it.
+    if newer then redis.call('HSET', order_key, 'state_ms', state_ms) end
     return {'ok', rec_reply, 1}
   elseif state_ms > 0 and state_ms < rec_state then
     return unchanged  -- an older state of an order already moved on
@@ -56,15 +66,22 @@ local cells = {}
 expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
 
 -- Units that already belong to this sale: the claimed hold's reserved units, or the record's
--- open and shipped units. {sku, loc, qty, open, state, line}; shipped units are matched first
--- and never given back (they left the building).
+-- lines. {sku, loc, qty, open, state, line}. A record line's qty counts every unit of the sale
+-- it holds, whatever became of it (open, shipped, returned, refunded before shipping): a
+-- channel's later body names the order's original quantities (Shopify `quantity`). Units
+-- that are not open are matched first and never given back; only open ones can be.
 local sources, entries, claimed = {}, {}, nil
 if rec_fp then
   entries = cjson.decode(rec_lines)
   for _, ol in ipairs(entries) do
-    local kept = ol.open + ol.fulfilled - ol.restocked
-    if kept > 0 then
-      sources[#sources + 1] = {sku = ol.sku, loc = ol.location, qty = kept, open = ol.open,
+    if reopen then
+      -- The cancel released these units: no longer the sale's, and no longer a credit for
+      -- a cancel-type refund of the re-opened order.
+      ol.qty = ol.qty - (ol.cancelled or 0)
+      ol.cancelled = nil
+    end
+    if ol.qty > 0 then
+      sources[#sources + 1] = {sku = ol.sku, loc = ol.location, qty = ol.qty, open = ol.open,
         state = 'committed', line = ol}
     end
   end
@@ -159,11 +176,14 @@ for _, s in ipairs(sources) do
       c.reserved = c.reserved - r
       emit(outbox, ctx, 'release', c, {reserved = -r}, 'hold units not in the order')
       given_back[#given_back + 1] = {s.sku, s.loc, s.qty}
-    elseif c then
-      local x = math.min(s.qty, c.committed)
+    elseif c and math.min(s.qty, s.open) > 0 then
+      -- Units that are not open were matched first: what is left unmatched is open units.
+      local q = math.min(s.qty, s.open)
+      local x = math.min(q, c.committed)
       c.committed = c.committed - x
-      s.line.open = s.line.open - s.qty
-      emit(outbox, ctx, 'cancel', c, {committed = -x}, 'units not in the channel order')
+      s.line.open = s.line.open - q
+      s.line.qty = s.line.qty - q
+      emit(outbox, ctx, 'cancel', c, {committed = -x}, 'units no longer in the order')
     end
   end
 end

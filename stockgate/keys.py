@@ -47,6 +47,11 @@ class TenantKeys:
     def webhook_seen(self, channel: str, delivery_id: str) -> str:
         return self.prefix + "webhook:" + channel + ":" + delivery_id
 
+    def webhook_first_seen(self, channel: str, ref: str) -> str:
+        """When a shipment or refund of an order not seen yet was first delivered. Apart
+        from webhook_seen: delivery ids are unsigned, so none may write this key."""
+        return self.prefix + "webhook-first:" + channel + ":" + ref
+
 
 _cache: dict[str, TenantKeys] = {}
 

@@ -179,10 +179,9 @@ class Model:
             if record.fp[0] != "hold" or record.channel_fp is not None:
                 return "IdempotencyConflict", 0
             # The storefront committed a hold under this id: the same sale (explicit link).
-            # Its open and shipped units are this sale's; shipped ones are matched first.
-            sources = [ol for ol in record.lines
-                       if ol["open"] + ol["fulfilled"] - ol["restocked"] > 0]
-        left = [ol["open"] + ol["fulfilled"] - ol["restocked"] for ol in sources]
+            # Every unit of its lines is this sale's; units not open are matched first.
+            sources = [ol for ol in record.lines if ol["qty"] > 0]
+        left = [ol["qty"] for ol in sources]
         kept, emitted = [], 0
         for sku, loc, qty in order_lines:
             for i, ol in enumerate(sources):
@@ -204,6 +203,7 @@ class Model:
                 c = self.cells[(ol["sku"], ol["location"])]
                 c["committed"] -= min(unmatched_open, c["committed"])
                 ol["open"] -= unmatched_open
+                ol["qty"] -= unmatched_open
                 emitted += 1
         if record is not None:
             record.lines += kept

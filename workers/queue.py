@@ -36,7 +36,7 @@ from stockgate.errors import (
     StockgateError,
     StoreUnavailable,
 )
-from stockgate.models import Line, valid_line
+from stockgate.models import Line, OrderReply, valid_line
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, ChannelOrder, OrderLine, PushError
 from workers.alerts import check_refund, raise_alert
@@ -86,10 +86,12 @@ async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tena
     # The order carries no location: it sells from the channel's own (first) location.
     lines = _stock_lines(order.lines, adapter.channel.location_for(None), order_id,
                          channel_id)
+    await _alert_unstocked(engine.redis, tenant, channel_id, ref, order.lines, lines)
     if order.state == "open":
         if not lines:
             return "empty"
-        await engine.order(tenant, ref, lines, channel=channel_id)
+        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id)
+        await _alert_unknown(engine.redis, tenant, channel_id, ref, reply)
         return "ordered"
     if order.state == "cancelled":
         # The channel's API says cancelled: an order not seen yet is recorded as cancelled,
@@ -125,6 +127,31 @@ def _stock_lines(order_lines: list[OrderLine], location: str | None, order_id: s
     return lines
 
 
+async def _alert_unstocked(redis: Redis, tenant: str, channel_id: str, ref: str,
+                           order_lines: list[OrderLine], lines: list[Line]) -> None:
+    """A line that could not be stocked is a sale Stockgate does not count: one alert per
+    line, however often the order is fetched (as the gateway does for webhook orders)."""
+    stocked = {(ln.sku, ln.qty) for ln in lines}
+    for i, ln in enumerate(order_lines):
+        if (ln.sku, ln.qty) not in stocked:
+            await raise_alert(
+                redis, tenant, "unmapped_line",
+                f"order {ref}: line {i + 1} (SKU {ln.sku[:64]!r}, qty {ln.qty}) has no SKU or "
+                "a SKU or quantity no stock line may have; not stocked",
+                sku=ln.sku[:128], channel=channel_id, ref=ref, once=f"unmapped:{ref}:{i}")
+
+
+async def _alert_unknown(redis: Redis, tenant: str, channel_id: str, ref: str,
+                         reply: OrderReply) -> None:
+    for i, ln in enumerate(reply.lines):
+        if ln.status == "unknown_sku":
+            await raise_alert(
+                redis, tenant, "unmapped_line",
+                f"order {ref}: {ln.sku[:64]!r} x {ln.qty} at {ln.location!r} is not a stocked "
+                "SKU and location; not stocked", sku=ln.sku, location=ln.location,
+                channel=channel_id, ref=ref, once=f"unknown:{ref}:{i}")
+
+
 def _by_sku(lines: list[Line]) -> list[Line]:
     """Lines without a location: the fulfil and restock scripts then match the order's own
     lines by SKU, wherever the order committed them."""
@@ -138,10 +165,11 @@ async def _ensure_order(engine: StockEngine, tenant: str, channel_id: str, ref: 
     if not lines:
         return
     try:
-        await engine.order(tenant, ref, lines, channel=channel_id)
+        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id)
     except IdempotencyConflict:
         # Known under other lines (edited in the channel since): that record is the sale.
-        pass
+        return
+    await _alert_unknown(engine.redis, tenant, channel_id, ref, reply)
 
 
 async def _fulfil_shipments(engine: StockEngine, tenant: str, channel_id: str, ref: str,

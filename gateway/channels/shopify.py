@@ -203,7 +203,7 @@ def _order_operations(channel_id: str, channel: Channel, order: Order) -> list[O
                                         state_at)]
     for ful in order.fulfillments:
         ops += _fulfilment(channel_id, channel, order.id, ful)
-    if order.fulfillment_status == "fulfilled" and not order.fulfillments:
+    if order.fulfillment_status == "fulfilled" and not order.fulfillments and lines:
         ops.append(OrderFulfilled(ref, ref + ":fulfilled"))
     for refund in order.refunds:
         ops += _refund(channel_id, channel, order.id, refund)

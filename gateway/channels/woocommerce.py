@@ -116,9 +116,12 @@ def _operations(channel_id: str, channel: Channel, delivery: Delivery, body: byt
     if order.status == "trash":
         return []
     lines, skipped = _lines(channel, order)
+    # A refunded body ensures the sale is counted but never re-opens a cancelled order (a
+    # cancelled order's payment is refunded too) nor edits one: it carries no state time.
     ops: list[Operation] = [OrderPlaced(ref, lines, _hold_id(order), skipped, placed_at,
-                                        state_at)]
-    if order.status == "completed":
+                                        0 if order.status == "refunded" else state_at)]
+    if order.status == "completed" and lines:
+        # Only with stocked lines: otherwise there is no order to ship (virtual products).
         ops.append(OrderFulfilled(ref, ref + ":completed"))
     elif order.status == "refunded" and lines:
         # Order-level location: the restock script matches the order's own lines by SKU.
