@@ -171,6 +171,13 @@ local function order_keep(order_key, order_lines, window_ms)
   redis.call('PEXPIRE', order_key, window_ms)
 end
 
+-- A hold left `held` (released, expired, claimed): its record now expires, the idempotency
+-- TTL after this change (keep_ms, written by hold.lua).
+local function hold_closed(hold_key)
+  local keep = redis.call('HGET', hold_key, 'keep_ms')
+  if keep then redis.call('PEXPIRE', hold_key, tonumber(keep)) end
+end
+
 -- Expires one hold whose TTL has passed: its units go back to sale now. The caller has
 -- checked that the hold is `held` and due. Returns nothing; writes the cells it changes.
 local function expire_hold(outbox, tenant, prefix, expiry_key, cells, hold_id, lines_json,
@@ -184,6 +191,7 @@ local function expire_hold(outbox, tenant, prefix, expiry_key, cells, hold_id, l
   end
   customer_give_back(prefix, customer, lines)
   redis.call('HSET', prefix .. 'hold:' .. hold_id, 'status', 'expired')
+  hold_closed(prefix .. 'hold:' .. hold_id)
   redis.call('ZREM', expiry_key, hold_id)
 end
 

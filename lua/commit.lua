@@ -47,6 +47,7 @@ for _, line in ipairs(lines) do
 end
 local reply = cjson.encode({order_id = req.order_id, hold_id = req.hold_id, lines = lines})
 redis.call('HSET', hold_key, 'status', 'committed', 'order_id', req.order_id)
+hold_closed(hold_key)
 redis.call('ZREM', expiry_key, req.hold_id)
 if rec_fp then
   -- Refused units per SKU, less those an earlier linked hold already filled.

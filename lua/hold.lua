@@ -81,8 +81,9 @@ end
 reply = cjson.encode({hold_id = req.hold_id, expires_at_ms = expires_at, lines = req.lines})
 redis.call('HSET', hold_key, 'fp', req.fp, 'reply', reply, 'status', 'held',
   'lines', cjson.encode(req.lines), 'expires_at', expires_at, 'customer', customer,
-  'channel', channel)
--- The record outlives the hold so that a retried request still gets its first answer.
-redis.call('PEXPIRE', hold_key, req.ttl_ms + req.idem_ttl_ms)
+  'channel', channel, 'keep_ms', req.idem_ttl_ms)
+-- No expiry while held: the record is what gives the units back, however long the sweep is
+-- down. It gets one (hold_closed) when it leaves `held`, and then outlives that change by the
+-- idempotency TTL so that a retried request still gets its first answer.
 redis.call('ZADD', expiry_key, expires_at, req.hold_id)
 return {'ok', reply, 0}

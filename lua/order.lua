@@ -205,6 +205,7 @@ if claimed then
   customer_give_back(prefix, claimed.customer, given_back)
   redis.call('HSET', order_key, 'hold_id', req.hold_id)
   redis.call('HSET', hold_key, 'status', 'committed', 'order_id', req.order_id)
+  hold_closed(hold_key)
   redis.call('ZREM', expiry_key, req.hold_id)
 end
 order_keep(order_key, entries, req.window_ms)

@@ -28,5 +28,6 @@ for _, ch in ipairs(changes) do
 end
 customer_give_back(prefix, customer, lines)
 redis.call('HSET', hold_key, 'status', 'released')
+hold_closed(hold_key)
 redis.call('ZREM', expiry_key, req.hold_id)
 return {'ok', cjson.encode({hold_id = req.hold_id, status = 'released'}), 0}

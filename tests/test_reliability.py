@@ -184,7 +184,10 @@ async def test_repeated_hold_returns_the_first_answer_byte_for_byte(
         assert r.status_code == 409 and r.json()["error"] == "idempotency_conflict", other
     assert (await cell(client, "SKU-1"))["reserved"] == 2
 
-    # The record lives well past the hold's own TTL: at least 24 h.
+    # The record has no expiry while held (it is what gives the units back, however late
+    # the sweep runs), and once released lives at least 24 h more for replays.
+    assert await redis.pttl(tenant_keys("acme").hold("cart-7")) == -1
+    assert (await client.delete("/v1/holds/cart-7", headers=SF)).status_code == 200
     assert await redis.pttl(tenant_keys("acme").hold("cart-7")) >= DAY_MS
 
 

@@ -825,6 +825,23 @@ class TestPolicy:
 # ---- expire -------------------------------------------------------------------------------------
 
 class TestExpire:
+    async def test_units_come_back_however_late_the_sweep(self, engine: StockEngine,
+                                                         redis: Redis) -> None:
+        """The hold record is what gives the units back: it must not expire while held,
+        even when the sweep is down for longer than the idempotency TTL."""
+        short = StockEngine(redis, msgspec.structs.replace(engine.settings,
+                                                            idempotency_ttl_s=1))
+        await short.load_scripts()
+        try:
+            await receive(engine, "A", 2)
+            await short.hold(T, [Line("A", 2)], hold_id="h-late", ttl_s=1)
+            await asyncio.sleep(2.2)  # hold TTL + idempotency TTL, and no sweep ran
+            assert (await short.expire(T)).expired == 1
+            assert (await cell(engine, "A")).reserved == 0
+            assert (await short.hold(T, [Line("A", 2)], hold_id="h-next"))[0].lines
+        finally:
+            short.scripts.close()
+
     async def test_bounded_batch(self, engine: StockEngine, redis: Redis) -> None:
         await receive(engine, "A", 10)
         for i in range(3):

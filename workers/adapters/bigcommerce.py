@@ -67,7 +67,9 @@ class BigCommerceAdapter(ChannelAdapter):
         shipments = (await self.fetch_shipments(order_id, products)
                      if state == "partially_shipped" else [])
         return ChannelOrder(order_id=str(order_id), state=state,
-                            lines=[ln for ln in lines if ln.sku and ln.qty > 0],
+                            # SKU-less products stay: the worker alerts on a sale it
+                            # cannot count instead of dropping it unseen.
+                            lines=[ln for ln in lines if ln.qty > 0],
                             status_id=status_id,
                             status=STATUS_NAMES.get(status_id, f"status {status_id}"),
                             shipments=shipments)
