@@ -32,6 +32,7 @@ from gateway.channels.base import (
     OrderFulfilled,
     OrderPlaced,
     Refunded,
+    RefundReview,
     Refused,
     Skipped,
 )
@@ -200,8 +201,6 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
         await raise_alert(state.redis, tenant, op.reason, op.detail, channel=channel_id,
                           ref=op.ref, once=f"{op.reason}:{channel_id}:{delivery.id}")
         return Applied("refused", op.ref, "ignored", error=op.reason)
-    from gateway.channels.base import RefundReview  # kept next to the one branch that uses it
-
     if isinstance(op, RefundReview):
         # The channel cannot say which units came back: change no stock, ask a person.
         named = ", ".join(f"{ln.sku} x {ln.qty}" for ln in op.lines)
