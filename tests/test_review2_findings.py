@@ -20,6 +20,7 @@ import pytest
 from gateway_support import OPERATOR, STOREFRONT, bearer, cell, receive
 from redis.asyncio import Redis
 from test_gateway_webhooks import post, shopify, shopify_order, standard, woo, woo_order
+from test_review_findings import fulfillment, refund, shop
 
 from gateway.app import create_app
 from stockgate.settings import Settings
@@ -43,33 +44,6 @@ def _woo_at(order: dict[str, Any], status: str, modified: str,
     if lines is not None:
         body["line_items"] = woo_order(order["id"], status, lines)["line_items"]
     return body
-
-
-def _item(line_id: int, sku: str, qty: int) -> dict[str, Any]:
-    return {"id": line_id, "sku": sku, "variant_id": 111, "product_id": 632910392,
-            "quantity": qty, "title": "Sneaker", "price": "199.00", "gift_card": False}
-
-
-def fulfillment(ful_id: int, order_id: int, lines: list[tuple[str, int]]) -> dict[str, Any]:
-    return {"id": ful_id, "order_id": order_id, "status": "success", "created_at": _iso(),
-            "location_id": 9001, "tracking_company": "UPS",
-            "line_items": [_item(order_id * 100 + i, sku, q) for i, (sku, q) in enumerate(lines)]}
-
-
-def refund(refund_id: int, order_id: int, lines: list[tuple[str, int, str]]) -> dict[str, Any]:
-    return {"id": refund_id, "order_id": order_id, "created_at": _iso(), "restock": None,
-            "note": "", "transactions": [],
-            "refund_line_items": [
-                {"id": refund_id * 10 + i, "line_item_id": order_id * 100 + i, "quantity": q,
-                 "restock_type": kind, "location_id": 9001, "subtotal": 199.0,
-                 "line_item": _item(order_id * 100 + i, sku, q)}
-                for i, (sku, q, kind) in enumerate(lines)]}
-
-
-async def shop(client: httpx.AsyncClient, topic: str, body: dict[str, Any]) -> httpx.Response:
-    r = await post(client, "shop", shopify(topic, body))
-    assert r.status_code in (200, 202), r.text
-    return r
 
 
 async def wc(client: httpx.AsyncClient, topic: str, body: dict[str, Any]) -> httpx.Response:
