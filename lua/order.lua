@@ -10,13 +10,14 @@
 -- its TTL is expired here first (units back to sale), then the order takes from available:
 -- the units go to this checkout or back to sale, never both. Any other hint claims nothing.
 --
--- An order record that already exists is merged, never counted twice: its open and shipped
--- units are this sale's (a storefront commit under this very order id, the explicit link
--- POST /v1/holds/{id}/commit {"order_id": "<channel>:<id>"}; or an earlier state of the same
--- channel order), the order adds only its units beyond them and gives back open units it no
--- longer has. A channel order's later state merges only when its body is newer
--- (req.state_ms, the body's own modification time): an edit that adds a line, or an order
--- re-opened after a cancel (WooCommerce failed -> processing). An older body is a no-op.
+-- An order record that already exists is merged, never counted twice: every unit its lines
+-- hold (open, shipped, returned) is this sale's (a storefront commit under this very order
+-- id, the explicit link POST /v1/holds/{id}/commit {"order_id": "<channel>:<id>"}; or an
+-- earlier state of the same channel order): the order adds only its units beyond them and
+-- gives back open units it no longer has. A channel order's later state merges only when
+-- its body is newer (req.state_ms, the body's own modification time): an edit that adds a
+-- line, or an order re-opened after a cancel (WooCommerce failed -> processing). An older
+-- body is a no-op.
 --
 -- Before judging stock it expires up to 50 due holds of the tenant (see hold.lua).
 -- KEYS[1] outbox stream, KEYS[2] order record, KEYS[3] expiry index, KEYS[4] hold record

@@ -348,11 +348,13 @@ async def test_channel_count_replayed_after_the_ttl_creates_units(
 
     Shopify signs only the body of inventory_levels/update, and the gateway ignores its signed
     `updated_at`. Day 0 a person sets 25 (shown 10): +15, fine. Sales bring the channel to 20.
-    After the dedupe TTL (3 days; 1 s here) the body-digest seen key, the adjust key
+    After the dedupe TTL (3 days; 2 s here) the body-digest seen key, the adjust key
     `shop:count:<body digest>` and the shown/echo logs (24 h, 10 min) are all gone, so the same
     signed body replayed under a fresh X-Shopify-Webhook-Id is judged again as a new edit
     "set to 25 while showing 20": +5 units that do not exist."""
-    settings = msgspec.structs.replace(gw_settings, idempotency_ttl_s=1,
+    # 2 s, not 1: Shopify's updated_at has whole seconds, so the first report may already
+    # look up to a second old when it lands, and it must not be refused as stale.
+    settings = msgspec.structs.replace(gw_settings, idempotency_ttl_s=2,
                                        channel_count_settle_s=0.0)
     application = create_app(settings, redis)
     store = audit_store(Settings(data_dir=str(tmp_path)))
@@ -387,7 +389,7 @@ async def test_channel_count_replayed_after_the_ttl_creates_units(
             await hold(client, "web-cart", "SKU-1", 5)
             assert (await commit(client, "web-cart", "web:1")).status_code == 200
             await record_push(redis, "acme", "shop", ref, 20)
-            await asyncio.sleep(1.5)  # past the idempotency TTL
+            await asyncio.sleep(2.5)  # past the idempotency TTL
             # The shown log (24 h) and the echo list (10 min) expire long before 3 days do.
             await redis.delete(keys.pushed_log("shop", ref), keys.pushed_recent("shop", ref))
             # The attacker's replay: the same signed body, a fresh (unsigned) webhook id.
