@@ -14,6 +14,7 @@ that keeps getting errors retries for days and then disables the subscription.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -98,9 +99,11 @@ async def receive_webhook(request: Request) -> JSONReply:
     # The body is marked seen only when it did something: a signed body first sent under a
     # topic that means nothing (or contradicts it) must not make its real delivery a
     # duplicate. Its delivery id is marked either way.
-    did = any(r.outcome not in ("ignored",) for r in results)
-    for key in seen_keys if did else seen_keys[:1]:
-        await commands.run("SET", key, b"1", "EX", settings.idempotency_ttl_s)
+    did = any(r.outcome != "ignored" for r in results)
+    # Sent in the same event-loop tick, so the Wire writes them as one pipeline: one round
+    # trip, as before the body key was added.
+    await asyncio.gather(*(commands.run("SET", key, b"1", "EX", settings.idempotency_ttl_s)
+                           for key in (seen_keys if did else seen_keys[:1])))
     if not results:
         status = "ignored"
     elif all(r.outcome == "queued" for r in results):
@@ -149,8 +152,8 @@ async def _order_not_yet_known(request: Request, channel_id: str, channel: Chann
     ref = op.fulfilment_id if isinstance(op, OrderFulfilled) else op.refund_id
     first = tenant_keys(channel.tenant).webhook_first_seen(channel_id, ref)
     now = int(time.time())
-    await state.commands.run("SET", first, now, "NX", "EX", 86_400)
-    since = int(await state.commands.run("GET", first) or now)
+    # One command: set the first-seen time unless set, and read what was there.
+    since = int(await state.commands.run("SET", first, now, "NX", "GET", "EX", 86_400) or now)
     if now - since < NOT_YET_KNOWN_RETRY_S:
         raise OrderNotYetKnown(f"order {op.order_id} is not known yet; deliver again later")
     await raise_alert(

@@ -16,20 +16,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import msgspec
-import pytest
 from gateway_support import OPERATOR, STOREFRONT, bearer, cell, receive
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from test_gateway_webhooks import post, shopify, standard, woo, woo_order
-
-from gateway.app import create_app
-from stockgate.settings import Settings
 
 pytest_plugins = ["gateway_fixtures"]  # gw_settings, app, client
 
@@ -257,17 +250,6 @@ async def test_open_order_body_under_orders_fulfilled_changes_nothing(
 
 
 # ---- 5. order records outlive the idempotency TTL ------------------------------------------
-
-@pytest.fixture
-async def short_ttl_client(gw_settings: Settings, redis: Redis
-                           ) -> AsyncIterator[httpx.AsyncClient]:
-    # replace() skips Settings' validation (idempotency_ttl_s >= 1 day).
-    settings = msgspec.structs.replace(gw_settings, idempotency_ttl_s=1)
-    application = create_app(settings, redis)
-    async with application.router.lifespan_context(application), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://gw") as c:
-        yield c
-
 
 PAST_TTL_S = 1.5
 

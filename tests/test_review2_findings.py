@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from gateway_support import OPERATOR, STOREFRONT, bearer, cell, receive
+from gateway_support import OPERATOR, bearer, cell, receive
 from redis.asyncio import Redis
 from test_gateway_webhooks import post, shopify, shopify_order, standard, woo, woo_order
-from test_review_findings import fulfillment, refund, shop
+from test_review_findings import commit, fulfillment, hold, refund, shop
 
 from gateway.app import create_app
 from stockgate.settings import Settings
@@ -50,17 +50,6 @@ async def wc(client: httpx.AsyncClient, topic: str, body: dict[str, Any]) -> htt
     r = await post(client, "woo", woo(topic, body))
     assert r.status_code == 200, r.text
     return r
-
-
-async def hold(client: httpx.AsyncClient, hold_id: str, sku: str, qty: int) -> None:
-    r = await client.post("/v1/holds", headers=bearer(STOREFRONT), json={
-        "hold_id": hold_id, "lines": [{"sku": sku, "qty": qty}]})
-    assert r.status_code == 201, r.text
-
-
-async def commit(client: httpx.AsyncClient, hold_id: str, order_id: str) -> httpx.Response:
-    return await client.post(f"/v1/holds/{hold_id}/commit", headers=bearer(STOREFRONT),
-                             json={"order_id": order_id})
 
 
 async def alerts_for(client: httpx.AsyncClient, ref: str) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,17 +86,6 @@ async def all_alerts(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 async def outbox(redis: Redis) -> list[dict[str, Any]]:
     entries = await redis.xrange(tenant_keys("acme").outbox)
     return [json.loads(fields[b"e"]) for _, fields in entries]
-
-
-@pytest.fixture
-async def short_ttl_client(gw_settings: Settings, redis: Redis
-                           ) -> AsyncIterator[httpx.AsyncClient]:
-    """The idempotency TTL shortened to 1 s (3 days in production), the return window not."""
-    settings = msgspec.structs.replace(gw_settings, idempotency_ttl_s=1)
-    application = create_app(settings, redis)
-    async with application.router.lifespan_context(application), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://gw") as c:
-        yield c
 
 
 # ---- F1 (oversell): explicit link after a refused channel order counts the sale nowhere ----
