@@ -49,7 +49,10 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inventory_item_skus: dict[str, str] = {}
     # Channel's location id -> Stockgate location name.
     location_map: dict[str, Name] = {}
-    # Pushes per second the channel's API accepts (coalesced per SKU and location).
+    # Shopify: the GraphQL Admin API version pushes and reads use (api_url is the shop's
+    # address; a REST base ending in /admin/api/<version> is accepted, its version ignored).
+    api_version: str = "2026-10"
+    # Calls per second the channel's API accepts (each call carries a batch of targets).
     rate_limit_per_s: float = 2.0
     # A WooCommerce `refunded` status or a BigCommerce refund/dispute status cannot say which
     # units came back, so by default nothing is restocked and an alert asks for review. Set

@@ -25,7 +25,7 @@ from stockgate.settings import Settings
 from workers.alerts import raise_alert
 from workers.audit import AuditStore
 from workers.keys import CONSUMER_GROUP
-from workers.propagation import mark_dirty, targets
+from workers.propagation import mark_events
 
 log = logging.getLogger("stockgate.outbox")
 
@@ -164,8 +164,7 @@ class OutboxConsumer:
     async def process(self, tenant: str, entries: list[Entry]) -> None:
         events, bad = decode_entries(entries)
         await self.audit.write(events)
-        members = [m for e in events for m in targets(self.settings, e)]
-        await mark_dirty(self.redis, tenant, members)
+        await mark_events(self.redis, self.settings, tenant, events)
         await self.alerts(tenant, events)
         ids = [e.id for e in events] + bad
         if ids:

@@ -260,6 +260,12 @@ async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
         await pipe.execute()
 
 
+async def mark_events(redis: Redis, settings: Settings, tenant: str,
+                      events: Iterable[Event]) -> None:
+    """Mark every target the events touch dirty."""
+    await mark_dirty(redis, tenant, [m for e in events for m in targets(settings, e)])
+
+
 def backoff_s(attempt: int, config: PropagationConfig) -> float:
     """Exponential with full jitter, so retries of many targets do not arrive together."""
     cap = min(config.backoff_max_s, config.backoff_base_s * 2 ** (attempt - 1))

@@ -1,9 +1,16 @@
-"""The one interface every channel adapter implements: set the available count of a SKU at a
-location, read the count back, and (where the channel's webhooks carry only ids) fetch an
-order. Errors come out as PushError so propagation can tell "wait and retry" from "broken"."""
+"""The one interface every channel adapter implements: set the available counts of a batch of
+(SKU, location) targets in as few calls as the channel allows, read counts back, and (where the
+channel's webhooks carry only ids) fetch an order.
+
+Errors of the whole call come out as PushError (whatever went wrong: a refused connection, a
+429, a 500, a 200 whose body is an HTML maintenance page), so propagation can tell "wait and
+retry" from "broken" and count, park and alert every one. Errors of one item come back as
+that item's ItemResult, so one bad item never fails its batch."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -21,6 +28,41 @@ class PushError(Exception):
         super().__init__(detail)
         self.retry_after = retry_after
         self.status = status
+
+
+# A Retry-After longer than this is not waited for in one piece: the channel is held this long,
+# an alert says how long it asked for, and the next call asks again.
+RETRY_AFTER_MAX_S = 300.0
+RETRY_AFTER_DEFAULT_S = 1.0
+
+
+class PushItem(msgspec.Struct, frozen=True):
+    """One target's new count. `expected` is the count Stockgate last knew the channel to hold:
+    a channel with compare-and-set (Shopify's changeFromQuantity) refuses the write when it
+    holds anything else; None sets blindly."""
+
+    sku: str
+    location: str
+    value: int
+    expected: int | None = None
+
+
+class ItemResult(msgspec.Struct, frozen=True):
+    """What became of one PushItem.
+
+    ok      the channel holds `value` now.
+    stale   compare-and-set refused: the channel moved on its own; `actual` is its count
+            now (None when the adapter could not read it).
+    failed  this item was refused (`error`); `retryable` says whether trying again may help
+            (an unknown item or a validation error will not)."""
+
+    status: Literal["ok", "stale", "failed"]
+    actual: int | None = None
+    error: str = ""
+    retryable: bool = True
+
+
+OK = ItemResult("ok")
 
 
 class OrderLine(msgspec.Struct, frozen=True):
@@ -63,14 +105,28 @@ class ChannelOrder(msgspec.Struct, frozen=True):
         return self.state == "cancelled"
 
 
-def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("Retry-After", "")
+def channel_wide(exc: PushError) -> bool:
+    """The error is about the channel (busy, down, unreachable), not about one item."""
+    return exc.retry_after is not None or exc.status in (0, 408, 425) or exc.status >= 500
+
+
+def seconds(value: str, scale: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds from a header, else None (absent, a date,
+    garbage, inf, nan, negative)."""
     try:
-        return max(float(value), 0.05)
+        parsed = float(value) * scale
     except ValueError:
-        # BigCommerce sends its window in milliseconds in its own header.
-        ms = response.headers.get("X-Rate-Limit-Time-Reset-Ms", "")
-        return max(float(ms) / 1000, 0.05) if ms.isdigit() else 1.0
+        return None
+    return parsed if math.isfinite(parsed) and parsed >= 0 else None
+
+
+def retry_after_s(response: httpx.Response) -> float:
+    """How long the channel asked us to wait, as sent: callers cap it (RETRY_AFTER_MAX_S) and
+    alert on long ones. BigCommerce sends its window in milliseconds in its own header."""
+    found = seconds(response.headers.get("Retry-After", ""))
+    if found is None:
+        found = seconds(response.headers.get("X-Rate-Limit-Time-Reset-Ms", ""), 0.001)
+    return max(found if found is not None else RETRY_AFTER_DEFAULT_S, 0.05)
 
 
 class ChannelAdapter:
@@ -101,13 +157,43 @@ class ChannelAdapter:
                                                  params=params, headers=self.headers())
         except httpx.HTTPError as exc:
             raise PushError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 429:
+        return self.decode(response)
+
+    def decode(self, response: httpx.Response) -> Any:
+        """The JSON body of a successful call; anything else is a PushError."""
+        status = response.status_code
+        if status == 429:
             raise PushError(f"{self.name}: rate limited", status=429,
-                            retry_after=_retry_after(response))
-        if response.status_code >= 400:
-            raise PushError(f"{self.name}: HTTP {response.status_code} "
-                            f"{response.text[:200]}", status=response.status_code)
-        return response.json() if response.content else None
+                            retry_after=retry_after_s(response))
+        if status >= 400:
+            raise PushError(f"{self.name}: HTTP {status} {_excerpt(response)}", status=status)
+        if not response.content:
+            return None
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            # A proxy's or the channel's maintenance page answered 200: nothing was applied.
+            raise PushError(f"{self.name}: HTTP {status} with a body that is not JSON: "
+                            f"{_excerpt(response)}", status=502) from None
+
+    # Items per call the channel accepts; propagation never hands push_batch more.
+    batch_limit = 1
+
+    async def push_batch(self, items: Sequence[PushItem]) -> list[ItemResult]:
+        """Set every item's count; one result per item, in order. This default makes one call
+        per item: an error about the item (a 4xx) fails that item alone, an error about the
+        channel (429, 5xx, unreachable) raises for the batch."""
+        results = []
+        for item in items:
+            try:
+                await self.set_available(item.sku, item.location, item.value)
+            except PushError as exc:
+                if channel_wide(exc):
+                    raise
+                results.append(ItemResult("failed", error=str(exc)[:300]))
+                continue
+            results.append(OK)
+        return results
 
     async def set_available(self, sku: str, location: str, available: int) -> None:
         raise NotImplementedError
@@ -116,5 +202,15 @@ class ChannelAdapter:
         """The channel's count, or None when it does not track the item."""
         raise NotImplementedError
 
+    async def read_batch(self, items: Sequence[tuple[str, str]]) -> list[int | None]:
+        """Counts of several (SKU, location) targets, in order; None for an untracked item.
+        This default reads one at a time."""
+        return [await self.get_available(sku, location) for sku, location in items]
+
     async def fetch_order(self, order_id: str) -> ChannelOrder:
         raise NotImplementedError(f"{self.channel.kind} orders arrive in full by webhook")
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """The start of a body for an error message: one line, bounded, never the request."""
+    return " ".join(response.text[:200].split())
