@@ -3,6 +3,8 @@ process in the lifespan."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +23,8 @@ from gateway import health, holds, openapi, operator, stock, webhooks
 from gateway.auth import KeyRing
 from gateway.batch import Commands
 from gateway.errors import MethodNotAllowed, NotFound
-from gateway.http import JSONReply, error_reply
-from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.http import BodyDeadlines, JSONReply, error_reply
+from gateway.metrics import Metrics, MetricsMiddleware, ProcessShare
 from stockgate.errors import StockgateError, StoreUnavailable
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
@@ -86,9 +88,18 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             # (the engine loads the scripts again on its first NOSCRIPT).
             log.warning("stock store unreachable at start-up: %s", type(exc).__name__)
         await operator.startup(app)
+        sharing = None
+        if settings.metrics_dir:
+            app.state.metrics_share = share = ProcessShare(metrics, settings.metrics_dir)
+            sharing = asyncio.create_task(share.run())
         try:
             yield
         finally:
+            if sharing is not None:
+                sharing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sharing
+            app.state.body_deadlines.close()
             await operator.shutdown(app)
             app.state.engine.scripts.close()
             if redis is None:
@@ -105,5 +116,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.metrics_share = None
+    app.state.body_deadlines = BodyDeadlines()
     app.state.keyring = KeyRing(settings)
     return app

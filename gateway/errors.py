@@ -38,6 +38,14 @@ class BodyTooLarge(StockgateError):
     status = 413
 
 
+class BodyTimeout(StockgateError):
+    """The body did not arrive in full within `body_timeout_s`: answered 408 and the
+    connection closed (the rest of the body may still be on its way)."""
+
+    code = "body_timeout"
+    status = 408
+
+
 class UnsupportedMediaType(StockgateError):
     code = "unsupported_media_type"
     status = 415

@@ -47,6 +47,7 @@ def _reply(name: str, description: str) -> dict[str, Any]:
 _ERR = {code: _reply("Error", text) for code, text in {
     "400": "malformed JSON or a schema error naming the field",
     "401": "missing or unknown API key", "403": "the key lacks the scope",
+    "408": "body not received in full within body_timeout_s (connection closed)",
     "413": "body over the size limit", "415": "not application/json",
     "422": "semantically invalid", "429": "rate limited (Retry-After)",
     "503": "stock store unavailable (Retry-After)"}.items()}
@@ -117,14 +118,16 @@ def build() -> dict[str, Any]:
         "/v1/deliveries": {"get": _op("Channel pushes (status=failed)", "operator",
                                       ("200", "Error", "deliveries"))},
         "/v1/deliveries/{id}/retry": {"post": _op(
-            "Retry a failed push", "operator", ("200", "Error", "queued"), None,
+            "Retry a failed push", "operator", ("202", "Error", "queued"), None,
             {"404": "no failed delivery with this id"}, ["id"])},
     }
-    # The worker-owned operator routes have no Struct here: describe them loosely.
-    for path in ("/v1/events", "/v1/alerts", "/v1/deliveries", "/v1/deliveries/{id}/retry"):
+    # The worker-owned operator routes have no Struct here: describe them loosely. The retry
+    # answers 202 (gateway/operator.py): the push is queued, not done.
+    for path, ok in (("/v1/events", "200"), ("/v1/alerts", "200"), ("/v1/deliveries", "200"),
+                     ("/v1/deliveries/{id}/retry", "202")):
         for op in paths[path].values():
-            op["responses"]["200"] = {"description": op["responses"]["200"]["description"],
-                                      "content": {"application/json": {"schema": {}}}}
+            op["responses"][ok] = {"description": op["responses"][ok]["description"],
+                                   "content": {"application/json": {"schema": {}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stockgate", "version": "0.1.0",

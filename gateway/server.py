@@ -1,10 +1,23 @@
 """Runs the gateway under uvicorn: uvloop and httptools when installed, no access log (it
-would cost more than the request, and must not carry keys anyway)."""
+would cost more than the request, and must not carry keys anyway).
+
+What one client can hold: a request's body must arrive within `body_timeout_s` (408 and the
+connection closed, gateway/http.py), an idle keep-alive connection is closed after
+KEEP_ALIVE_S, and a process takes at most `max_connections` connections plus requests in
+flight (uvicorn answers 503 past it). uvicorn sets no deadline on the request line and headers:
+a client that stalls before its headers are complete is bounded only by `max_connections`, so
+a gateway reachable from the internet belongs behind a proxy that bounds header time.
+"""
 
 from __future__ import annotations
 
 import gc
 import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -48,17 +61,47 @@ def app_from_env() -> Starlette:
     return app
 
 
+# uvicorn's own default, stated: idle connections cost a file descriptor and memory each, and
+# load balancers reuse theirs well within 5 s.
+KEEP_ALIVE_S = 5
+
+
+def uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
+    return {"host": host, "port": port, "loop": _loop(), "http": _http(),
+            "access_log": False, "log_level": settings.log_level.lower(),
+            # Nothing reads the client address, so X-Forwarded-* parsing is wasted work.
+            "proxy_headers": False, "server_header": False,
+            "lifespan": "on", "timeout_graceful_shutdown": 10,
+            "timeout_keep_alive": KEEP_ALIVE_S, "limit_concurrency": settings.max_connections}
+
+
+def _metrics_dir(settings: Settings) -> tuple[str, bool]:
+    """The directory the processes of this run share their metrics in, emptied of an earlier
+    run's snapshots (they would be summed with this run's), and whether it is ours to
+    remove afterwards."""
+    if not settings.metrics_dir:
+        return tempfile.mkdtemp(prefix="stockgate-metrics-"), True
+    directory = Path(settings.metrics_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.metrics.json"):
+        stale.unlink(missing_ok=True)
+    return str(directory), False
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1) -> None:
-    common = {"host": host, "port": port, "loop": _loop(), "http": _http(),
-              "access_log": False, "log_level": settings.log_level.lower(),
-              # Nothing reads the client address, so X-Forwarded-* parsing is wasted work.
-              "proxy_headers": False, "server_header": False,
-              "lifespan": "on", "timeout_graceful_shutdown": 10}
+    common = uvicorn_options(settings, host, port)
     if workers > 1:
         # Processes cannot share a live app object: each one builds its own from the
-        # environment, which the CLI has pointed at a real Redis URL.
-        uvicorn.run("gateway.server:app_from_env", factory=True, workers=workers, **common)
+        # environment, which the CLI has pointed at a real Redis URL, and at one metrics
+        # directory so that a scrape of any of them shows the sum of all.
+        directory, owned = _metrics_dir(settings)
+        os.environ["STOCKGATE_METRICS_DIR"] = directory
+        try:
+            uvicorn.run("gateway.server:app_from_env", factory=True, workers=workers, **common)
+        finally:
+            if owned:
+                shutil.rmtree(directory, ignore_errors=True)
         return
     from gateway.app import create_app
 

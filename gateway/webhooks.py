@@ -71,7 +71,7 @@ async def receive_webhook(request: Request) -> JSONReply:
     if channel is None:
         raise NotFound("unknown channel")
     adapter = KINDS[channel.kind]
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     request.state.raw_body = body
     delivery: Delivery = adapter.verify(channel, request.headers, body, time.time(),
                                         settings.webhook_tolerance_s)

@@ -121,10 +121,11 @@ def _locust_failures(path: Path) -> int:
 async def _backlog(redis: Redis) -> dict[str, int]:
     """Work still in flight: holds not yet resolved, outbox entries, channel deliveries."""
     from workers.keys import worker_keys
+    from workers.propagation import pending_deliveries
 
     keys = worker_keys(TENANT)
     backlog = await invariants.outbox_backlog(redis, TENANT)
-    backlog["deliveries queued"] = int(await redis.zcard(keys.due))
+    backlog["deliveries queued"] = await pending_deliveries(redis, TENANT)
     backlog["deliveries failed"] = int(await redis.hlen(keys.failed))
     return backlog
 

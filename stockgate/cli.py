@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import secrets
@@ -20,6 +21,9 @@ from stockgate.embedded import EmbeddedRedis, running_url, start_for
 from stockgate.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("stockgate")
+
+# The operator key `up` makes when none is configured, in the data directory.
+LOCAL_KEY_FILE = "local-operator-key"
 
 
 def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
@@ -67,20 +71,51 @@ def _worker(settings: Settings, args: argparse.Namespace) -> None:
             server.stop()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only ("" and 0.0.0.0 are every
+    interface; a name other than localhost may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _local_key(settings: Settings) -> tuple[Settings, str | None]:
     """With no API key configured every call would be a 401: for a local `up` without a
-    config file, make one operator key, write it to a config in the data directory for the
-    child processes, and show it once on the terminal (never in a log)."""
+    config file, make one operator key and write a config naming it in the data directory
+    for the child processes. The key itself goes to a file only its owner can read."""
     if settings.api_keys or os.environ.get("STOCKGATE_CONFIG"):
         return settings, None
     secret = secrets.token_urlsafe(24)
-    path = Path(settings.data_dir) / "local-config.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_file = data_dir / LOCAL_KEY_FILE
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # an older file may have had wider permissions
+        fh.write(secret + "\n")
+    path = data_dir / "local-config.toml"
     path.write_text('[api_keys.local-operator]\nsecret = "env:SG_LOCAL_KEY"\n'
                     'scopes = ["operator"]\n')
     os.environ["STOCKGATE_CONFIG"] = str(path)
     os.environ["SG_LOCAL_KEY"] = secret
     return load_settings(), secret
+
+
+def local_key_notice(host: str, port: int, key: str, data_dir: str) -> str:
+    """What `up` tells about the key it made. On loopback the key is shown (a newcomer's first
+    run); on any other address it is not: terminals of servers are recorded and shipped to
+    log stores, and the key opens every operator route to whoever reads them."""
+    key_file = Path(data_dir) / LOCAL_KEY_FILE
+    if is_loopback(host):
+        return (f"no API keys configured: this run's operator key is {key} (also in "
+                f"{key_file})\n  try: curl -H 'Authorization: Bearer {key}' "
+                f"http://{host}:{port}/v1/stock/SKU-1")
+    return (f"no API keys configured: this run's operator key is in {key_file} (readable by "
+            f"this user only), not shown because the gateway listens on {host}; for a server "
+            "others reach, configure API keys in STOCKGATE_CONFIG instead")
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> None:
@@ -96,9 +131,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> None:
     print(f"stockgate up: gateway http://{args.host}:{args.port}  redis "
           f"{_without_password(settings.redis_url)}", flush=True)
     if local_key:
-        print(f"no API keys configured: this run's operator key is {local_key}\n"
-              f"  try: curl -H 'Authorization: Bearer {local_key}' "
-              f"http://{args.host}:{args.port}/v1/stock/SKU-1", flush=True)
+        print(local_key_notice(args.host, args.port, local_key, settings.data_dir), flush=True)
     stopping = False
 
     def stop(*_: object) -> None:

@@ -1,7 +1,9 @@
 """Settings: one typed object built once from the TOML file in STOCKGATE_CONFIG and the environment.
 
 Values of the form ``env:NAME`` are read from the environment, so secrets stay out of the file.
-Every field has a default: the system runs with no file at all.
+A reference to a variable that is unset (or empty) is an error, never an empty value: an unset
+`redis_url` would quietly start an empty embedded server in production. Every field has a
+default: the system runs with no file at all.
 """
 
 from __future__ import annotations
@@ -89,6 +91,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # outlive 3 days.
     return_window_s: Annotated[int, msgspec.Meta(ge=1)] = 90 * 86_400
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    # A request body must arrive in full within this long after its headers (408 and the
+    # connection closed otherwise): a client that stalls mid-body holds a connection and a
+    # task for no longer than this.
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # Connections plus requests in flight per gateway process (uvicorn's limit_concurrency);
+    # past it a new request is answered 503 at once instead of queueing without bound.
+    max_connections: Annotated[int, msgspec.Meta(ge=16)] = 4096
     max_lines: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # strict: acknowledge a change only once it is on disk; everysec: fsync once a second.
     durability: Literal["strict", "everysec"] = "strict"
@@ -103,6 +112,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channel_count_settle_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     audit_dsn: str = ""
     log_level: str = "INFO"
+    # Set: GET /metrics requires `Authorization: Bearer <metrics_token>` (the numbers show
+    # sell-through per route). Empty: /metrics is open, for a scraper on a private network.
+    metrics_token: str = ""
+    # Where the gateway processes of one `stockgate serve --workers N` share their counters,
+    # so that one scrape sums them all (gateway/metrics.py). `serve` sets it, through
+    # STOCKGATE_METRICS_DIR, to a directory of its own for the run; empty: this process only.
+    metrics_dir: str = ""
     tenants: dict[Name, Tenant] = {}
     api_keys: dict[Name, ApiKey] = {}
     channels: dict[Name, Channel] = {}
@@ -126,24 +142,39 @@ _ENV_OVERRIDES = {
     "STOCKGATE_DATA_DIR": "data_dir",
     "STOCKGATE_DURABILITY": "durability",
     "STOCKGATE_LOG_LEVEL": "log_level",
+    "STOCKGATE_METRICS_DIR": "metrics_dir",
 }
 
 
-def _resolve(value: Any, env: Mapping[str, str], path: str) -> Any:
+def _resolve(value: Any, env: Mapping[str, str], path: str, unset: list[str]) -> Any:
+    """`value` with every ``env:NAME`` replaced by the variable's value; the config path of
+    each reference to an unset or empty variable is added to `unset` (all of them are
+    reported at once, so one failed start names everything to fix)."""
     if isinstance(value, dict):
-        return {k: _resolve(v, env, f"{path}.{k}") for k, v in value.items()}
+        return {k: _resolve(v, env, f"{path}.{k}" if path else k, unset)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_resolve(v, env, f"{path}[{i}]", unset) for i, v in enumerate(value)]
     if isinstance(value, str) and (match := _ENV_REF.match(value)):
         name = match.group(1)
-        # An unset reference means "not configured" (e.g. redis_url -> embedded server).
-        return env.get(name, "")
+        found = env.get(name, "")
+        if not found:
+            # An empty variable counts as unset: `KEY=${KEY}` in a compose file or unit
+            # produces one when the host does not define it.
+            unset.append(f"{path} (env:{name})")
+        return found
     return value
 
 
 def load_settings(
     path: str | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
+    """The settings from the TOML file (`path`, else STOCKGATE_CONFIG) and `env`.
+
+    Raises ConfigError for an unreadable or invalid file, a reference to an unset variable,
+    an empty secret, or two API keys with the same secret. Messages name settings and
+    variables, never a value.
+    """
     env = os.environ if env is None else env
     path = path if path is not None else env.get("STOCKGATE_CONFIG", "")
     raw: dict[str, Any] = {}
@@ -156,15 +187,34 @@ def load_settings(
     for var, field in _ENV_OVERRIDES.items():
         if field not in raw and env.get(var):
             raw[field] = env[var]
-    resolved = _resolve(raw, env, "config")
+    unset: list[str] = []
+    resolved = _resolve(raw, env, "", unset)
+    if unset:
+        raise ConfigError("unset environment variables referenced by the config: "
+                          + ", ".join(unset))
     try:
         settings = msgspec.convert(resolved, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
     for name, key in settings.api_keys.items():
         if not key.secret:
-            raise ConfigError(f"api_keys.{name}.secret is empty (is its env variable set?)")
+            raise ConfigError(f"api_keys.{name}.secret is empty")
     for name, channel in settings.channels.items():
         if not channel.secret:
-            raise ConfigError(f"channels.{name}.secret is empty (is its env variable set?)")
+            raise ConfigError(f"channels.{name}.secret is empty")
+    _refuse_shared_secrets(settings)
     return settings
+
+
+def _refuse_shared_secrets(settings: Settings) -> None:
+    """Keys are told apart by their secret alone: two keys with one secret would resolve to
+    whichever comes last, e.g. one tenant's operator key acting as another's storefront key."""
+    owner: dict[str, str] = {}
+    clashes: list[str] = []
+    for name, key in settings.api_keys.items():
+        first = owner.setdefault(key.secret, name)
+        if first != name:
+            clashes.append(f"api_keys.{first} and api_keys.{name}")
+    if clashes:
+        raise ConfigError("API keys must have distinct secrets; these share one: "
+                          + "; ".join(clashes))

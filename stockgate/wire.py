@@ -8,11 +8,15 @@ straight from the protocol's `data_received`, and a reply costs one future. Conn
 details (host or socket path, AUTH, SELECT, timeouts) come from the redis-py client's pool, so
 both talk to the same server the same way. TLS is not handled here: `Wire.usable` is False
 and callers keep using redis-py.
+
+The handshake (AUTH, SELECT) is written and its replies checked before any queued command
+leaves: pipelined behind a refused SELECT, a write would land in database 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections import deque
 from typing import Any
@@ -23,6 +27,14 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("stockgate.wire")
+
+
+class HandshakeRefused(RedisConnectionError):
+    """The server refused AUTH or SELECT on connect (wrong password, a database index it does
+    not have): a configuration error, so no queued command was sent. A ConnectionError, so
+    callers answer 503 as for an unreachable server, and the next call tries again."""
 
 
 class _ReplyError(Exception):
@@ -91,6 +103,7 @@ class Wire:
         self._out: list[bytes] = []  # packed this tick, not yet written
         self._out_waiters: list[asyncio.Future[Any]] = []
         self._scheduled = False
+        self._refusal = ""  # the last handshake refusal logged
 
     def _new_reader(self) -> hiredis.Reader:
         if self._encoding:
@@ -162,22 +175,60 @@ class Wire:
                                                     self._port)
             transport, protocol = await asyncio.wait_for(connecting, self._connect_timeout)
         except (TimeoutError, OSError) as exc:
-            self._connecting = None
-            self._fail(self._out_waiters, RedisConnectionError(f"cannot connect: {exc!r}"))
-            self._out, self._out_waiters = [], []
+            self._refuse(RedisConnectionError(f"cannot connect: {exc!r}"))
             return
-        self._transport, self._protocol = transport, protocol  # type: ignore[assignment]
+        # Replies are read from here on, but `_flush` writes nothing until `_transport` is set:
+        # calls made meanwhile wait in `_out` for the handshake's verdict.
+        self._protocol = protocol  # type: ignore[assignment]
         self._reader = self._new_reader()
-        hello = [loop.create_future() for _ in self._hello]
-        self._out[:0] = [hiredis.pack_command(c) for c in self._hello]
-        self._out_waiters[:0] = hello
+        try:
+            await self._handshake(transport)
+        except RedisConnectionError as exc:
+            if self._protocol is protocol:
+                self._protocol = None
+            transport.abort()
+            self._refuse(exc)
+            return
+        self._refusal = ""
+        self._transport = transport  # type: ignore[assignment]
         self._connecting = None
         self._flush()
-        for future in hello:
-            reply = await future
-            if type(reply) is _ReplyError:
-                transport.abort()  # AUTH or SELECT refused: nothing after it may run
-                return
+
+    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+        """AUTH and SELECT, alone in their write, each reply checked before anything else is
+        sent; raises HandshakeRefused (naming the command, never its arguments: AUTH carries
+        the password) or ConnectionError (lost, or no answer within the connect timeout)."""
+        if not self._hello:
+            return
+        assert self._loop is not None
+        replies = [self._loop.create_future() for _ in self._hello]
+        self._pending.extend(replies)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"".join(hiredis.pack_command(c) for c in self._hello))
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                for command, future in zip(self._hello, replies, strict=True):
+                    reply = await future
+                    if type(reply) is _ReplyError:
+                        refused = HandshakeRefused(
+                            f"Redis refused {command[0]} on connect: {reply}")
+                        # Once per distinct refusal: every call reconnects, and a wrong
+                        # database index would otherwise log at the request rate.
+                        if str(refused) != self._refusal:
+                            self._refusal = str(refused)
+                            log.error("%s", refused)
+                        raise refused
+        except TimeoutError:
+            raise RedisConnectionError("Redis did not answer the connection handshake") from None
+        finally:
+            self._pending.clear()
+
+    def _refuse(self, exc: Exception) -> None:
+        """Connecting failed: every call waiting for this connection gets `exc`, nothing was
+        written; the next call connects again."""
+        self._connecting = None
+        self._fail(self._out_waiters, exc)
+        self._out, self._out_waiters = [], []
 
     def _expire(self, future: asyncio.Future[Any], transport: asyncio.Transport) -> None:
         if not future.done() and transport is self._transport:

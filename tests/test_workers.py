@@ -285,7 +285,7 @@ async def test_reconcile_cursor_continues_across_runs(redis: Redis, tmp_path: Pa
     async def run() -> list[str]:
         async with adapters_of(settings) as adapters:
             drifts = await reconcile(redis, engine, settings, adapters, three)
-        await redis.delete(keys.due)  # as if the re-pushes were done but did not stick
+        await redis.delete(keys.due("std"))  # as if the re-pushes were done but did not stick
         return [d.sku for d in drifts]
 
     assert await run() == ["S0", "S1", "S2"]
@@ -311,8 +311,8 @@ async def test_reconcile_alerts_once_per_observed_drift(redis: Redis, tmp_path: 
         async with adapters_of(settings) as adapters:
             drifts = await reconcile(redis, engine, settings, adapters)
         # Each drift is repaired (re-pushed), then the push is taken as done.
-        assert await redis.zscore(worker_keys("default").due, member) is not None
-        await redis.delete(worker_keys("default").due)
+        assert await redis.zscore(worker_keys("default").due("std"), member) is not None
+        await redis.delete(worker_keys("default").due("std"))
         return [d.channel_count for d in drifts]
 
     sim.state.counts["MUG", "main"] = 3
@@ -342,7 +342,7 @@ async def test_reconcile_untracked_item_is_not_drift(redis: Redis, tmp_path: Pat
         assert await reconcile(redis, engine, settings, adapters) == []
     assert sim.state.calls == 1
     assert await list_alerts(redis, "default") == []
-    assert await redis.zcard(worker_keys("default").due) == 0
+    assert await redis.zcard(worker_keys("default").due("std")) == 0
 
 
 async def test_bigcommerce_order_fetched_by_id(
@@ -387,9 +387,9 @@ async def test_a_429_never_moves_booked_slots_earlier(redis: Redis) -> None:
     for _ in range(5):
         await book_slot(redis, "default", "shop", 1000, 10_000)
     booked = int(await redis.get(worker_keys("default").rate("shop")))
-    assert await hold_channel(redis, "default", "shop", 1.0) == booked
+    assert (await hold_channel(redis, "default", "shop", 1.0)).at == booked
     assert int(await redis.get(worker_keys("default").rate("shop"))) == booked
     # A longer Retry-After does move it.
-    later = await hold_channel(redis, "default", "shop", 30.0)
+    later = (await hold_channel(redis, "default", "shop", 30.0)).at
     assert later > booked
     assert int(await redis.get(worker_keys("default").rate("shop"))) == later

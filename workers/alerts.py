@@ -27,6 +27,8 @@ AlertType = Literal[
     "webhook_contradiction",  # a signed body under a topic it contradicts: nothing changed
     "stale_delivery",  # a body older than Stockgate remembers it: nothing changed
     "webhook_not_applied",  # a channel said goods moved and Stockgate moved nothing
+    "channel_throttled",  # a channel asked us to wait longer than we wait in one piece
+    "channel_moved_unexplained",  # a channel's count fell on its own and nothing explains it
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400

@@ -1,19 +1,32 @@
 """Channel propagation: every stock change reaches every channel that sells the location.
 
 Bookkeeping lives in Redis, per tenant (see workers.keys):
-- the outbox consumer marks a delivery target "<channel>|<location>|<sku>" dirty (bumps its
-  version, adds it to the due zset); that is all it does per event, so a flash sale of
-  thousands of changes per second to one SKU stays one entry: coalescing;
-- the pusher claims due targets with a lease, reads the canonical value *at push time* (the
-  newest one, whatever number of events led to it), pushes it, and removes the target only
-  if no event bumped its version meanwhile; otherwise it goes round again;
-- a per-channel slot in Redis spaces calls at the channel's rate limit across all workers:
-  each claimed target books its own call time (the next free one, then +interval for the
-  next target, and so on), so targets waiting for a busy channel are served in turn instead
-  of racing for the same next slot round after round; a 429 moves the slot to the channel's
-  Retry-After (book_slot, hold_channel: reconciliation's reads go through them too);
-- failures retry with exponential backoff and jitter; after the last try the target is
-  parked in the failed hash (GET /v1/deliveries?status=failed) and an alert is raised.
+- the outbox consumer marks a delivery target "<channel>|<location>|<sku>" dirty: it gives the
+  target a new version from the tenant's sequence (versions only ever rise, so a version seen
+  by a lapsed claim is never seen again) and adds it to its channel's due zset. That is all it
+  does per event, so a flash sale of thousands of changes to one SKU stays one entry;
+- one lane per (tenant, channel) in every worker claims that channel's due targets, up to the
+  adapter's items per call, with a lease and a claim token; reads the canonical values *at
+  push time*; pushes them in one batched call; and finishes each target under its token: a
+  finish whose lease lapsed (another worker claimed the target since) changes nothing, and a
+  target whose version moved during the push goes round again. Lanes are independent tasks,
+  so a slow or dead channel only holds its own lane; other channels and tenants go on;
+- "now" comes from Redis TIME wherever workers compare times (leases, due times, call
+  slots), so a worker host's clock skew cannot lapse a lease or skip a slot;
+- a per-channel slot in Redis spaces calls at the channel's rate limit across all workers; a
+  429 moves the slot to the channel's Retry-After, capped at RETRY_AFTER_MAX_S with an alert
+  when the channel asked for longer (book_slot, hold_channel: reconciliation's reads go
+  through them too);
+- every failure (a PushError, or anything else an adapter raises: an HTML page, a bug) is
+  counted per target, retried with exponential backoff and jitter, and after the last try
+  parked in the failed hash (GET /v1/deliveries?status=failed) with an alert. An item the
+  channel refused alone fails alone; its batch siblings are done;
+- compare-and-set channels (Shopify's changeFromQuantity) get the count Stockgate last knew
+  them to hold. A stale compare means the channel moved on its own (a sale whose order
+  webhook has not landed, a person's edit): the unexplained drop is kept as pending on that
+  target and subtracted from what is pushed, until the channel's own order events explain it
+  (pending_explained) or a count report is judged; reconciliation alerts on pending that stays
+  unexplained past ReconcileConfig.pending_alert_s.
 A worker that dies mid-push leaves its targets leased; the lease runs out and another worker
 pushes them. Pushing twice is harmless: the value is absolute, not a delta.
 """
@@ -21,23 +34,26 @@ pushes them. Pushing twice is harmless: the value is absolute, not a delta.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 
 import httpx
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from stockgate.errors import StockgateError, UnknownSku
+from stockgate.errors import StockgateError
 from stockgate.keys import tenant_keys
 from stockgate.models import Event, StockView
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
-from workers.adapters import ChannelAdapter, PushError, adapter_for
+from workers.adapters import ADAPTERS, ChannelAdapter, PushError, adapter_for
+from workers.adapters.base import RETRY_AFTER_MAX_S, ItemResult, PushItem
 from workers.alerts import raise_alert
 from workers.keys import worker_keys
 
@@ -48,15 +64,23 @@ class PropagationConfig(msgspec.Struct, frozen=True):
     max_attempts: int = 6
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
-    # A claimed target is invisible to other workers for this long (longer than a push).
+    # A claimed target is invisible to other workers for this long: longer than the wait for
+    # a call slot (slot_horizon_ms) plus one whole push (push_timeout_s).
     lease_ms: int = 15_000
-    claim_batch: int = 200
-    concurrency: int = 32
-    idle_sleep_s: float = 0.02
+    # Most targets one call carries, whatever the adapter allows.
+    claim_batch: int = 250
+    # A lane with nothing due looks again after this long at most (sooner when the next due
+    # target is sooner).
+    idle_sleep_s: float = 0.05
     http_timeout_s: float = 5.0
-    # How far ahead a target may book its channel's call slot and wait for it (well under
-    # lease_ms); a target whose slot would be later goes back to the queue until then.
+    # One batched push, whatever the adapter does inside it (several HTTP calls, a wait for
+    # its cost bucket): past this the lane gives up on it and the targets are retried.
+    push_timeout_s: float = 10.0
+    # How far ahead a call may book its channel's slot and wait for it (well under lease_ms);
+    # a batch whose slot would be later goes back to the queue until then.
     slot_horizon_ms: int = 2_000
+    # A channel that asks for a Retry-After longer than this gets an alert.
+    retry_after_alert_s: float = 60.0
 
 
 class FailedDelivery(msgspec.Struct, frozen=True):
@@ -74,49 +98,194 @@ class FailedDelivery(msgspec.Struct, frozen=True):
 _failed_encode = msgspec.json.Encoder().encode
 _failed_decode = msgspec.json.Decoder(FailedDelivery).decode
 
-# Claim due targets: lease them (score = now + lease) and return them with their versions.
-_CLAIM = """
-local due, versions = KEYS[1], KEYS[2]
-local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+# Redis's clock in ms: the one clock every worker host shares.
+_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# Mark targets dirty: each gets the tenant sequence's next number as its version (a version
+# number is never reused, even after its target was finished and forgotten) and enters its
+# channel's due zset. NX keeps a later score: a channel's backoff or slot is not cut short.
+# KEYS: seq, versions, then one due zset per member; ARGV: the members.
+_MARK = _NOW + """
+for i, m in ipairs(ARGV) do
+  redis.call('HSET', KEYS[2], m, redis.call('INCR', KEYS[1]))
+  redis.call('ZADD', KEYS[i + 2], 'NX', now, m)
+end
+return now
+"""
+
+# Claim due targets of one channel: lease them (score = now + lease) under a claim token.
+# Returns {now, next due ms or -1, member, version, member, version, ...}.
+_CLAIM = _NOW + """
+local due, versions, leases = KEYS[1], KEYS[2], KEYS[3]
+local lease, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
-local out = {}
+local out = {now, -1}
 for _, m in ipairs(members) do
   redis.call('ZADD', due, now + lease, m)
+  redis.call('HSET', leases, m, token)
   out[#out + 1] = m
   out[#out + 1] = redis.call('HGET', versions, m) or '0'
+end
+if #members == 0 then
+  local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if first[2] then out[2] = math.floor(tonumber(first[2])) end
 end
 return out
 """
 
-# Done with a target: forget it if no event bumped its version since the claim, else put it
-# back for its next slot.
-_COMPLETE = """
-local due, versions, attempts = KEYS[1], KEYS[2], KEYS[3]
-local member, seen, next_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-redis.call('HDEL', attempts, member)
-if (redis.call('HGET', versions, member) or '0') == seen then
-  redis.call('ZREM', due, member)
-  redis.call('HDEL', versions, member)
-  return 1
+# Finish claimed targets, each only while the claim token still holds its lease (a lapsed
+# claim changes nothing: the target is another worker's now). ARGV: token, after_ms, then
+# (member, version, mode): mode "done" forgets the target unless its version moved since the
+# claim (then it is due again after_ms from now: the channel's next slot); mode "again" puts
+# it back due after_ms from now, its attempts untouched; mode "fail" counts an attempt and
+# returns the count (the caller then requeues or parks). Returns one number per member: the
+# attempt count for "fail", 1 for a finished "done"/"again", 0 for a lapsed claim.
+_FINISH = _NOW + """
+local due, versions, leases, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, after = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 3 do
+  local m, seen, mode = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HGET', leases, m) ~= token then
+    out[#out + 1] = 0
+  elseif mode == 'fail' then
+    out[#out + 1] = redis.call('HINCRBY', attempts, m, 1)
+  else
+    redis.call('HDEL', leases, m)
+    if mode == 'done' then
+      redis.call('HDEL', attempts, m)
+      if (redis.call('HGET', versions, m) or '0') == seen then
+        redis.call('ZREM', due, m)
+        redis.call('HDEL', versions, m)
+      else
+        redis.call('ZADD', due, now + after, m)
+      end
+    else
+      redis.call('ZADD', due, now + after, m)
+    end
+    out[#out + 1] = 1
+  end
 end
-redis.call('ZADD', due, next_ms, member)
-return 0
+return out
+"""
+
+# After a counted failure: requeue (mode "retry", ARGV after_ms) or park the target (mode
+# "park", ARGV the FailedDelivery JSON and its id), while the token holds the lease.
+_SETTLE = """
+local due, leases, attempts, failed, versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token, m, mode = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', leases, m) ~= token then return 0 end
+redis.call('HDEL', leases, m)
+if mode == 'park' then
+  redis.call('HSET', failed, ARGV[5], ARGV[4])
+  redis.call('ZREM', due, m)
+  redis.call('HDEL', attempts, m)
+  redis.call('HDEL', versions, m)
+else
+  local t = redis.call('TIME')
+  redis.call('ZADD', due, t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[4]), m)
+end
+return 1
 """
 
 # Book a call slot on a channel: the key holds the channel's next free call time. The caller
 # gets the next free time if it is at most `horizon` ms away, and the one after it is then
-# next free: {1, at}. Otherwise nothing is booked: {0, next free time}.
-_SLOT = """
+# next free: {1, at, now}. Otherwise nothing is booked: {0, next free time, now}.
+_SLOT = _NOW + """
 local key = KEYS[1]
-local now, interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local at = math.max(tonumber(redis.call('GET', key) or '0'), now)
-if at - now > horizon then return {0, at} end
+if at - now > horizon then return {0, at, now} end
 redis.call('SET', key, at + interval, 'PX', at + interval - now + 60000)
-return {1, at}
+return {1, at, now}
+"""
+
+# Moves the channel's next free time to now + ARGV[1] ms unless it is already later: slots
+# that pushes booked beyond a Retry-After must stay booked, or their callers would collide.
+# Returns {next free time, now}.
+_HOLD = _NOW + """
+local key, wait = KEYS[1], tonumber(ARGV[1])
+local at = tonumber(redis.call('GET', key) or '0')
+if at >= now + wait then return {at, now} end
+redis.call('SET', key, now + wait, 'PX', wait + 60000)
+return {now + wait, now}
+"""
+
+# Compare-and-set bookkeeping of one target (hash TenantKeys-free: WorkerKeys.cas(channel)),
+# fields "k|<ref>" the count the channel is known to hold, "o|<ref>" units the channel sold
+# itself (its order events applied) since then, "p|<ref>" units it dropped that nothing
+# explains yet, "t|<ref>" since when (ms) pending has been above zero.
+#
+# A channel's own order events (ARGV: ref, qty pairs): explain pending first (the channel's
+# drop was that sale), the rest are sales made since the known count.
+_CAS_SOLD = _NOW + """
+local h = KEYS[1]
+for i = 1, #ARGV, 2 do
+  local ref, q = ARGV[i], tonumber(ARGV[i + 1])
+  local pending = tonumber(redis.call('HGET', h, 'p|' .. ref) or '0')
+  local take = math.min(q, pending)
+  if pending - take > 0 then
+    redis.call('HSET', h, 'p|' .. ref, pending - take)
+  else
+    redis.call('HDEL', h, 'p|' .. ref, 't|' .. ref)
+  end
+  if q > take and redis.call('HEXISTS', h, 'k|' .. ref) == 1 then
+    redis.call('HINCRBY', h, 'o|' .. ref, q - take)
+  end
+end
+return now
+"""
+
+# A push the channel accepted (ARGV ref, value pairs): it holds `value` now.
+_CAS_SET = """
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], 'k|' .. ARGV[i], ARGV[i + 1])
+  redis.call('HDEL', KEYS[1], 'o|' .. ARGV[i])
+end
+return 1
+"""
+
+# A stale compare (ARGV ref, actual pairs): the channel holds `actual`. What it should hold by
+# what Stockgate knows is known - own sales since; anything below that is pending (anything
+# above, a restock on the channel's side, first cancels pending). Returns the new pending
+# per ref.
+_CAS_STALE = _NOW + """
+local h, out = KEYS[1], {}
+for i = 1, #ARGV, 2 do
+  local ref, actual = ARGV[i], tonumber(ARGV[i + 1])
+  local known = tonumber(redis.call('HGET', h, 'k|' .. ref) or tostring(actual))
+  local own = tonumber(redis.call('HGET', h, 'o|' .. ref) or '0')
+  local pending = tonumber(redis.call('HGET', h, 'p|' .. ref) or '0')
+  pending = math.max(pending + (known - own) - actual, 0)
+  redis.call('HSET', h, 'k|' .. ref, actual)
+  redis.call('HDEL', h, 'o|' .. ref)
+  if pending > 0 then
+    redis.call('HSET', h, 'p|' .. ref, pending)
+    if redis.call('HEXISTS', h, 't|' .. ref) == 0 then redis.call('HSET', h, 't|' .. ref, now) end
+  else
+    redis.call('HDEL', h, 'p|' .. ref, 't|' .. ref)
+  end
+  out[#out + 1] = pending
+end
+return out
+"""
+
+# Members written before per-channel due zsets: move each to its channel's zset.
+_MIGRATE = """
+local old, prefix = KEYS[1], ARGV[1]
+local rows = redis.call('ZRANGE', old, 0, -1, 'WITHSCORES')
+for i = 1, #rows, 2 do
+  local m = rows[i]
+  local channel = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
+  redis.call('ZADD', prefix .. channel, 'NX', rows[i + 1], m)
+end
+redis.call('DEL', old)
+return #rows / 2
 """
 
 
 def now_ms() -> int:
+    """This host's clock, for what only this host compares (log lines, alert stamps)."""
     return int(time.time() * 1000)
 
 
@@ -125,34 +294,30 @@ def call_interval_ms(channel: Channel) -> int:
     return max(int(1000 / channel.rate_limit_per_s), 1) if channel.rate_limit_per_s else 0
 
 
+class Slot(msgspec.Struct, frozen=True, array_like=True):
+    booked: bool
+    at: int  # the booked time, else the channel's next free time (Redis ms)
+    now: int  # Redis's clock when the slot was looked at
+
+
 async def book_slot(redis: Redis, tenant: str, channel: str, interval: int,
-                    horizon: int) -> tuple[bool, int]:
-    """Book the channel's next free call time if it is at most `horizon` ms away: (True, the
-    booked time). Otherwise (False, the next free time), nothing booked. Every caller of the
-    channel (pushes, reconciliation) goes through here, so together they keep its rate."""
-    booked, at = await redis.register_script(_SLOT)(
-        keys=[worker_keys(tenant).rate(channel)], args=[now_ms(), interval, horizon])
-    return bool(booked), int(at)
+                    horizon: int) -> Slot:
+    """Book the channel's next free call time if it is at most `horizon` ms away. Every caller
+    of the channel (pushes, reconciliation) goes through here, so together they keep its
+    rate; times are Redis's, so the caller waits `at - now` whatever its own clock says."""
+    booked, at, now = await redis.register_script(_SLOT)(
+        keys=[worker_keys(tenant).rate(channel)], args=[interval, horizon])
+    return Slot(bool(booked), int(at), int(now))
 
 
-# Moves the channel's next free time to ARGV[1] unless it is already later: slots that pushes
-# booked beyond a Retry-After must stay booked, or their callers would collide.
-_HOLD = """
-local key, free_at, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local at = tonumber(redis.call('GET', key) or '0')
-if at >= free_at then return at end
-redis.call('SET', key, free_at, 'PX', ttl)
-return free_at
-"""
-
-
-async def hold_channel(redis: Redis, tenant: str, channel: str, retry_after_s: float) -> int:
-    """The channel answered 429: nobody calls it before its Retry-After. Returns the channel's
-    next free time (the Retry-After, or a later slot already booked)."""
-    wait_ms = int(retry_after_s * 1000)
-    until = await redis.register_script(_HOLD)(
-        keys=[worker_keys(tenant).rate(channel)], args=[now_ms() + wait_ms, wait_ms + 60_000])
-    return int(until)
+async def hold_channel(redis: Redis, tenant: str, channel: str, retry_after_s: float) -> Slot:
+    """The channel answered 429: nobody calls it before its Retry-After (capped at
+    RETRY_AFTER_MAX_S). Returns when the channel is next free (`at`: the Retry-After, or a
+    later slot already booked) and Redis's `now`."""
+    wait_ms = int(min(max(retry_after_s, 0.0), RETRY_AFTER_MAX_S) * 1000)
+    until, now = await redis.register_script(_HOLD)(
+        keys=[worker_keys(tenant).rate(channel)], args=[wait_ms])
+    return Slot(True, int(until), int(now))
 
 
 def member_of(channel: str, location: str, sku: str) -> str:
@@ -162,6 +327,12 @@ def member_of(channel: str, location: str, sku: str) -> str:
 def parse_member(member: str) -> tuple[str, str, str]:
     channel, location, sku = member.split("|", 2)
     return channel, location, sku
+
+
+def ref_of(member: str) -> str:
+    """The "<sku>|<location>" a target's pushed values are recorded under."""
+    _, location, sku = parse_member(member)
+    return f"{sku}|{location}"
 
 
 def delivery_id(member: str) -> str:
@@ -231,39 +402,68 @@ def log_shown(pipe: Pipeline, tenant: str, channel: str, ref: str, kind: str, ms
     pipe.pexpire(log_key, SHOWN_LOG_TTL_MS)
 
 
-async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> None:
-    """Remember a value about to be pushed (before the push: its echo can beat the reply)."""
+def queue_push_record(pipe: Pipeline, tenant: str, channel: str, ref: str, value: int,
+                      ms: int) -> None:
     keys = tenant_keys(tenant)
     recent = keys.pushed_recent(channel, ref)
+    pipe.hset(keys.pushed(channel), ref, value)
+    pipe.lpush(recent, value)
+    pipe.ltrim(recent, 0, RECENT_PUSHES - 1)
+    pipe.pexpire(recent, RECENT_PUSH_TTL_MS)
+    log_shown(pipe, tenant, channel, ref, SHOWN_PUSH, ms, value)
+
+
+async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> None:
+    """Remember a value about to be pushed (before the push: its echo can beat the reply)."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(keys.pushed(channel), ref, value)
-        pipe.lpush(recent, value)
-        pipe.ltrim(recent, 0, RECENT_PUSHES - 1)
-        pipe.pexpire(recent, RECENT_PUSH_TTL_MS)
-        log_shown(pipe, tenant, channel, ref, SHOWN_PUSH, now_ms(), value)
+        queue_push_record(pipe, tenant, channel, ref, value, now_ms())
         await pipe.execute()
 
 
 async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
     """Record that targets need a push. Idempotent in effect: redoing it after a crash only
-    bumps versions, which at worst costs one more push of the same value."""
+    gives new versions, which at worst costs one more push of the same value."""
     keys = worker_keys(tenant)
-    unique = set(members)
-    if not unique:
-        return
-    now = now_ms()
-    async with redis.pipeline(transaction=False) as pipe:
-        for m in unique:
-            pipe.hincrby(keys.versions, m, 1)
-        # NX keeps a later score: a channel's backoff or rate-limit slot is not cut short.
-        pipe.zadd(keys.due, dict.fromkeys(unique, now), nx=True)
-        await pipe.execute()
+    unique = sorted(set(members))
+    if unique:
+        await redis.register_script(_MARK)(
+            keys=[keys.seq, keys.versions, *(keys.due(parse_member(m)[0]) for m in unique)],
+            args=unique)
+
+
+def cas_channels(settings: Settings, adapters: dict[str, ChannelAdapter] | None = None
+                 ) -> set[str]:
+    """Channels whose pushes compare-and-set (and so keep pending bookkeeping)."""
+    return {name for name, ch in settings.channels.items()
+            if ch.api_url and ADAPTERS[ch.kind].compare_and_set}
 
 
 async def mark_events(redis: Redis, settings: Settings, tenant: str,
                       events: Iterable[Event]) -> None:
-    """Mark every target the events touch dirty."""
+    """Mark every target the events touch dirty, and count each compare-and-set channel's
+    own sales (its orders' committed units) against its pending drops."""
+    events = list(events)
     await mark_dirty(redis, tenant, [m for e in events for m in targets(settings, e)])
+    cas = cas_channels(settings)
+    sold: dict[str, list[str]] = {}
+    for e in events:
+        units = e.delta.get("committed", 0)
+        if e.type != "commit" or units <= 0 or e.source.channel not in cas:
+            continue
+        channel = settings.channels[e.source.channel]
+        if e.location in selling_locations(settings, channel):
+            ref = f"{e.sku}|{push_location(settings, channel, e.location)}"
+            sold.setdefault(e.source.channel, []).extend((ref, str(units)))
+    for name, args in sold.items():
+        await redis.register_script(_CAS_SOLD)(keys=[worker_keys(tenant).cas(name)], args=args)
+
+
+async def pending_drops(redis: Redis, tenant: str, channel: str) -> dict[str, tuple[int, int]]:
+    """A compare-and-set channel's unexplained drops: ref -> (units, since ms)."""
+    raw = await redis.hgetall(worker_keys(tenant).cas(channel))
+    fields = {k.decode(): int(v) for k, v in raw.items()}
+    return {f[2:]: (units, fields.get("t|" + f[2:], 0))
+            for f, units in fields.items() if f.startswith("p|") and units > 0}
 
 
 def backoff_s(attempt: int, config: PropagationConfig) -> float:
@@ -272,8 +472,16 @@ def backoff_s(attempt: int, config: PropagationConfig) -> float:
     return cap / 2 + random.uniform(0, cap / 2)
 
 
+class Claimed(msgspec.Struct):
+    member: str
+    version: str
+    sku: str
+    location: str
+    item: PushItem | None = None
+
+
 class Propagator:
-    """Pushes due targets of every tenant to its channels."""
+    """Runs one lane per (tenant, channel): pushes that channel's due targets in batches."""
 
     def __init__(self, redis: Redis, engine: StockEngine, settings: Settings,
                  config: PropagationConfig | None = None) -> None:
@@ -284,108 +492,223 @@ class Propagator:
         self.client = httpx.AsyncClient(timeout=self.config.http_timeout_s)
         self.adapters: dict[str, ChannelAdapter] = {
             name: adapter_for(name, ch, self.client) for name, ch in settings.channels.items()}
+        self.cas = cas_channels(settings)
         self._claim = redis.register_script(_CLAIM)
-        self._complete = redis.register_script(_COMPLETE)
-        self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._finish = redis.register_script(_FINISH)
+        self._settle = redis.register_script(_SETTLE)
+        self._cas_set = redis.register_script(_CAS_SET)
+        self._cas_stale = redis.register_script(_CAS_STALE)
 
     async def close(self) -> None:
         await self.client.aclose()
 
+    def lanes(self) -> list[tuple[str, str]]:
+        tenants = set(self.settings.tenant_names())
+        return sorted((ch.tenant, name) for name, ch in self.settings.channels.items()
+                      if ch.api_url and ch.tenant in tenants)
+
     async def run(self, stop: asyncio.Event) -> None:
-        tenants = self.settings.tenant_names()
+        for tenant in self.settings.tenant_names():
+            keys = worker_keys(tenant)
+            await self.redis.register_script(_MIGRATE)(keys=[keys.legacy_due],
+                                                       args=[keys.due("")])
+        await asyncio.gather(*(self._lane(tenant, name, stop)
+                               for tenant, name in self.lanes()))
+
+    async def _lane(self, tenant: str, channel: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                worked = 0
-                for tenant in tenants:
-                    worked += await self.push_due(tenant)
+                wait = await self.push_due(tenant, channel)
             except Exception:
-                log.exception("propagation pass failed; retrying")
-                worked = 0
-                await asyncio.sleep(0.5)
-            if not worked:
-                await asyncio.sleep(self.config.idle_sleep_s)
+                log.exception("propagation to %s (tenant %s) failed; retrying", channel, tenant)
+                wait = 0.5
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
 
-    async def push_due(self, tenant: str) -> int:
+    async def push_due(self, tenant: str, channel_name: str) -> float:
+        """Claim and push one batch of the channel's due targets. Returns how long the lane
+        may rest before it looks again (0: more may be due now)."""
         keys = worker_keys(tenant)
-        raw = await self._claim(keys=[keys.due, keys.versions],
-                                args=[now_ms(), self.config.lease_ms, self.config.claim_batch])
-        claimed = [(raw[i].decode(), raw[i + 1].decode()) for i in range(0, len(raw), 2)]
-        if claimed:
-            await asyncio.gather(*(self._deliver(tenant, m, v) for m, v in claimed))
-        return len(claimed)
-
-    async def _deliver(self, tenant: str, member: str, version: str) -> None:
-        keys = worker_keys(tenant)
-        channel_name, location, sku = parse_member(member)
-        channel = self.settings.channels.get(channel_name)
-        if channel is None:  # removed from the config since the event
-            await self._complete(keys=[keys.due, keys.versions, keys.attempts],
-                                 args=[member, version, now_ms()])
-            return
+        channel = self.settings.channels[channel_name]
+        adapter = self.adapters[channel_name]
+        limit = max(1, min(adapter.batch_limit, self.config.claim_batch))
+        token = uuid.uuid4().hex
+        raw = await self._claim(keys=[keys.due(channel_name), keys.versions, keys.leases],
+                                args=[self.config.lease_ms, limit, token])
+        now, next_due = int(raw[0]), int(raw[1])
+        claimed = []
+        for i in range(2, len(raw), 2):
+            member = raw[i].decode()
+            _, location, sku = parse_member(member)
+            claimed.append(Claimed(member, raw[i + 1].decode(), sku, location))
+        if not claimed:
+            if next_due < 0:
+                return self.config.idle_sleep_s
+            return min(max((next_due - now) / 1000, 0.001), self.config.idle_sleep_s)
         interval = call_interval_ms(channel)
         if interval:
-            now = now_ms()
-            horizon = min(self.config.slot_horizon_ms, self.config.lease_ms // 2)
-            booked, at = await book_slot(self.redis, tenant, channel_name, interval, horizon)
-            if not booked:
-                # The channel is booked beyond the horizon: come back when its next free slot
-                # is within reach (jittered, so the order among waiting targets is not always
-                # the same). Events arriving meanwhile only bump the version, so this one push
-                # will carry them all.
-                back = at - horizon + random.randint(0, 50)
-                await self.redis.zadd(keys.due, {member: max(back, now)})
-                return
-            if at > now:  # our own slot, booked: nobody else calls the channel then
-                await asyncio.sleep((at - now) / 1000)
-        async with self._sem:
-            try:
-                try:
-                    view = await self.engine.stock(tenant, sku)
-                except UnknownSku:
-                    value = 0
-                else:
-                    value = channel_value(self.settings, channel_name, channel, location, view)
-                # Before the push: the echo webhook can arrive before our call returns.
-                await record_push(self.redis, tenant, channel_name, f"{sku}|{location}", value)
-                await self.adapters[channel_name].set_available(sku, location, value)
-            except PushError as exc:
-                await self._failed(tenant, member, exc, interval)
-                return
-            except StockgateError as exc:  # Redis unreachable: keep the lease, retry later
-                log.warning("push %s deferred: %s", member, exc)
-                return
-        next_ms = now_ms() + interval
-        await self._complete(keys=[keys.due, keys.versions, keys.attempts],
-                             args=[member, version, next_ms])
-        await self.redis.hdel(keys.failed, delivery_id(member))
+            horizon = min(self.config.slot_horizon_ms, self.config.lease_ms // 3)
+            slot = await book_slot(self.redis, tenant, channel_name, interval, horizon)
+            if not slot.booked:
+                # Booked beyond the horizon: back to the queue until its next free slot is in
+                # reach (events arriving meanwhile only bump versions: one push carries them).
+                back = slot.at - horizon - slot.now + random.randint(0, 50)
+                await self._finish_all(tenant, channel_name, token, claimed, "again", back)
+                return min(back / 1000, self.config.idle_sleep_s)
+            if slot.at > slot.now:  # our own slot, booked: nobody else calls the channel then
+                await asyncio.sleep((slot.at - slot.now) / 1000)
+        try:
+            await self._prepare(tenant, channel_name, channel, claimed)
+        except StockgateError as exc:  # Redis unreachable: the lease brings them back
+            log.warning("push to %s deferred: %s", channel_name, exc)
+            return 0.5
+        items = [c.item for c in claimed if c.item is not None]
+        try:
+            results = await asyncio.wait_for(adapter.push_batch(items),
+                                             self.config.push_timeout_s)
+            if len(results) != len(items):
+                raise PushError(f"{channel_name}: {len(results)} results for "
+                                f"{len(items)} items")
+        except PushError as exc:
+            await self._channel_failed(tenant, channel_name, token, claimed, exc)
+            return 0
+        except Exception as exc:  # a bug or a body the adapter could not read: count it
+            log.exception("push to %s: the adapter raised", channel_name)
+            error = PushError(f"{channel_name}: {type(exc).__name__}: {exc}"[:500])
+            await self._channel_failed(tenant, channel_name, token, claimed, error)
+            return 0
+        await self._results(tenant, channel_name, token, claimed, results, interval)
+        return 0
 
-    async def _failed(self, tenant: str, member: str, exc: PushError, interval: int) -> None:
+    async def _prepare(self, tenant: str, channel_name: str, channel: Channel,
+                       claimed: list[Claimed]) -> None:
+        """Each claimed target's PushItem: the canonical value now, less the channel's pending
+        drops, compared against what the channel is known to hold. Pending is read before
+        the canonical values: a sale explained in between is then subtracted twice for one
+        push (shows one unit fewer, briefly), never zero times."""
         keys = worker_keys(tenant)
-        channel_name, location, sku = parse_member(member)
-        if exc.retry_after is not None:
-            # Back-pressure, not failure: the whole channel waits, the attempt is not counted.
-            until = await hold_channel(self.redis, tenant, channel_name, exc.retry_after)
-            await self.redis.zadd(keys.due, {member: until})
-            return
-        attempt = int(await self.redis.hincrby(keys.attempts, member, 1))
-        if attempt < self.config.max_attempts:
-            delay = backoff_s(attempt, self.config)
-            log.info("push %s failed (try %d): %s; retry in %.2fs", member, attempt, exc, delay)
-            await self.redis.zadd(keys.due, {member: now_ms() + int(delay * 1000)})
-            return
-        record = FailedDelivery(id=delivery_id(member), tenant=tenant, channel=channel_name,
-                                sku=sku, location=location, attempts=attempt,
-                                last_error=str(exc)[:500], failed_at=now_ms())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.failed, record.id, _failed_encode(record))
-            pipe.zrem(keys.due, member)
-            pipe.hdel(keys.attempts, member)
+        refs = [f"{c.sku}|{c.location}" for c in claimed]
+        known: list[int | None] = [None] * len(claimed)
+        pending = [0] * len(claimed)
+        if channel_name in self.cas:
+            fields = [f for ref in refs for f in (f"k|{ref}", f"p|{ref}")]
+            raw = await self.redis.hmget(keys.cas(channel_name), fields)
+            known = [int(v) if v is not None else None for v in raw[0::2]]
+            pending = [int(v or 0) for v in raw[1::2]]
+        skus = sorted({c.sku for c in claimed})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sku in skus:
+                pipe.hgetall(tenant_keys(tenant).stock(sku))
+            cells = dict(zip(skus, await pipe.execute(), strict=True))
+        stamp = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i, c in enumerate(claimed):
+                raw_cell = cells[c.sku]
+                canonical = (channel_value(self.settings, channel_name, channel, c.location,
+                                           self.engine.view(tenant, c.sku, raw_cell))
+                             if raw_cell else 0)
+                value = max(canonical - pending[i], 0)
+                c.item = PushItem(sku=c.sku, location=c.location, value=value,
+                                  expected=known[i])
+                # Before the push: the echo webhook can arrive before our call returns.
+                queue_push_record(pipe, tenant, channel_name, refs[i], value, stamp)
             await pipe.execute()
-        await raise_alert(self.redis, tenant, "delivery_failing",
-                          f"push to {channel_name} failed {attempt} times: {exc}",
-                          sku=sku, location=location, channel=channel_name,
-                          ref=record.id, once=f"delivery_failing:{channel_name}",
-                          once_ttl_s=60)
+
+    async def _finish_all(self, tenant: str, channel: str, token: str,
+                          claimed: Sequence[Claimed], mode: str, after_ms: int) -> list[int]:
+        keys = worker_keys(tenant)
+        args: list[str | int] = [token, max(int(after_ms), 0)]
+        for c in claimed:
+            args.extend((c.member, c.version, mode))
+        return [int(x) for x in await self._finish(
+            keys=[keys.due(channel), keys.versions, keys.leases, keys.attempts], args=args)]
+
+    async def _results(self, tenant: str, channel: str, token: str, claimed: list[Claimed],
+                       results: list[ItemResult], interval: int) -> None:
+        keys = worker_keys(tenant)
+        done = [c for c, r in zip(claimed, results, strict=True) if r.status == "ok"]
+        stale = [(c, r) for c, r in zip(claimed, results, strict=True) if r.status == "stale"]
+        failed = [(c, r) for c, r in zip(claimed, results, strict=True)
+                  if r.status == "failed"]
+        if done:
+            if channel in self.cas:
+                args = [x for c in done if c.item
+                        for x in (f"{c.sku}|{c.location}", str(c.item.value))]
+                await self._cas_set(keys=[keys.cas(channel)], args=args)
+            await self._finish_all(tenant, channel, token, done, "done", interval)
+            await self.redis.hdel(keys.failed, *(delivery_id(c.member) for c in done))
+        if stale:
+            await self._stale(tenant, channel, token, stale)
+        for c, r in failed:
+            await self._count_failures(tenant, channel, token, [c], r.error or "refused")
+
+    async def _stale(self, tenant: str, channel: str, token: str,
+                     stale: list[tuple[Claimed, ItemResult]]) -> None:
+        """The channel moved on its own: account what it dropped as pending and push again
+        (now, against the count it holds). A stale item whose count the adapter could not
+        read is retried as a failure: pushing blind could overwrite a sale."""
+        keys = worker_keys(tenant)
+        known = [(c, r.actual) for c, r in stale if r.actual is not None]
+        if known:
+            args = [x for c, actual in known for x in (f"{c.sku}|{c.location}", str(actual))]
+            pending = await self._cas_stale(keys=[keys.cas(channel)], args=args)
+            for (c, actual), units in zip(known, pending, strict=True):
+                log.info("push %s: %s holds %s, not %s; %s unit(s) pending", c.member,
+                         channel, actual, c.item.expected if c.item else None, units)
+            await self._finish_all(tenant, channel, token, [c for c, _ in known], "again", 0)
+        unread = [c for c, r in stale if r.actual is None]
+        if unread:
+            await self._count_failures(tenant, channel, token, unread,
+                                       "compare-and-set refused and the count is unreadable")
+
+    async def _channel_failed(self, tenant: str, channel: str, token: str,
+                              claimed: list[Claimed], exc: PushError) -> None:
+        if exc.retry_after is not None:
+            # Back-pressure, not failure: the whole channel waits, attempts are not counted.
+            held = await hold_channel(self.redis, tenant, channel, exc.retry_after)
+            if exc.retry_after > self.config.retry_after_alert_s:
+                await raise_alert(
+                    self.redis, tenant, "channel_throttled",
+                    f"{channel} asked to wait {exc.retry_after:.0f}s (Retry-After); pushes "
+                    f"wait {min(exc.retry_after, RETRY_AFTER_MAX_S):.0f}s and then ask again",
+                    channel=channel, once=f"throttled:{channel}", once_ttl_s=3600)
+            await self._finish_all(tenant, channel, token, claimed, "again",
+                                   held.at - held.now)
+            return
+        await self._count_failures(tenant, channel, token, claimed, str(exc))
+
+    async def _count_failures(self, tenant: str, channel: str, token: str,
+                              claimed: Sequence[Claimed], error: str) -> None:
+        keys = worker_keys(tenant)
+        counts = await self._finish_all(tenant, channel, token, claimed, "fail", 0)
+        parked = []
+        for c, attempt in zip(claimed, counts, strict=True):
+            if attempt == 0:
+                continue  # our lease lapsed: the target is another worker's now
+            scripts_keys = [keys.due(channel), keys.leases, keys.attempts, keys.failed,
+                            keys.versions]
+            if attempt < self.config.max_attempts:
+                delay = backoff_s(attempt, self.config)
+                log.info("push %s failed (try %d): %s; retry in %.2fs", c.member, attempt,
+                         error, delay)
+                await self._settle(keys=scripts_keys,
+                                   args=[token, c.member, "retry", int(delay * 1000)])
+                continue
+            record = FailedDelivery(id=delivery_id(c.member), tenant=tenant, channel=channel,
+                                    sku=c.sku, location=c.location, attempts=attempt,
+                                    last_error=error[:500], failed_at=now_ms())
+            if await self._settle(keys=scripts_keys, args=[
+                    token, c.member, "park", _failed_encode(record), record.id]):
+                parked.append(record)
+        for record in parked:
+            log.warning("push %s|%s|%s parked after %d tries: %s", channel, record.location,
+                        record.sku, record.attempts, record.last_error)
+            await raise_alert(self.redis, tenant, "delivery_failing",
+                              f"push to {channel} failed {record.attempts} times: "
+                              f"{record.last_error}", sku=record.sku,
+                              location=record.location, channel=channel, ref=record.id,
+                              once=f"delivery_failing:{channel}", once_ttl_s=60)
 
 
 async def failed_deliveries(redis: Redis, tenant: str) -> list[FailedDelivery]:
@@ -404,11 +727,12 @@ async def retry_delivery(redis: Redis, tenant: str, delivery: str) -> FailedDeli
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.failed, delivery)
         pipe.hdel(keys.attempts, member)
-        pipe.hincrby(keys.versions, member, 1)
-        pipe.zadd(keys.due, {member: now_ms()})
         await pipe.execute()
+    await mark_dirty(redis, tenant, [member])
     return record
 
 
 async def pending_deliveries(redis: Redis, tenant: str) -> int:
-    return int(await redis.zcard(worker_keys(tenant).due))
+    """Targets waiting for a push, over every channel of the tenant (in flight included)."""
+    keys = worker_keys(tenant)
+    return int(await redis.hlen(keys.versions))

@@ -38,11 +38,13 @@ from workers.keys import worker_keys
 from workers.propagation import (
     book_slot,
     call_interval_ms,
+    cas_channels,
     channel_value,
     hold_channel,
     mark_dirty,
     member_of,
     now_ms,
+    pending_drops,
     push_location,
     selling_locations,
 )
@@ -54,6 +56,8 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
     # Per channel and run: at most this many reads, none starting after budget_s.
     max_reads: int = 200
     budget_s: float = 20.0
+    # A compare-and-set channel's drop that nothing has explained for this long is alerted.
+    pending_alert_s: float = 600.0
 
 
 class Drift(msgspec.Struct, frozen=True):
@@ -74,6 +78,9 @@ async def reconcile(redis: Redis, engine: StockEngine, settings: Settings,
                     adapters: dict[str, ChannelAdapter],
                     config: ReconcileConfig | None = None) -> list[Drift]:
     config = config or ReconcileConfig()
+    for name in sorted(cas_channels(settings)):
+        await alert_unexplained(redis, settings.channels[name].tenant, name,
+                                config.pending_alert_s)
     deadline = now_ms() + int(config.budget_s * 1000)
     sweeps = [_sweep(redis, engine, settings, name, channel, adapters[name], config, deadline)
               for name, channel in sorted(settings.channels.items())
@@ -84,16 +91,18 @@ async def reconcile(redis: Redis, engine: StockEngine, settings: Settings,
 
 async def _take_slot(redis: Redis, tenant: str, channel: str, interval: int,
                      deadline: int) -> bool:
-    """Wait for a call slot on the channel that is free now; False if none before deadline."""
-    while (now := now_ms()) < deadline:
+    """Wait for a call slot on the channel that is free now; False if none before deadline
+    (this host's clock: the deadline is this run's own budget)."""
+    while now_ms() < deadline:
         if not interval:
             return True
-        booked, at = await book_slot(redis, tenant, channel, interval, 0)
-        if booked:
+        slot = await book_slot(redis, tenant, channel, interval, 0)
+        if slot.booked:
             return True
-        if at >= deadline:
+        wait_ms = slot.at - slot.now
+        if now_ms() + wait_ms >= deadline:
             return False
-        await asyncio.sleep((at - now) / 1000)
+        await asyncio.sleep(wait_ms / 1000)
     return False
 
 
@@ -115,7 +124,7 @@ async def _sweep(redis: Redis, engine: StockEngine, settings: Settings, name: st
     reads, done = 0, None
     for sku, location in items[start:]:
         member = member_of(name, location, sku)
-        if await redis.zscore(keys.due, member) is None:
+        if await redis.zscore(keys.due(name), member) is None:
             if reads >= config.max_reads or not await _take_slot(
                     redis, tenant, name, interval, deadline):
                 break
@@ -131,6 +140,12 @@ async def _sweep(redis: Redis, engine: StockEngine, settings: Settings, name: st
                     done = (sku, location)
                     continue
                 seen = None
+            except Exception:
+                # An adapter that cannot read this item (a body it did not expect) must not
+                # end the run for the rest of the catalogue and the other channels.
+                log.exception("reconcile: reading %s %s at %s failed", name, sku, location)
+                done = (sku, location)
+                continue
             drift = await _compare(redis, engine, settings, name, channel, sku, location, seen)
             if drift is not None:
                 drifts.append(drift)
@@ -154,9 +169,12 @@ async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: 
     except UnknownSku:
         return None
     member = member_of(name, location, sku)
-    if await redis.zscore(worker_keys(tenant).due, member) is not None:
+    if await redis.zscore(worker_keys(tenant).due(name), member) is not None:
         return None  # a change arrived during the read: its push is on the way
-    canonical = channel_value(settings, name, channel, location, view)
+    # A compare-and-set channel is meant to show less by its unexplained drops.
+    pending = await redis.hget(worker_keys(tenant).cas(name), f"p|{sku}|{location}")
+    canonical = max(channel_value(settings, name, channel, location, view)
+                    - int(pending or 0), 0)
     if seen == canonical:
         return None
     raw = await redis.hget(tenant_keys(tenant).pushed(name), f"{sku}|{location}")
@@ -169,3 +187,24 @@ async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: 
         once=f"drift:{name}:{sku}:{location}:{seen}")
     await mark_dirty(redis, tenant, [member])
     return drift
+
+
+async def alert_unexplained(redis: Redis, tenant: str, channel: str, after_s: float) -> int:
+    """Alert once per drop on each of the channel's targets whose count fell on its own (a
+    stale compare-and-set) and that no order event has explained for `after_s`: a sale whose
+    order webhook never came, or a person's edit. Pushes keep subtracting it (showing fewer
+    units is safe; showing more could sell a unit twice) until an operator adjusts."""
+    raised = 0
+    cutoff = now_ms() - int(after_s * 1000)
+    for ref, (units, since) in sorted((await pending_drops(redis, tenant, channel)).items()):
+        if since and since <= cutoff:
+            sku, _, location = ref.rpartition("|")
+            await raise_alert(
+                redis, tenant, "channel_moved_unexplained",
+                f"{channel} showed {units} unit(s) fewer than Stockgate pushed and no order "
+                f"from {channel} explains it (a sale whose order webhook never came, or an edit "
+                f"in its admin); pushes to {channel} keep subtracting them until it is explained",
+                sku=sku, location=location, channel=channel,
+                once=f"unexplained:{channel}:{ref}:{since}")
+            raised += 1
+    return raised

@@ -178,6 +178,8 @@ class ChannelAdapter:
 
     # Items per call the channel accepts; propagation never hands push_batch more.
     batch_limit = 1
+    # Whether push_batch honours PushItem.expected (and answers "stale").
+    compare_and_set = False
 
     async def push_batch(self, items: Sequence[PushItem]) -> list[ItemResult]:
         """Set every item's count; one result per item, in order. This default makes one call
