@@ -117,6 +117,34 @@ end
 
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
   key = 'order:' .. req.order_id, reason = 'channel order'}
+
+-- A compare-and-set channel's own bookkeeping (moved.lua): units it was seen to sell on its
+-- own before this order arrived are set aside for it in `reserved`, and this order takes
+-- them first, so it is never refused for units kept for this very sale; its other units
+-- count as its own sales since its known count.
+local cas_key = prefix .. 'deliv:cas:' .. channel
+local function take_set_aside(c, sku, loc, q)
+  if channel == '' then return 0 end
+  local ref = sku .. '|' .. loc
+  local p = tonumber(redis.call('HGET', cas_key, 'p|' .. ref) or '0')
+  local x = math.min(q, p, c.reserved)
+  if x <= 0 then return 0 end
+  if p - x > 0 then
+    redis.call('HSET', cas_key, 'p|' .. ref, p - x)
+  else
+    redis.call('HDEL', cas_key, 'p|' .. ref, 't|' .. ref)
+  end
+  c.reserved = c.reserved - x
+  c.committed = c.committed + x
+  emit(outbox, ctx, 'commit', c, {reserved = -x, committed = x},
+    'order of units the channel had sold on its own')
+  return x
+end
+local function count_own(sku, loc, q)
+  if channel ~= '' and redis.call('HEXISTS', cas_key, 'k|' .. sku .. '|' .. loc) == 1 then
+    redis.call('HINCRBY', cas_key, 'o|' .. sku .. '|' .. loc, q)
+  end
+end
 local results = {}
 for _, line in ipairs(req.lines) do
   local sku, loc, q = line_parts(line)
@@ -146,8 +174,17 @@ for _, line in ipairs(req.lines) do
         results[#results + 1] = {sku = sku, location = s.loc, qty = x, status = 'held'}
       end
     end
+    local c = q > 0 and cell_read(cells, prefix, sku, loc)
+    if c then
+      local x = take_set_aside(c, sku, loc, q)
+      if x > 0 then
+        q = q - x
+        entries[#entries + 1] = {sku = sku, location = loc, qty = x, open = x, fulfilled = 0,
+          restocked = 0}
+        results[#results + 1] = {sku = sku, location = loc, qty = x, status = 'committed'}
+      end
+    end
     if q > 0 then
-      local c = cell_read(cells, prefix, sku, loc)
       local status = 'committed'
       if not c then
         status = 'unknown_sku'
@@ -157,6 +194,7 @@ for _, line in ipairs(req.lines) do
           'requested ' .. q .. ', available ' .. math.max(available(c), 0))
       else
         c.committed = c.committed + q
+        count_own(sku, loc, q)
         emit(outbox, ctx, 'commit', c, {committed = q})
         entries[#entries + 1] = {sku = sku, location = loc, qty = q, open = q, fulfilled = 0,
           restocked = 0}

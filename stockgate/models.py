@@ -208,6 +208,16 @@ class ExpireReply(Struct, frozen=True):
     remaining_due: int
 
 
+class SetAsideLine(Struct, frozen=True):
+    sku: str
+    location: str
+    pending: int  # units set aside for the channel's sales it has not sent orders for yet
+
+
+class MovedReply(Struct, frozen=True):
+    lines: list[SetAsideLine]
+
+
 # ---- reads ----------------------------------------------------------------------------------
 
 class HoldRecord(Struct, frozen=True):

@@ -27,6 +27,7 @@ from stockgate.models import (
     HoldRecord,
     HoldReply,
     Line,
+    MovedReply,
     OrderReply,
     PolicyReply,
     ReleaseReply,
@@ -181,6 +182,18 @@ class StockEngine:
                    "take_from": take_from, "fp": fingerprint([order_id, script_lines, take_from])}
         keys = [k.outbox, k.idempotency("restock", refund_id), k.order(order_id)]
         return await self._run("restock", tenant, keys, request, channel, RestockReply)
+
+    async def channel_moved(self, tenant: str, channel: str, cas_key: str,
+                            counts: Sequence[tuple[str, str, int | None]]) -> MovedReply:
+        """A compare-and-set channel holds these counts, not the ones Stockgate last knew
+        (sku, location, count); None clears what was set aside for that target. See
+        lua/moved.lua."""
+        k = tenant_keys(tenant)
+        lines = [[sku, loc, n] if n is not None else [sku, loc, None, True]
+                 for sku, loc, n in counts]
+        reply, _ = await self._run("moved", tenant, [k.outbox, cas_key], {"lines": lines},
+                                   channel, MovedReply)
+        return reply
 
     # ---- operator changes ------------------------------------------------------------------
 

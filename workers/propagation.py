@@ -34,7 +34,6 @@ pushes them. Pushing twice is harmless: the value is absolute, not a delta.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import random
@@ -71,7 +70,7 @@ class PropagationConfig(msgspec.Struct, frozen=True):
     claim_batch: int = 250
     # A lane with nothing due looks again after this long at most (sooner when the next due
     # target is sooner).
-    idle_sleep_s: float = 0.05
+    idle_sleep_s: float = 0.02
     http_timeout_s: float = 5.0
     # One batched push, whatever the adapter does inside it (several HTTP calls, a wait for
     # its cost bucket): past this the lane gives up on it and the targets are retried.
@@ -211,63 +210,14 @@ redis.call('SET', key, now + wait, 'PX', wait + 60000)
 return {now + wait, now}
 """
 
-# Compare-and-set bookkeeping of one target (hash TenantKeys-free: WorkerKeys.cas(channel)),
-# fields "k|<ref>" the count the channel is known to hold, "o|<ref>" units the channel sold
-# itself (its order events applied) since then, "p|<ref>" units it dropped that nothing
-# explains yet, "t|<ref>" since when (ms) pending has been above zero.
-#
-# A channel's own order events (ARGV: ref, qty pairs): explain pending first (the channel's
-# drop was that sale), the rest are sales made since the known count.
-_CAS_SOLD = _NOW + """
-local h = KEYS[1]
-for i = 1, #ARGV, 2 do
-  local ref, q = ARGV[i], tonumber(ARGV[i + 1])
-  local pending = tonumber(redis.call('HGET', h, 'p|' .. ref) or '0')
-  local take = math.min(q, pending)
-  if pending - take > 0 then
-    redis.call('HSET', h, 'p|' .. ref, pending - take)
-  else
-    redis.call('HDEL', h, 'p|' .. ref, 't|' .. ref)
-  end
-  if q > take and redis.call('HEXISTS', h, 'k|' .. ref) == 1 then
-    redis.call('HINCRBY', h, 'o|' .. ref, q - take)
-  end
-end
-return now
-"""
-
-# A push the channel accepted (ARGV ref, value pairs): it holds `value` now.
+# A compare-and-set channel accepted pushes (ARGV ref, value pairs): it holds `value` now,
+# and none of its own orders since count against that (WorkerKeys.cas; lua/moved.lua).
 _CAS_SET = """
 for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], 'k|' .. ARGV[i], ARGV[i + 1])
   redis.call('HDEL', KEYS[1], 'o|' .. ARGV[i])
 end
 return 1
-"""
-
-# A stale compare (ARGV ref, actual pairs): the channel holds `actual`. What it should hold by
-# what Stockgate knows is known - own sales since; anything below that is pending (anything
-# above, a restock on the channel's side, first cancels pending). Returns the new pending
-# per ref.
-_CAS_STALE = _NOW + """
-local h, out = KEYS[1], {}
-for i = 1, #ARGV, 2 do
-  local ref, actual = ARGV[i], tonumber(ARGV[i + 1])
-  local known = tonumber(redis.call('HGET', h, 'k|' .. ref) or tostring(actual))
-  local own = tonumber(redis.call('HGET', h, 'o|' .. ref) or '0')
-  local pending = tonumber(redis.call('HGET', h, 'p|' .. ref) or '0')
-  pending = math.max(pending + (known - own) - actual, 0)
-  redis.call('HSET', h, 'k|' .. ref, actual)
-  redis.call('HDEL', h, 'o|' .. ref)
-  if pending > 0 then
-    redis.call('HSET', h, 'p|' .. ref, pending)
-    if redis.call('HEXISTS', h, 't|' .. ref) == 0 then redis.call('HSET', h, 't|' .. ref, now) end
-  else
-    redis.call('HDEL', h, 'p|' .. ref, 't|' .. ref)
-  end
-  out[#out + 1] = pending
-end
-return out
 """
 
 # Members written before per-channel due zsets: move each to its channel's zset.
@@ -420,6 +370,11 @@ async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: 
         await pipe.execute()
 
 
+# The lanes of this process, by (tenant, channel): marking a target dirty here wakes its lane
+# at once instead of at its next look (lanes of other processes look every idle_sleep_s).
+_lane_wakers: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+
 async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
     """Record that targets need a push. Idempotent in effect: redoing it after a crash only
     gives new versions, which at worst costs one more push of the same value."""
@@ -429,6 +384,9 @@ async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
         await redis.register_script(_MARK)(
             keys=[keys.seq, keys.versions, *(keys.due(parse_member(m)[0]) for m in unique)],
             args=unique)
+        for channel in {parse_member(m)[0] for m in unique}:
+            for wake in _lane_wakers.get((tenant, channel), ()):
+                wake.set()
 
 
 def cas_channels(settings: Settings, adapters: dict[str, ChannelAdapter] | None = None
@@ -440,26 +398,13 @@ def cas_channels(settings: Settings, adapters: dict[str, ChannelAdapter] | None 
 
 async def mark_events(redis: Redis, settings: Settings, tenant: str,
                       events: Iterable[Event]) -> None:
-    """Mark every target the events touch dirty, and count each compare-and-set channel's
-    own sales (its orders' committed units) against its pending drops."""
-    events = list(events)
+    """Mark every target the events touch dirty."""
     await mark_dirty(redis, tenant, [m for e in events for m in targets(settings, e)])
-    cas = cas_channels(settings)
-    sold: dict[str, list[str]] = {}
-    for e in events:
-        units = e.delta.get("committed", 0)
-        if e.type != "commit" or units <= 0 or e.source.channel not in cas:
-            continue
-        channel = settings.channels[e.source.channel]
-        if e.location in selling_locations(settings, channel):
-            ref = f"{e.sku}|{push_location(settings, channel, e.location)}"
-            sold.setdefault(e.source.channel, []).extend((ref, str(units)))
-    for name, args in sold.items():
-        await redis.register_script(_CAS_SOLD)(keys=[worker_keys(tenant).cas(name)], args=args)
 
 
 async def pending_drops(redis: Redis, tenant: str, channel: str) -> dict[str, tuple[int, int]]:
-    """A compare-and-set channel's unexplained drops: ref -> (units, since ms)."""
+    """Units set aside for a compare-and-set channel's sales that no order explains yet:
+    ref "<sku>|<location>" -> (units, since ms)."""
     raw = await redis.hgetall(worker_keys(tenant).cas(channel))
     fields = {k.decode(): int(v) for k, v in raw.items()}
     return {f[2:]: (units, fields.get("t|" + f[2:], 0))
@@ -497,7 +442,6 @@ class Propagator:
         self._finish = redis.register_script(_FINISH)
         self._settle = redis.register_script(_SETTLE)
         self._cas_set = redis.register_script(_CAS_SET)
-        self._cas_stale = redis.register_script(_CAS_STALE)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -516,15 +460,27 @@ class Propagator:
                                for tenant, name in self.lanes()))
 
     async def _lane(self, tenant: str, channel: str, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                wait = await self.push_due(tenant, channel)
-            except Exception:
-                log.exception("propagation to %s (tenant %s) failed; retrying", channel, tenant)
-                wait = 0.5
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        wake = asyncio.Event()
+        wakers = _lane_wakers.setdefault((tenant, channel), set())
+        wakers.add(wake)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    wait = await self.push_due(tenant, channel)
+                except Exception:
+                    log.exception("propagation to %s (tenant %s) failed; retrying", channel,
+                                  tenant)
+                    wait = 0.5
+                if wait > 0 and not wake.is_set():
+                    woken = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait((stopping, woken), timeout=wait,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+        finally:
+            wakers.discard(wake)
+            stopping.cancel()
 
     async def push_due(self, tenant: str, channel_name: str) -> float:
         """Claim and push one batch of the channel's due targets. Returns how long the lane
@@ -583,19 +539,15 @@ class Propagator:
 
     async def _prepare(self, tenant: str, channel_name: str, channel: Channel,
                        claimed: list[Claimed]) -> None:
-        """Each claimed target's PushItem: the canonical value now, less the channel's pending
-        drops, compared against what the channel is known to hold. Pending is read before
-        the canonical values: a sale explained in between is then subtracted twice for one
-        push (shows one unit fewer, briefly), never zero times."""
-        keys = worker_keys(tenant)
+        """Each claimed target's PushItem: the canonical value now (units set aside for a
+        channel's own unexplained sales are in `reserved` already), compared against the
+        count the channel is known to hold."""
         refs = [f"{c.sku}|{c.location}" for c in claimed]
         known: list[int | None] = [None] * len(claimed)
-        pending = [0] * len(claimed)
         if channel_name in self.cas:
-            fields = [f for ref in refs for f in (f"k|{ref}", f"p|{ref}")]
-            raw = await self.redis.hmget(keys.cas(channel_name), fields)
-            known = [int(v) if v is not None else None for v in raw[0::2]]
-            pending = [int(v or 0) for v in raw[1::2]]
+            raw = await self.redis.hmget(worker_keys(tenant).cas(channel_name),
+                                         [f"k|{ref}" for ref in refs])
+            known = [int(v) if v is not None else None for v in raw]
         skus = sorted({c.sku for c in claimed})
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
@@ -605,10 +557,9 @@ class Propagator:
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
-                canonical = (channel_value(self.settings, channel_name, channel, c.location,
-                                           self.engine.view(tenant, c.sku, raw_cell))
-                             if raw_cell else 0)
-                value = max(canonical - pending[i], 0)
+                value = (channel_value(self.settings, channel_name, channel, c.location,
+                                       self.engine.view(tenant, c.sku, raw_cell))
+                         if raw_cell else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
                                   expected=known[i])
                 # Before the push: the echo webhook can arrive before our call returns.
@@ -645,17 +596,19 @@ class Propagator:
 
     async def _stale(self, tenant: str, channel: str, token: str,
                      stale: list[tuple[Claimed, ItemResult]]) -> None:
-        """The channel moved on its own: account what it dropped as pending and push again
-        (now, against the count it holds). A stale item whose count the adapter could not
-        read is retried as a failure: pushing blind could overwrite a sale."""
-        keys = worker_keys(tenant)
+        """The channel moved on its own: set aside what it dropped (lua/moved.lua: no other
+        channel sells those units until its order for them lands) and push again, now,
+        against the count it holds. A stale item whose count the adapter could not read is
+        retried as a failure: pushing blind could overwrite a sale."""
         known = [(c, r.actual) for c, r in stale if r.actual is not None]
         if known:
-            args = [x for c, actual in known for x in (f"{c.sku}|{c.location}", str(actual))]
-            pending = await self._cas_stale(keys=[keys.cas(channel)], args=args)
-            for (c, actual), units in zip(known, pending, strict=True):
-                log.info("push %s: %s holds %s, not %s; %s unit(s) pending", c.member,
-                         channel, actual, c.item.expected if c.item else None, units)
+            reply = await self.engine.channel_moved(
+                tenant, channel, worker_keys(tenant).cas(channel),
+                [(c.sku, c.location, actual) for c, actual in known])
+            for (c, actual), line in zip(known, reply.lines, strict=True):
+                log.info("push %s: %s holds %s, not %s; %d unit(s) set aside for it",
+                         c.member, channel, actual, c.item.expected if c.item else None,
+                         line.pending)
             await self._finish_all(tenant, channel, token, [c for c, _ in known], "again", 0)
         unread = [c for c, r in stale if r.actual is None]
         if unread:

@@ -171,10 +171,7 @@ async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: 
     member = member_of(name, location, sku)
     if await redis.zscore(worker_keys(tenant).due(name), member) is not None:
         return None  # a change arrived during the read: its push is on the way
-    # A compare-and-set channel is meant to show less by its unexplained drops.
-    pending = await redis.hget(worker_keys(tenant).cas(name), f"p|{sku}|{location}")
-    canonical = max(channel_value(settings, name, channel, location, view)
-                    - int(pending or 0), 0)
+    canonical = channel_value(settings, name, channel, location, view)
     if seen == canonical:
         return None
     raw = await redis.hget(tenant_keys(tenant).pushed(name), f"{sku}|{location}")
@@ -203,7 +200,8 @@ async def alert_unexplained(redis: Redis, tenant: str, channel: str, after_s: fl
                 redis, tenant, "channel_moved_unexplained",
                 f"{channel} showed {units} unit(s) fewer than Stockgate pushed and no order "
                 f"from {channel} explains it (a sale whose order webhook never came, or an edit "
-                f"in its admin); pushes to {channel} keep subtracting them until it is explained",
+                f"in its admin); the units stay set aside (reserved) until its order or its "
+                f"count report explains them",
                 sku=sku, location=location, channel=channel,
                 once=f"unexplained:{channel}:{ref}:{since}")
             raised += 1

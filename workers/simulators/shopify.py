@@ -232,14 +232,15 @@ def routes(state: ChannelState) -> list[Route]:
                         continue
                     # A level never set is shown as 0 (the simulator stocks items anywhere).
                     if state.counts.get(target, 0) != compare:
+                        state.stale += 1
                         errors.append(_user_error(
                             "CHANGE_FROM_QUANTITY_STALE",
                             ["input", "quantities", str(i), "changeFromQuantity"],
                             "The changeFromQuantity value does not match persisted value."))
             if errors:
                 return _payload(errors)
-            for _i, target, value, _unused in targets:
-                state.store(*target, value)
+            for _i, target, value, compare in targets:
+                state.store(*target, value, blind=compare is _NO_COMPARE)
             state.writes += 1
         return _payload([], {
             "id": f"gid://shopify/InventoryAdjustmentGroup/{next(groups)}",

@@ -71,6 +71,12 @@ class ChannelState:
         self.cost_maximum = 2000.0
         self.cost_restore_rate = 100.0
         self.throttled = 0
+        # Compare-and-set quantities refused as stale (the channel had moved on its own).
+        self.stale = 0
+        # Units sold on its own since the item's last write, and units of such sales that a
+        # blind write erased (see store()).
+        self.sold_since_write: dict[tuple[str, str], int] = {}
+        self.clobbered = 0
         # Shopify mutations answered with an idempotency key's first result, not applied.
         self.replayed = 0
         # Set: every call is answered with this status and text body, as a proxy's error or
@@ -88,9 +94,16 @@ class ChannelState:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def store(self, item: str, location: str, value: int) -> None:
-        """A pushed value: the channel's count from now on."""
-        self.counts[item, location] = value
+    def store(self, item: str, location: str, value: int, *, blind: bool = True) -> None:
+        """A pushed value: the channel's count from now on. A blind write (no compare-and-set)
+        over sales the channel made since the last write erases them: counted in
+        `clobbered`, the units the channel may now sell a second time."""
+        key = (item, location)
+        with self._lock:
+            unseen = self.sold_since_write.pop(key, 0)
+            if blind:
+                self.clobbered += unseen
+        self.counts[key] = value
         self.received.append((time.time() * 1000, item, location, value))
 
     def count(self, item: str, location: str = "") -> int | None:
@@ -130,6 +143,8 @@ class ChannelState:
                 return False
             self.counts[key] = shown - qty
             self.sales.append((time.time() * 1000, key[0], key[1], qty))
+            with self._lock:
+                self.sold_since_write[key] = self.sold_since_write.get(key, 0) + qty
         return True
 
     def _refilled(self, now: float) -> float:
