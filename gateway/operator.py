@@ -1,7 +1,9 @@
 """Operator routes: the audit trail, alerts, and channel deliveries that need a person.
 
 GET /v1/events reads the audit store (opened in `startup`), filtered by sku, type, channel and
-time range (`since`/`until`, ms since the epoch), paginated with an opaque `cursor`.
+time range (`since`/`until`, ms since the epoch), paginated with an opaque `cursor`. The store
+is opened lazily: while PostgreSQL is unreachable the gateway still starts and serves stock,
+and this route answers 503 with Retry-After until the store is back.
 Alerts and deliveries live in Redis, written by the workers.
 """
 
@@ -18,7 +20,15 @@ from gateway.errors import MalformedRequest, NotFound
 from gateway.http import JSONReply
 from stockgate.models import Event
 from workers.alerts import Alert, list_alerts
-from workers.audit import MAX_PAGE, EventQuery, audit_store, split_id
+from workers.audit import (
+    MAX_PAGE,
+    AuditUnavailable,
+    EventPage,
+    EventQuery,
+    audit_store,
+    audit_unreachable,
+    split_id,
+)
 from workers.propagation import FailedDelivery, failed_deliveries, retry_delivery
 
 EVENT_TYPES = {"hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
@@ -74,7 +84,15 @@ async def list_events(request: Request) -> JSONReply:
     query = EventQuery(tenant=principal.tenant, sku=params.get("sku"), type=type_,
                        channel=params.get("channel"), since_ms=_int_param(request, "since"),
                        until_ms=_int_param(request, "until"), cursor=cursor, limit=limit)
-    page = await request.app.state.audit.query(query)
+    try:
+        page: EventPage = await request.app.state.audit.query(query)
+    except Exception as exc:
+        if not audit_unreachable(exc):
+            raise
+        down = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable()
+        # The error shape of every 503, with the store's own reconnect interval as the wait.
+        return JSONReply(down.body(), status_code=down.status,
+                         headers={"Retry-After": str(down.retry_after)})
     return JSONReply(EventsReply(events=page.events, next_cursor=page.next_cursor))
 
 
@@ -114,7 +132,8 @@ routes: list[Route] = [
 
 
 async def startup(app: Any) -> None:
-    """Open the audit store reader the events route needs."""
+    """Open the audit store reader the events route needs. A PostgreSQL store that cannot
+    be reached does not fail the start-up: it connects on a later request."""
     store = audit_store(app.state.settings)
     await store.open()
     app.state.audit = store

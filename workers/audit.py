@@ -3,23 +3,41 @@
 SQLite in the data directory by default, PostgreSQL when `audit_dsn` is a postgresql:// URL.
 Writes are batched (one transaction per outbox batch) and idempotent on (tenant, event id):
 an entry redone after a worker crash is ignored, so the trail has no duplicates.
+
+PostgreSQL is opened lazily: holds, commits, webhooks, pushes and expiry need only Redis, so
+neither the gateway nor the worker waits for it to start. While it is unreachable every call
+fails fast with AuditUnavailable (the outbox keeps its entries unacknowledged, GET /v1/events
+answers 503) and a connect is tried again at most every RECONNECT_EVERY_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import sqlite3
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from stockgate.errors import InvalidRequest
+from stockgate.errors import InvalidRequest, StoreUnavailable
 from stockgate.models import Event
 from stockgate.settings import Settings
 
+log = logging.getLogger("stockgate.audit")
+
 MAX_PAGE = 1000
+# psycopg's connect_timeout (whole seconds, at least 2): a host that drops packets fails the
+# connect in this long instead of the kernel's two minutes.
+CONNECT_TIMEOUT_S = 3
+# After a failed connect, calls fail at once for this long instead of each waiting on a connect
+# that would fail again; also the Retry-After of GET /v1/events while the store is down.
+RECONNECT_EVERY_S = 2.0
 _encode = msgspec.json.Encoder().encode
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -42,6 +60,25 @@ class EventQuery(msgspec.Struct, frozen=True):
 class EventPage(msgspec.Struct, frozen=True):
     events: list[Event]
     next_cursor: str | None = None
+
+
+class AuditUnavailable(StoreUnavailable):
+    """The audit store cannot be reached now; the same call succeeds once it is back."""
+
+    def __init__(self, detail: str = "audit store unreachable",
+                 retry_after: float = RECONNECT_EVERY_S) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+def audit_unreachable(exc: BaseException) -> bool:
+    """The store is down or its connection broke (not a bad query): worth another try later.
+    psycopg's OperationalError is exactly that class of error (disconnects, shutdown, too many
+    connections, disk full); it is looked up only if the PostgreSQL store imported psycopg."""
+    if isinstance(exc, AuditUnavailable):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def split_id(event_id: str) -> tuple[int, int]:
@@ -96,6 +133,7 @@ _COLUMNS = "tenant, id_ms, id_seq, ts, type, sku, location, channel, ref, body"
 
 class AuditStore(Protocol):
     async def open(self) -> None: ...
+    async def reachable(self) -> bool: ...
     async def close(self) -> None: ...
     async def write(self, events: Sequence[Event]) -> None: ...
     async def query(self, q: EventQuery) -> EventPage: ...
@@ -130,6 +168,9 @@ class SqliteAuditStore:
             CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (tenant, ts);
         """)
         return db
+
+    async def reachable(self) -> bool:
+        return self._db is not None
 
     async def close(self) -> None:
         if self._db is not None:
@@ -179,22 +220,47 @@ class PostgresAuditStore:
         self.dsn = dsn
         self._conn: Any = None
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0  # time.monotonic() before which no connect is tried
+        self._down = False  # logged as unreachable, not yet as back
 
     async def open(self) -> None:
+        """Connect if PostgreSQL is up; if it is not, the first call after it is back does."""
+        async with self._lock:
+            try:
+                await self._live()
+            except AuditUnavailable:
+                pass  # logged by _live; holds, pushes and expiry do not need the trail
+
+    async def reachable(self) -> bool:
+        """Connected, or connected now (at most one try per RECONNECT_EVERY_S)."""
+        async with self._lock:
+            try:
+                await self._live()
+            except AuditUnavailable:
+                return False
+        return True
+
+    async def _connect(self) -> Any:
         import psycopg
 
-        self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-        async with self._lock, self._conn.transaction():
-            await self._conn.execute("""
-                CREATE TABLE IF NOT EXISTS audit_events (
-                  tenant TEXT NOT NULL, id_ms BIGINT NOT NULL, id_seq BIGINT NOT NULL,
-                  ts BIGINT NOT NULL, type TEXT NOT NULL, sku TEXT NOT NULL,
-                  location TEXT NOT NULL, channel TEXT NOT NULL, ref TEXT NOT NULL,
-                  body TEXT NOT NULL, PRIMARY KEY (tenant, id_ms, id_seq))""")
-            await self._conn.execute("CREATE INDEX IF NOT EXISTS audit_events_sku "
-                                     "ON audit_events (tenant, sku, id_ms)")
-            await self._conn.execute("CREATE INDEX IF NOT EXISTS audit_events_ts "
-                                     "ON audit_events (tenant, ts)")
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
+                                                     connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            async with conn.transaction():
+                await conn.execute("""
+                    CREATE TABLE IF NOT EXISTS audit_events (
+                      tenant TEXT NOT NULL, id_ms BIGINT NOT NULL, id_seq BIGINT NOT NULL,
+                      ts BIGINT NOT NULL, type TEXT NOT NULL, sku TEXT NOT NULL,
+                      location TEXT NOT NULL, channel TEXT NOT NULL, ref TEXT NOT NULL,
+                      body TEXT NOT NULL, PRIMARY KEY (tenant, id_ms, id_seq))""")
+                await conn.execute("CREATE INDEX IF NOT EXISTS audit_events_sku "
+                                   "ON audit_events (tenant, sku, id_ms)")
+                await conn.execute("CREATE INDEX IF NOT EXISTS audit_events_ts "
+                                   "ON audit_events (tenant, ts)")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -204,12 +270,35 @@ class PostgresAuditStore:
     async def _live(self) -> Any:
         """The connection, made again after PostgreSQL restarted or dropped it: psycopg marks
         such a connection broken and it never recovers by itself. The call that found it
-        broken has failed (and is retried by its caller); the next one reconnects."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            import psycopg
+        broken has failed (and is retried by its caller); the next one reconnects. Called
+        with the lock held."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise AuditUnavailable(retry_after=self._retry_at - now)
+        import psycopg
 
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-        return self._conn
+        try:
+            fresh = await self._connect()
+        except (psycopg.OperationalError, OSError) as exc:
+            self._retry_at = time.monotonic() + RECONNECT_EVERY_S
+            if not self._down:
+                self._down = True
+                # psycopg's message runs over several lines (libpq's hints); the first says why.
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                log.warning("audit store unreachable (%s: %s); trying again every %.0fs",
+                            type(exc).__name__, reason, RECONNECT_EVERY_S)
+            raise AuditUnavailable() from exc
+        if self._down:
+            self._down = False
+            log.warning("audit store reachable again")
+        if conn is not None:
+            with contextlib.suppress(Exception):  # broken already: closing only frees it
+                await conn.close()
+        self._conn = fresh
+        return fresh
 
     async def write(self, events: Sequence[Event]) -> None:
         if not events:

@@ -14,6 +14,12 @@ when they set it: the last value we pushed, or the channel's own last count, bef
 (TenantKeys.pushed_log). Not the canonical value when the job runs, seconds later: other sales
 have moved it meanwhile, and "set to 12 while showing 10" is +2, however far the canonical
 count has moved since. An edit never creates more units than the report proves.
+
+The webhook was answered 202 and marked seen before this job runs, so the job is the only
+copy of a person's edit: a transient failure (Redis, the audit store) is retried with backoff
+and its last try raises a `webhook_not_applied` alert (workers.queue.run_acknowledged). The
+channel's own sales are read from the audit trail, so the job also waits (retries) until the
+trail has caught up with the outbox as of the report.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ from typing import Any, NamedTuple
 
 import msgspec
 from arq.connections import ArqRedis
+from arq.worker import func
 from redis.asyncio import Redis
 
-from stockgate.errors import UnknownSku
+from stockgate.errors import IdempotencyConflict, UnknownSku
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers.alerts import raise_alert
-from workers.audit import AuditStore, EventQuery
+from workers.audit import AuditStore, AuditUnavailable, EventQuery
+from workers.outbox import audited_through
 from workers.propagation import (
     SHOWN_PUSH,
     SHOWN_REPORT,
@@ -40,6 +48,7 @@ from workers.propagation import (
     mark_dirty,
     member_of,
 )
+from workers.queue import ARQ_MAX_TRIES, Acknowledged, run_acknowledged
 from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.channel_counts")
@@ -157,6 +166,10 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
         # from what the channel showed then, which includes this edit; judging this one now
         # would count the edit again.
         return "stale"
+    if not await audited_through(redis, tenant, received_ms):
+        # A sale of that time may not be in the trail yet (the audit store was down, a worker
+        # is catching up): judged now, it would look like a person's edit and count twice.
+        raise AuditUnavailable("the audit trail has not caught up with the outbox yet")
     if await own_sale_near(audit, tenant, channel_id, sku, location, received_ms):
         # Overwrite the channel's figure with the canonical one; an edit a person made in
         # the middle of the channel's own sales is not told apart, so say so.
@@ -183,23 +196,38 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
     delta = max(edit_delta(shown, received_ms, available, shown_now, in_flight_ms),
                 -removable)
     if delta != 0:
-        await engine.adjust(tenant, sku, location=location, delta=delta,
-                            reason=f"set to {available} in {channel_id} admin",
-                            idempotency_key=f"{channel_id}:count:{fingerprint}",
-                            channel=channel_id)
+        try:
+            await engine.adjust(tenant, sku, location=location, delta=delta,
+                                reason=f"set to {available} in {channel_id} admin",
+                                idempotency_key=f"{channel_id}:count:{fingerprint}",
+                                channel=channel_id)
+        except IdempotencyConflict:
+            # An earlier try applied this report's adjust and failed after it; a push since
+            # moved the log, so this try measured another delta. The first one stands.
+            pass
     # After the adjust: a job redone after a crash in between must not find its own report
     # and judge the edit as no change.
     await record_report(redis, tenant, channel_id, ref, received_ms, available)
     return "applied" if delta else "no_change"
 
 
-async def apply_channel_count(ctx: dict[str, Any], tenant: str, channel_id: str, sku: str,
-                              location: str, available: int, fingerprint: str,
-                              received_ms: int) -> str:
+async def _apply_channel_count(ctx: dict[str, Any], tenant: str, channel_id: str, sku: str,
+                               location: str, available: int, fingerprint: str,
+                               received_ms: int) -> str:
     runtime = ctx["runtime"]
     in_flight_ms = int(runtime.config.propagation.http_timeout_s * 1000)
-    outcome = await judge_channel_count(runtime.redis, runtime.engine, runtime.audit,
-                                        runtime.settings, tenant, channel_id, sku, location,
-                                        available, fingerprint, received_ms, in_flight_ms)
-    log.info("count %s of %s|%s from %s: %s", available, sku, location, channel_id, outcome)
+    job = Acknowledged(
+        tenant=tenant, channel=channel_id, alert="webhook_not_applied",
+        what=f"count {available} of {sku}|{location} from {channel_id} (report {fingerprint})",
+        ref=fingerprint, once=f"count_failed:{channel_id}:{fingerprint}")
+    outcome = await run_acknowledged(
+        ctx, runtime.config.count, job,
+        lambda: judge_channel_count(runtime.redis, runtime.engine, runtime.audit,
+                                    runtime.settings, tenant, channel_id, sku, location,
+                                    available, fingerprint, received_ms, in_flight_ms))
+    log.info("%s: %s", job.what, outcome)
     return outcome
+
+
+apply_channel_count = func(_apply_channel_count, name=APPLY_CHANNEL_COUNT,
+                           max_tries=ARQ_MAX_TRIES)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from arq.worker import create_worker
-
 from stockgate.embedded import EmbeddedRedis, running_url, start_for
 from stockgate.settings import Settings
 from workers.runtime import WorkerConfig
-from workers.settings import WorkerSettings, worker_kwargs
+from workers.settings import build_worker
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
@@ -30,7 +28,7 @@ def run_worker(settings: Settings, config: WorkerConfig | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     url, server = resolve_redis_url(settings)
     try:
-        worker = create_worker(WorkerSettings, **worker_kwargs(settings, url, config))
+        worker = build_worker(settings, url, config)
         worker.run()
     finally:
         if server is not None:

@@ -5,6 +5,15 @@ Redis, raise event-derived alerts, and only then XACK. A worker killed anywhere 
 leaves its entries pending; after `claim_min_idle_ms` any worker takes them over with
 XAUTOCLAIM and redoes the batch, which is idempotent (audit rows are keyed on the event id,
 delivery marks only bump versions, alerts carry the event id as a once-marker).
+
+While the audit store is unreachable (a PostgreSQL outage) pushes and alerts go on, since they
+need only Redis, but the entries are not acknowledged: they stay pending, and once the store
+answers again a claim redoes them and writes their rows. Claims wait for the store meanwhile,
+so those entries are not redone (and pushed again) every claim interval.
+
+Each process reads under its own consumer name. A clean shutdown deletes it from the group,
+and a start deletes consumers idle longer than `forget_idle_s` that hold nothing pending, so
+names of past processes do not pile up.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from stockgate.keys import tenant_keys
 from stockgate.models import Event, event_decoder
 from stockgate.settings import Settings
 from workers.alerts import raise_alert
-from workers.audit import AuditStore
+from workers.audit import AuditStore, audit_unreachable
 from workers.keys import CONSUMER_GROUP
 from workers.propagation import mark_events
 
@@ -42,6 +51,10 @@ class OutboxConfig(msgspec.Struct, frozen=True):
     # store keeps them for good. Without trimming the stream would grow without bound.
     retention_s: float = 3600.0
     trim_every_s: float = 30.0
+    # A consumer idle this long with nothing pending is a past process: deleted at start. A
+    # live one reads every block_ms, and one deleted by mistake costs nothing (XREADGROUP
+    # makes it again); only pending entries make a consumer worth keeping.
+    forget_idle_s: float = 600.0
 
 
 def consumer_name() -> str:
@@ -92,7 +105,10 @@ class OutboxConsumer:
             try:
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + self.config.claim_every_s
-                    await self.claim_abandoned()
+                    # Entries left pending for an unreachable audit store were pushed
+                    # already; claim them (and a dead worker's) once it is back.
+                    if await self.audit.reachable():
+                        await self.claim_abandoned()
                 if loop.time() >= next_trim:
                     next_trim = loop.time() + self.config.trim_every_s
                     await self.trim()
@@ -163,12 +179,68 @@ class OutboxConsumer:
 
     async def process(self, tenant: str, entries: list[Entry]) -> None:
         events, bad = decode_entries(entries)
-        await self.audit.write(events)
+        audited = True
+        try:
+            await self.audit.write(events)
+        except Exception as exc:
+            if not audit_unreachable(exc):
+                raise
+            # Channels must not wait for the trail: push and alert now, and keep the entries
+            # pending (unacknowledged) until their rows are written.
+            audited = False
+            log.debug("audit store unreachable: %d entries of %s stay pending", len(events),
+                      tenant)
         await mark_events(self.redis, self.settings, tenant, events)
         await self.alerts(tenant, events)
-        ids = [e.id for e in events] + bad
+        ids = ([e.id for e in events] if audited else []) + bad
         if ids:
             await self.redis.xack(tenant_keys(tenant).outbox, CONSUMER_GROUP, *ids)
+
+    async def forget_idle_consumers(self) -> list[str]:
+        """Delete consumers of past processes: idle longer than forget_idle_s, nothing
+        pending. One with pending entries stays until a claim takes them over."""
+        bound_ms = int(self.config.forget_idle_s * 1000)
+        forgotten = []
+        for stream in self.streams:
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, CONSUMER_GROUP)
+            except ResponseError:  # no stream or group yet
+                continue
+            for consumer in consumers:
+                name = _text(consumer["name"])
+                if (name == self.name or int(consumer["pending"])
+                        or int(consumer["idle"]) <= bound_ms):
+                    continue
+                dropped = await self.redis.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
+                if dropped:
+                    # It woke and read between the two calls: those entries are no longer
+                    # pending anywhere, though it will most likely finish them itself.
+                    log.error("consumer %s read %d entries of %s while being deleted", name,
+                              dropped, stream)
+                forgotten.append(name)
+        if forgotten:
+            log.info("deleted %d idle outbox consumer(s) of past workers", len(forgotten))
+        return forgotten
+
+    async def leave(self) -> bool:
+        """On a clean shutdown, after the last batch: delete this consumer from the group.
+        With entries still pending (their audit rows could not be written) it stays, so
+        that nothing is lost: another worker claims them, and a later start deletes it."""
+        left = True
+        for stream in self.streams:
+            try:
+                mine = await self.redis.xpending_range(stream, CONSUMER_GROUP, min="-",
+                                                       max="+", count=1,
+                                                       consumername=self.name)
+            except ResponseError:
+                continue
+            if mine:
+                log.info("outbox consumer %s keeps its pending entries of %s for a claim",
+                         self.name, stream)
+                left = False
+                continue
+            await self.redis.xgroup_delconsumer(stream, CONSUMER_GROUP, self.name)
+        return left
 
     async def alerts(self, tenant: str, events: list[Event]) -> None:
         for event in events:
@@ -201,10 +273,33 @@ class OutboxConsumer:
                               once=f"ev:{event.id}")
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
+    ms, _, seq = _text(raw).partition("-")
     return int(ms), int(seq or 0)
+
+
+async def audited_through(redis: Redis, tenant: str, upto_ms: int) -> bool:
+    """Every outbox entry written up to `upto_ms` is acknowledged, so its audit row exists
+    (an entry is acknowledged only after its row is written). False while entries of that
+    time are unread, or pending (a worker mid-batch, or the audit store down)."""
+    stream = tenant_keys(tenant).outbox
+    try:
+        pending = await redis.xpending(stream, CONSUMER_GROUP)
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no outbox or no group yet: no worker reads it, nothing to await
+        return True
+    if pending["pending"] and _stream_id(pending["min"])[0] <= upto_ms:
+        return False
+    for group in groups:
+        if _text(group["name"]) == CONSUMER_GROUP:
+            last = _text(group["last-delivered-id"])
+            unread = await redis.xrange(stream, min=f"({last}", max=str(upto_ms), count=1)
+            return not unread
+    return True
 
 
 async def pending_entries(redis: Redis, tenant: str) -> int:

@@ -1,18 +1,21 @@
-"""Jobs the gateway enqueues: fetching an order that a webhook names only by id (BigCommerce).
+"""Jobs the gateway enqueues: fetching an order that a webhook names only by id (BigCommerce),
+and the retry policy of every job that was acknowledged to a channel.
 
-The job fetches the order from the channel's API (the authoritative data) and applies what its
-status says (docs/order-lifecycle.md): places it, fulfils it (every open unit, or per listed
-shipment), cancels it, or (a refund or dispute, which cannot say which units came back) leaves
-stock alone and raises a `refund_needs_review` alert unless the channel sets `restock_refunds`.
-Order ids are "<channel_id>:<channel order id>" so two channels' orders never collide; the
-engine's idempotency (order, fulfilment and refund ids) makes a re-run a no-op.
+The fetch job fetches the order from the channel's API (the authoritative data) and applies
+what its status says (docs/order-lifecycle.md): places it, fulfils it (every open unit, or per
+listed shipment), cancels it, or (a refund or dispute, which cannot say which units came back)
+leaves stock alone and raises a `refund_needs_review` alert unless the channel sets
+`restock_refunds`. Order ids are "<channel_id>:<channel order id>" so two channels' orders
+never collide; the engine's idempotency (order, fulfilment and refund ids) makes a re-run a
+no-op.
 
-The webhook was answered (and marked seen) before the fetch runs, so the channel will not
-resend it: a fetch that fails is retried here, with backoff, and one that keeps failing raises
-an `order_fetch_failed` alert rather than vanishing. arq re-runs a job only when it raises
+A job the gateway queued after answering the channel 2xx (and marking the delivery seen) is
+the only copy of that work: the channel will not resend it. So a try that fails for a
+transient reason is retried here (`run_acknowledged`), with backoff, and one that keeps
+failing raises an alert rather than vanishing. arq re-runs a job only when it raises
 `arq.worker.Retry` (any other exception fails it for good, whatever `max_tries` says), and
 fails a job without running it once `job_try` exceeds the function's `max_tries`; so the job
-counts its own tries (FetchConfig.max_tries) and alerts on the last one, and arq's ceiling
+counts its own tries (RetryConfig.max_tries) and alerts on the last one, and arq's ceiling
 (ARQ_MAX_TRIES) sits above it to absorb re-runs after a cancelled try (worker shutdown).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import httpx
@@ -28,6 +32,8 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stockgate.errors import (
     IdempotencyConflict,
@@ -39,19 +45,21 @@ from stockgate.errors import (
 from stockgate.models import Line, OrderReply, valid_line
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, ChannelOrder, OrderLine, PushError
-from workers.alerts import check_refund, raise_alert
+from workers.alerts import AlertType, check_refund, raise_alert
+from workers.audit import audit_unreachable
 from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.queue")
 
 FETCH_ORDER = "fetch_order"
-# arq's own limit for the fetch job: only a backstop (see the module docstring).
+# arq's own limit for an acknowledged job: only a backstop (see the module docstring).
 ARQ_MAX_TRIES = 50
 
 
-class FetchConfig(msgspec.Struct, frozen=True):
-    """Retries of an order fetch. The defaults (12 tries, 2 s doubling up to 10 min, with
-    jitter) ride out a channel outage of 20 to 40 minutes; tests shorten them."""
+class RetryConfig(msgspec.Struct, frozen=True):
+    """Retries of a job acknowledged to a channel. The defaults (12 tries, 2 s doubling up to
+    10 min, with jitter) ride out an outage of the channel, Redis or the audit store of 20 to
+    40 minutes; tests shorten them."""
 
     max_tries: Annotated[int, msgspec.Meta(ge=1, le=ARQ_MAX_TRIES - 10)] = 12
     backoff_base_s: float = 2.0
@@ -60,6 +68,23 @@ class FetchConfig(msgspec.Struct, frozen=True):
     retry_after_max_s: float = 900.0
     # One try's budget, below the arq job timeout (a timed-out job is not retried by arq).
     attempt_timeout_s: float = 20.0
+
+
+# The order fetch's retries (the name its configs and tests use).
+FetchConfig = RetryConfig
+
+
+class Acknowledged(msgspec.Struct, frozen=True):
+    """What an acknowledged job is about, for its log lines and the alert when it gives up."""
+
+    tenant: str
+    channel: str
+    # "order 202 from bc (delivery hook-2)": the subject of "... was not applied".
+    what: str
+    alert: AlertType
+    # The alert's ref, and its once-marker: one alert per job however often it is redone.
+    ref: str
+    once: str
 
 
 def order_ref(channel_id: str, order_id: str) -> str:
@@ -222,13 +247,17 @@ async def _refunded(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
 
 
 def retryable(exc: BaseException) -> bool:
-    """A failure worth another try: the channel or the store is down, slow or busy."""
+    """A failure worth another try: the channel, Redis or the audit store is down, slow or
+    busy. Plain Redis calls (alerts, the count logs) raise redis-py's errors, not the engine's
+    StoreUnavailable."""
     if isinstance(exc, PushError):
         return exc.status == 0 or exc.status in (408, 425, 429) or exc.status >= 500
-    return isinstance(exc, StoreUnavailable | httpx.HTTPError | TimeoutError)
+    return (isinstance(exc, StoreUnavailable | httpx.HTTPError | TimeoutError | OSError
+                       | RedisConnectionError | RedisTimeoutError)
+            or audit_unreachable(exc))
 
 
-def retry_delay(config: FetchConfig, job_try: int, exc: BaseException) -> float:
+def retry_delay(config: RetryConfig, job_try: int, exc: BaseException) -> float:
     """Exponential backoff with jitter (half to all of the step), at least the channel's
     Retry-After when it sent one."""
     step = min(config.backoff_max_s, config.backoff_base_s * 2 ** (max(job_try, 1) - 1))
@@ -239,40 +268,47 @@ def retry_delay(config: FetchConfig, job_try: int, exc: BaseException) -> float:
     return delay
 
 
-async def _fetch_order(ctx: dict[str, Any], tenant: str, channel_id: str, order_id: str,
-                       delivery_id: str) -> str:
-    runtime = ctx["runtime"]
-    config: FetchConfig = runtime.config.fetch
+async def run_acknowledged(ctx: dict[str, Any], config: RetryConfig, job: Acknowledged,
+                           attempt: Callable[[], Awaitable[str]]) -> str:
+    """One try of an acknowledged job: its outcome, or `Retry` after a transient failure, or
+    (on the last try, or a failure no retry can fix) an alert, so the work never vanishes."""
     job_try: int = ctx.get("job_try") or 1
-    adapter = runtime.propagator.adapters[channel_id]
     try:
-        result = await asyncio.wait_for(
-            apply_channel_order(runtime.engine, adapter, tenant, channel_id, order_id),
-            config.attempt_timeout_s)
+        return await asyncio.wait_for(attempt(), config.attempt_timeout_s)
     except Exception as exc:
         if retryable(exc) and job_try < config.max_tries:
             delay = retry_delay(config, job_try, exc)
-            log.warning("order %s from %s (delivery %s): try %d/%d failed (%s), retrying in "
-                        "%.2fs", order_id, channel_id, delivery_id, job_try, config.max_tries,
-                        _describe(exc), delay)
+            log.warning("%s: try %d/%d failed (%s), retrying in %.2fs", job.what, job_try,
+                        config.max_tries, _describe(exc), delay)
             raise Retry(defer=delay) from exc
-        what = (f"gave up after {job_try} tries" if retryable(exc)
-                else f"failed for good on try {job_try}")
-        detail = (f"order {order_id} from {channel_id} (delivery {delivery_id}) was not "
-                  f"applied: {what}: {_describe(exc)}")
+        gave_up = (f"gave up after {job_try} tries" if retryable(exc)
+                   else f"failed for good on try {job_try}")
+        detail = f"{job.what} was not applied: {gave_up}: {_describe(exc)}"
         log.error("%s", detail)
         try:
-            await raise_alert(runtime.redis, tenant, "order_fetch_failed", detail,
-                              channel=channel_id, ref=order_ref(channel_id, order_id),
-                              once=f"order_fetch_failed:{channel_id}:{delivery_id}")
+            await raise_alert(ctx["runtime"].redis, job.tenant, job.alert, detail,
+                              channel=job.channel, ref=job.ref, once=job.once)
         except Exception:
-            log.exception("could not record the alert for order %s from %s", order_id,
-                          channel_id)
+            log.exception("could not record the alert for %s", job.what)
             raise
         if isinstance(exc, PushError | StockgateError):
             return "failed"
         raise  # an unexpected error: let arq record it with its traceback
-    log.info("order %s from %s (delivery %s): %s", order_id, channel_id, delivery_id, result)
+
+
+async def _fetch_order(ctx: dict[str, Any], tenant: str, channel_id: str, order_id: str,
+                       delivery_id: str) -> str:
+    runtime = ctx["runtime"]
+    adapter = runtime.propagator.adapters[channel_id]
+    job = Acknowledged(
+        tenant=tenant, channel=channel_id, alert="order_fetch_failed",
+        what=f"order {order_id} from {channel_id} (delivery {delivery_id})",
+        ref=order_ref(channel_id, order_id),
+        once=f"order_fetch_failed:{channel_id}:{delivery_id}")
+    result = await run_acknowledged(
+        ctx, runtime.config.fetch, job,
+        lambda: apply_channel_order(runtime.engine, adapter, tenant, channel_id, order_id))
+    log.info("%s: %s", job.what, result)
     return result
 
 

@@ -5,7 +5,6 @@ bookkeeping per event and make a crash redo whole jobs instead of outbox entries
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -16,10 +15,33 @@ from stockgate.stock import StockEngine
 from workers.audit import AuditStore, audit_store
 from workers.outbox import OutboxConfig, OutboxConsumer
 from workers.propagation import PropagationConfig, Propagator
-from workers.queue import FetchConfig
+from workers.queue import FetchConfig, RetryConfig
 from workers.reconcile import ReconcileConfig
 
 log = logging.getLogger("stockgate.worker")
+
+# How long stop() waits for the outbox and push tasks to end, then again once cancelled.
+STOP_WAIT_S = 2.0
+
+
+class RedisTimeouts(msgspec.Struct, frozen=True):
+    """Bounds on every Redis call of a worker process: arq's pool, and through it the stock
+    engine, the outbox consumer and the pusher. The budget and why each number is what it is:
+    docs/worker-timeouts.md."""
+
+    # A TCP connect to a healthy Redis takes well under a millisecond on a LAN; 2 s leaves
+    # room for one lost SYN (retransmitted after 1 s).
+    connect_s: float = 2.0
+    # Longest wait for one reply. Above the slowest healthy reply (an fsync=always stall of
+    # ~1 s, the outbox's XREADGROUP block) and below the expiry job's 10 s and the pusher's
+    # 15 s lease, so a frozen Redis fails a call before those run out.
+    read_s: float = 5.0
+    # A pooled connection idle this long is PINGed before use, so a connection a failover or
+    # a NAT dropped silently fails on the PING, before a command of unknown outcome is sent.
+    health_check_s: int = 30
+    # At start, before arq's first call: wait this many times this long for Redis to answer.
+    start_retries: int = 10
+    start_retry_delay_s: float = 1.0
 
 
 class WorkerConfig(msgspec.Struct, frozen=True):
@@ -28,7 +50,17 @@ class WorkerConfig(msgspec.Struct, frozen=True):
     outbox: OutboxConfig = OutboxConfig()
     propagation: PropagationConfig = PropagationConfig()
     fetch: FetchConfig = FetchConfig()
+    # Retries of judging a count a channel reported (the webhook was answered already).
+    count: RetryConfig = RetryConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    redis: RedisTimeouts = RedisTimeouts()
+
+    def __post_init__(self) -> None:
+        # A blocking XREADGROUP holds its reply back for up to block_ms: at or past the read
+        # timeout every quiet read would fail as a timeout and drop its connection.
+        if self.outbox.block_ms >= self.redis.read_s * 1000 / 2:
+            raise ValueError(f"outbox.block_ms ({self.outbox.block_ms}) must stay well below "
+                             f"the Redis read timeout ({self.redis.read_s} s)")
 
 
 class WorkerRuntime:
@@ -46,8 +78,10 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         await self.engine.load_scripts()
+        # Lazy for PostgreSQL: a worker starts (and pushes, expires holds) while it is down.
         await self.audit.open()
         await self.consumer.ensure_groups()
+        await self.consumer.forget_idle_consumers()
         self._tasks = [
             asyncio.create_task(self.consumer.run(self._stop), name="outbox"),
             asyncio.create_task(self.propagator.run(self._stop), name="propagation"),
@@ -57,14 +91,30 @@ class WorkerRuntime:
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in self._tasks:
-            # A blocked XREADGROUP returns within block_ms; do not wait longer than that.
-            try:
-                await asyncio.wait_for(task, timeout=2)
-            except (TimeoutError, asyncio.CancelledError):
+        # A blocked XREADGROUP returns within block_ms and a push pass within a Redis read
+        # timeout. Every wait here is bounded (asyncio.wait, never an await of the task
+        # itself, which would hang on a task that does not end when cancelled), so that the
+        # consumer is still deleted and the stores closed.
+        tasks = set(self._tasks)
+        if tasks:
+            _, running = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            for task in running:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if running:
+                _, stuck = await asyncio.wait(running, timeout=STOP_WAIT_S)
+                for task in stuck:
+                    log.error("worker task %s did not stop when cancelled", task.get_name())
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error("worker task %s had failed: %r", task.get_name(),
+                              task.exception())
+        try:
+            # Bounded like any call by the read timeout; a Redis that is down now leaves the
+            # consumer for the next start to delete.
+            await self.consumer.leave()
+        except Exception as exc:
+            log.warning("outbox consumer %s not deleted: %s", self.consumer.name,
+                        type(exc).__name__)
         await self.propagator.close()
         await self.audit.close()
         self.engine.scripts.close()

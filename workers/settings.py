@@ -1,4 +1,5 @@
-"""arq WorkerSettings: the jobs, the cron schedule, the msgspec serializer and short timeouts.
+"""arq WorkerSettings: the jobs, the cron schedule, the msgspec serializer and short timeouts,
+and the worker that runs them with bounded Redis calls.
 
 Job timeouts are short on purpose: after a kill -9, arq re-runs a job only once its
 in-progress key expires (the longest timeout + 10 s). The outbox itself does not depend on
@@ -7,24 +8,73 @@ that: it is consumed by long-running tasks started in on_startup (workers.runtim
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
+import time
 from typing import Any
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.cron import cron
+from arq.utils import timestamp_ms
+from arq.worker import Worker, get_kwargs
+from redis.asyncio import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stockgate.settings import Settings
 from workers.channel_counts import apply_channel_count
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
 from workers.reconcile import reconcile
-from workers.runtime import WorkerConfig, WorkerRuntime
+from workers.runtime import RedisTimeouts, WorkerConfig, WorkerRuntime
 from workers.serializer import job_deserializer, job_serializer
+
+log = logging.getLogger("stockgate.worker")
 
 JOB_TIMEOUT_S = 30
 EVERY_SECOND = set(range(60))
+EXPIRE_JOB = "cron:expire_job"
+# What a Redis that is down, restarting or frozen raises through redis-py.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# While Redis stays down, say so this often, not on every poll.
+OUTAGE_LOG_EVERY_S = 30.0
+
+
+class QuietCron(logging.Filter):
+    """arq logs the start and the end of every job at INFO: for the per-second expiry that is
+    172,800 lines a day saying nothing. Those lines are kept at DEBUG (shown only when the
+    arq.worker logger is at DEBUG); every other job still logs, and so does a failing expiry
+    (arq logs failures at ERROR)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.suffixes = tuple(f":{name}" for name in names) + names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not isinstance(record.args, tuple):
+            return True
+        # arq's job lines carry "<job id>:<function>" (or the bare function) as an argument.
+        if not any(isinstance(a, str) and a.endswith(self.suffixes) for a in record.args):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_cron_logs() -> None:
+    """Install QuietCron on arq's worker logger, once per process."""
+    arq_log = logging.getLogger("arq.worker")
+    if not any(isinstance(f, QuietCron) for f in arq_log.filters):
+        arq_log.addFilter(QuietCron(EXPIRE_JOB))
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    quiet_cron_logs()
     runtime = WorkerRuntime(ctx["settings"], ctx["redis"], ctx.get("worker_config"))
     await runtime.start()
     ctx["runtime"] = runtime
@@ -69,9 +119,140 @@ class WorkerSettings:
     poll_delay = 0.2
 
 
+def worker_redis(redis_url: str, timeouts: RedisTimeouts) -> ArqRedis:
+    """arq's client with the worker's timeouts. arq's own pool (RedisSettings) sets only a
+    connect timeout, so a frozen Redis would hold every call until the kernel drops the socket
+    (about 15 minutes); the stock engine's Wire takes its timeouts from this pool too."""
+    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=timeouts.connect_s,
+                                   socket_timeout=timeouts.read_s,
+                                   health_check_interval=timeouts.health_check_s)
+    return ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer)
+
+
 def worker_kwargs(settings: Settings, redis_url: str,
                   config: WorkerConfig | None = None) -> dict[str, Any]:
+    timeouts = (config or WorkerConfig()).redis
     return {
-        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "redis_pool": worker_redis(redis_url, timeouts),
         "ctx": {"settings": settings, "worker_config": config},
     }
+
+
+class StockgateWorker(Worker):
+    """arq's worker, kept alive through a Redis outage, and shut down completely.
+
+    With read timeouts, a Redis that is frozen or down makes arq's poll raise, and arq 0.28
+    ends its main loop on any error there (the process would exit after a 5 s stall). Here a
+    failed poll is logged and the next one, poll_delay later, tries again; cron, queued jobs and
+    the outbox resume by themselves when Redis answers. Written against arq 0.28.0 (pinned).
+    """
+
+    def __init__(self, *args: Any, redis_timeouts: RedisTimeouts | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.redis_timeouts = redis_timeouts or RedisTimeouts()
+        self.redis_down_since: float | None = None
+        self._outage_logged_at = 0.0
+
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self) -> None:
+        """arq's own pool retries its first connect; a pool passed in does not, so here."""
+        timeouts = self.redis_timeouts
+        for attempt in range(timeouts.start_retries + 1):
+            try:
+                await self.pool.ping()
+                return
+            except REDIS_DOWN as exc:
+                if attempt == timeouts.start_retries:
+                    raise
+                log.warning("redis not answering at start (%s); %d tries left",
+                            type(exc).__name__, timeouts.start_retries - attempt)
+                await asyncio.sleep(timeouts.start_retry_delay_s)
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_DOWN as exc:
+            now = time.monotonic()
+            if self.redis_down_since is None:
+                self.redis_down_since = now
+                self._outage_logged_at = now
+                log.warning("redis unreachable (%s: %s); jobs and cron wait for it",
+                            type(exc).__name__, exc)
+            elif now - self._outage_logged_at >= OUTAGE_LOG_EVERY_S:
+                self._outage_logged_at = now
+                log.warning("redis still unreachable after %.0fs", now - self.redis_down_since)
+            return
+        if self.redis_down_since is not None:
+            log.warning("redis reachable again after %.1fs",
+                        time.monotonic() - self.redis_down_since)
+            self.redis_down_since = None
+
+    async def close(self) -> None:
+        """arq's close, except that it always reaches on_shutdown. arq gathers its job tasks
+        without return_exceptions, so one cancelled in arq's own bookkeeping around a job
+        (most often the per-second expiry) raises CancelledError out of close(), and the
+        runtime's stop (outbox consumer deleted, audit store closed) never ran."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.pool.delete(self.health_check_key)
+        try:
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+        finally:
+            await self.pool.close(close_connection_pool=True)
+            self._pool = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, except that a Redis error gives back the job slot it took: arq
+        returns the slot only on the paths that do not raise, so each failure there would
+        leak one, and after max_jobs of them no job (expiry included) would ever run again."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            before = self.tasks.get(job_id)
+            try:
+                await self._start_job(job_id)
+            finally:
+                if self.tasks.get(job_id) is before:  # not started: the slot is free again
+                    self.job_counter -= 1
+                    self.sem.release()
+
+    async def _start_job(self, job_id: str) -> None:
+        in_progress_key = in_progress_key_prefix + job_id
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(in_progress_key)
+            ongoing_exists = await pipe.exists(in_progress_key)
+            score = await pipe.zscore(self.queue_name, job_id)
+            if ongoing_exists or not score or score > timestamp_ms():
+                # Running elsewhere, finished, or re-queued with a delay by another worker.
+                return
+            pipe.multi()
+            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (ResponseError, WatchError):
+                return  # started elsewhere since the check
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+
+def build_worker(settings: Settings, redis_url: str, config: WorkerConfig | None = None,
+                 **overrides: Any) -> StockgateWorker:
+    """The worker `stockgate worker` runs: WorkerSettings, this process's Redis and context."""
+    return StockgateWorker(**{**get_kwargs(WorkerSettings),
+                              **worker_kwargs(settings, redis_url, config),
+                              "redis_timeouts": (config or WorkerConfig()).redis,
+                              **overrides})
