@@ -331,8 +331,10 @@ class ShopifyAdapter(ChannelAdapter):
         if stale:
             actual = await self._read_stale([quantities[n] for n in stale])
             for n, count in zip(stale, actual, strict=True):
-                # Holding the value already (our own earlier attempt landed): done.
-                results[n] = OK if count == items[n].value else ItemResult("stale", actual=count)
+                # Stale even when the channel holds the value we meant to set: it got there by
+                # its own sales as much as by an earlier attempt of ours (those replay under
+                # their idempotency key instead), and only propagation can tell them apart.
+                results[n] = ItemResult("stale", actual=count)
         return [r if r is not None else ItemResult("failed", error=f"{self.name}: no result")
                 for r in results]
 
