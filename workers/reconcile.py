@@ -5,13 +5,16 @@ value pushed and the canonical available, record drift and re-push the canonical
   (propagation.book_slot), but only a slot that is free now, never one ahead, so pushes waiting
   for the channel go first. A 429 moves the channel's next free time to its Retry-After (as for
   pushes) and ends that channel's sweep for this run.
-- Each run does a bounded slice per channel: it stops after `max_reads` reads or when no slot
-  is free before `budget_s`, well inside the cron job's 30 s timeout (budget plus one read's
-  HTTP timeout). A cursor per channel, in the tenant's hash `reconcile:cursor`, records the
-  last (SKU, location) covered; the next run continues after it and wraps at the end of the
-  catalogue. The figure: Shopify allows ~2 calls/s, so a 20 s run reads at most ~40 counts
-  (fewer while pushes use the channel), and a 3,000-SKU catalogue at one location takes ~75
-  runs, about an hour and a quarter, to sweep. Channels are swept concurrently.
+- Reads are batched: one call slot per adapter.read_batch of up to adapter.read_limit
+  targets (Shopify, WooCommerce and BigCommerce read 100 per call; the standard channel one).
+- Each run does a bounded slice per channel: it stops after `max_reads` targets or when no
+  slot is free before `budget_s`, well inside the cron job's 30 s timeout (budget plus one
+  read's HTTP timeout). A cursor per channel, in the tenant's hash `reconcile:cursor`,
+  records the last (SKU, location) covered; the next run continues after it and wraps at the
+  end of the catalogue. The figure: at Shopify's 2 calls/s a 20 s run makes up to ~40 calls
+  of 100 (fewer while pushes use the channel), so a 3,000-SKU catalogue at one location is
+  swept in one run (30 calls; one call per SKU took ~75 runs, an hour and a quarter).
+  Channels are swept concurrently.
 - A target with a push in flight or due (in the due zset) is skipped, before and after the
   read: its count is about to change anyway.
 - Drift alerts are raised once per (channel, SKU, location, observed count) a day; the repair
@@ -54,7 +57,7 @@ log = logging.getLogger("stockgate.reconcile")
 
 class ReconcileConfig(msgspec.Struct, frozen=True):
     # Per channel and run: at most this many reads, none starting after budget_s.
-    max_reads: int = 200
+    max_reads: int = 5000
     budget_s: float = 20.0
     # A compare-and-set channel's drop that nothing has explained for this long is alerted.
     pending_alert_s: float = 600.0
@@ -122,37 +125,58 @@ async def _sweep(redis: Redis, engine: StockEngine, settings: Settings, name: st
     interval = call_interval_ms(channel)
     drifts: list[Drift] = []
     reads, done = 0, None
-    for sku, location in items[start:]:
-        member = member_of(name, location, sku)
-        if await redis.zscore(keys.due(name), member) is None:
-            if reads >= config.max_reads or not await _take_slot(
-                    redis, tenant, name, interval, deadline):
-                break
-            reads += 1
-            try:
-                seen = await adapter.get_available(sku, location)
-            except PushError as exc:
-                if exc.retry_after is not None:  # 429: leave the channel alone this run
-                    await hold_channel(redis, tenant, name, exc.retry_after)
+    rest = iter(items[start:])
+    finished = False
+    while True:
+        # The next chunk: targets with no push due (a push is about to change them anyway),
+        # as many as one read call takes, within this run's reads.
+        chunk: list[tuple[str, str]] = []
+        want = min(adapter.read_limit, config.max_reads - reads)
+        if want <= 0:
+            if next(rest, None) is None:  # the run's reads ended with the catalogue
+                await redis.hdel(keys.reconcile_cursor, name)
+                return drifts
+            break
+        for sku, location in rest:
+            if await redis.zscore(keys.due(name), member_of(name, location, sku)) is None:
+                chunk.append((sku, location))
+                if len(chunk) >= want:
                     break
-                if exc.status != 404:
-                    log.warning("reconcile: cannot read %s %s: %s", name, sku, exc)
-                    done = (sku, location)
-                    continue
-                seen = None
-            except Exception:
-                # An adapter that cannot read this item (a body it did not expect) must not
-                # end the run for the rest of the catalogue and the other channels.
-                log.exception("reconcile: reading %s %s at %s failed", name, sku, location)
-                done = (sku, location)
+        else:
+            finished = True
+        if not chunk:
+            await redis.hdel(keys.reconcile_cursor, name)  # only due targets were left
+            return drifts
+        if not await _take_slot(redis, tenant, name, interval, deadline):
+            break
+        reads += len(chunk)
+        try:
+            seen = await adapter.read_batch(chunk)
+        except PushError as exc:
+            if exc.retry_after is not None:  # 429: leave the channel alone this run
+                await hold_channel(redis, tenant, name, exc.retry_after)
+                break
+            if exc.status != 404:
+                log.warning("reconcile: cannot read %d item(s) of %s from %s: %s",
+                            len(chunk), name, chunk[0][0], exc)
+                done = chunk[-1]
                 continue
-            drift = await _compare(redis, engine, settings, name, channel, sku, location, seen)
+            seen = [None] * len(chunk)
+        except Exception:
+            # An adapter that cannot read these items (a body it did not expect) must not end
+            # the run for the rest of the catalogue and the other channels.
+            log.exception("reconcile: reading %d item(s) of %s from %s failed", len(chunk),
+                          name, chunk[0][0])
+            done = chunk[-1]
+            continue
+        for (sku, location), count in zip(chunk, seen, strict=True):
+            drift = await _compare(redis, engine, settings, name, channel, sku, location, count)
             if drift is not None:
                 drifts.append(drift)
-        done = (sku, location)
-    else:
-        await redis.hdel(keys.reconcile_cursor, name)
-        return drifts
+        done = chunk[-1]
+        if finished:
+            await redis.hdel(keys.reconcile_cursor, name)
+            return drifts
     if done is not None:
         await redis.hset(keys.reconcile_cursor, name, _cursor_encode(done))
     return drifts

@@ -178,6 +178,9 @@ class ChannelAdapter:
 
     # Items per call the channel accepts; propagation never hands push_batch more.
     batch_limit = 1
+    # Targets one read_batch reads in about one call (reconciliation books one call slot
+    # per read_batch of this many).
+    read_limit = 1
     # Whether push_batch honours PushItem.expected (and answers "stale").
     compare_and_set = False
 

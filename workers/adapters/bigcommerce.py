@@ -143,6 +143,7 @@ class Refused(Exception):
 
 class BigCommerceAdapter(ChannelAdapter):
     batch_limit = BATCH_ITEMS_LIMIT
+    read_limit = READ_VARIANTS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -266,6 +266,7 @@ class ShopifyAdapter(ChannelAdapter):
     `available` counts compared with what Stockgate last knew the shop to hold."""
 
     batch_limit = MAX_QUANTITIES
+    read_limit = READ_IDS_PER_QUERY
     compare_and_set = True
 
     def __init__(self, name: str, channel: Channel, client: httpx.AsyncClient) -> None:

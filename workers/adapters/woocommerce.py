@@ -82,6 +82,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class WooCommerceAdapter(ChannelAdapter):
     # Lowered at run time when the store answers 413 (it lowered the filter).
     batch_limit = BATCH_ITEMS_LIMIT
+    read_limit = 100  # per_page limit of the include= reads
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
