@@ -529,6 +529,12 @@ class Propagator:
         except PushError as exc:
             await self._channel_failed(tenant, channel_name, token, claimed, exc)
             return 0
+        except TimeoutError:
+            error = PushError(f"{channel_name}: no answer within {self.config.push_timeout_s}s"
+                              f" for a batch of {len(items)}")
+            log.warning("push to %s: %s", channel_name, error)
+            await self._channel_failed(tenant, channel_name, token, claimed, error)
+            return 0
         except Exception as exc:  # a bug or a body the adapter could not read: count it
             log.exception("push to %s: the adapter raised", channel_name)
             error = PushError(f"{channel_name}: {type(exc).__name__}: {exc}"[:500])

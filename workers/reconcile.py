@@ -216,7 +216,8 @@ async def alert_unexplained(redis: Redis, tenant: str, channel: str, after_s: fl
     order webhook never came, or a person's edit. Pushes keep subtracting it (showing fewer
     units is safe; showing more could sell a unit twice) until an operator adjusts."""
     raised = 0
-    cutoff = now_ms() - int(after_s * 1000)
+    seconds, micros = await redis.time()  # the clock moved.lua stamped `since` with
+    cutoff = seconds * 1000 + micros // 1000 - int(after_s * 1000)
     for ref, (units, since) in sorted((await pending_drops(redis, tenant, channel)).items()):
         if since and since <= cutoff:
             sku, _, location = ref.rpartition("|")
