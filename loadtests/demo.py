@@ -26,8 +26,9 @@ from msgspec import Struct
 from redis.asyncio import Redis
 
 from loadtests import invariants
-from loadtests.lag import Receipt, propagation
+from loadtests.lag import Receipt, propagation, propagation_by_channel
 from loadtests.report import (
+    ChannelCalls,
     ChannelCheck,
     DemoResult,
     LatencyStats,
@@ -191,6 +192,17 @@ async def _observe(stack: Stack, settings: Settings, channels: list[SimulatedCha
         await redis.aclose()
 
 
+def _unchanged(receipts: list[tuple[float, str, int]], since_ms: float) -> int:
+    """Values received since `since_ms` that repeat the SKU's previous value."""
+    last: dict[str, int] = {}
+    repeats = 0
+    for t, sku, value in receipts:
+        if t >= since_ms and last.get(sku) == value:
+            repeats += 1
+        last[sku] = value
+    return repeats
+
+
 def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
     """One full run; raises only when the system could not be started at all."""
     reports = Path(opts.reports_dir)
@@ -221,12 +233,15 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
         # Let the seed reach the channels first: the lag figures are about the sale.
         asyncio.run(_observe(stack, stack_settings, channels, skus, opts, "seed"))
         load_started_ms = time.time() * 1000
+        before = {c.name: c.traffic() for c in channels}
         record_path = Path(data_dir) / "load-record.json"
         http_errors = _locust(stack, channels, opts, reports, skus_tail, record_path)
         stack.check_alive()
         settled, settle_s, observed = asyncio.run(
             _observe(stack, stack_settings, channels, skus, opts, "final"))
         assert observed is not None
+        traffic = {c.name: [n - m for n, m in zip(c.traffic(), before[c.name], strict=True)]
+                   for c in channels}
         report = invariants.check(observed)
         record = (read_load_record(record_path) if record_path.exists()
                   else LoadRecord(started=load_started_ms / 1000, outcomes={}, samples={}))
@@ -234,6 +249,14 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                     for t, sku, value in c.receipts()]
         locations = {c.name: (LOCATION,) for c in channels}
         lag = propagation(observed.events, receipts, locations, since_ms=load_started_ms)
+        lags = propagation_by_channel(observed.events, receipts, locations,
+                                      since_ms=load_started_ms)
+        calls = [ChannelCalls(c.name, c.kind, changes=lags[c.name].changes,
+                              values=traffic[c.name][2],
+                              unchanged=_unchanged(c.receipts(), load_started_ms),
+                              writes=traffic[c.name][1],
+                              calls=traffic[c.name][0], p99_ms=lags[c.name].p99_ms)
+                 for c in channels]
         latency: dict[str, LatencyStats] = {k: record.latency(k) for k in record.samples}
         checks = [ChannelCheck(c.name, len(skus), sum(
             1 for sku, v in observed.views.items()
@@ -250,6 +273,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
             final_counts={c.name: c.snapshot(list(opts.hot)) for c in channels},
             http_errors=http_errors, settled=settled, settle_s=settle_s,
             durability=cfg.durability, channel_rate_per_s=opts.channel_rate_per_s,
+            channel_calls=calls,
             reports=[str(reports / "flash-sale.html"), str(plot_path),
                      str(reports / "summary.json")])
         failed = not passed(result)

@@ -110,3 +110,15 @@ def propagation(events: Sequence[Event], receipts: Iterable[Receipt],
     return LagStats(changes=changes, delivered=len(lags),
                     p50_ms=percentile(lags, 50), p99_ms=percentile(lags, 99),
                     max_ms=max(lags) if lags else None, unmatched=unmatched)
+
+
+def propagation_by_channel(events: Sequence[Event], receipts: Iterable[Receipt],
+                           channel_locations: Mapping[str, Sequence[str]],
+                           since_ms: float = 0) -> dict[str, LagStats]:
+    """`propagation` for each channel alone."""
+    mine: dict[str, list[Receipt]] = {channel: [] for channel in channel_locations}
+    for r in receipts:
+        if r.channel in mine:
+            mine[r.channel].append(r)
+    return {channel: propagation(events, mine[channel], {channel: locations}, since_ms)
+            for channel, locations in channel_locations.items()}

@@ -128,6 +128,22 @@ class ChannelCheck(Struct, frozen=True):
     matching: int
 
 
+class ChannelCalls(Struct, frozen=True):
+    """One channel's traffic from the load's start until the run settled, as its simulator
+    counted it, next to the changes Stockgate made to what the channel should show."""
+
+    channel: str
+    kind: str
+    changes: int  # count changes for this channel (loadtests/lag.py), one per SKU and change
+    values: int  # counts the channel accepted: one call each when pushes were not batched
+    # Of those, counts the channel showed already (nothing it shows moves on its own in the
+    # demo): pushes that changed nothing.
+    unchanged: int
+    writes: int  # calls that set counts
+    calls: int  # every call the channel answered: writes, lookups, reads, refusals
+    p99_ms: float | None  # propagation lag to this channel
+
+
 class DemoResult(Struct):
     """Everything one demo run measured; `summary()` is what the merchant reads."""
 
@@ -148,6 +164,7 @@ class DemoResult(Struct):
     reports: list[str]
     durability: str = "strict"
     channel_rate_per_s: float = 0.0
+    channel_calls: list[ChannelCalls] = []
     data_dir: str = ""
 
 
@@ -211,6 +228,17 @@ def summary(r: DemoResult) -> str:
                f"max {_ms(lag.max_ms)}  ({lag.delivered:,} count changes timed"
                + (f", {lag.unmatched:,} changed back before any push" if lag.unmatched else "")
                + ")")
+    if r.channel_calls:
+        out += ["", "Channel calls from the load's start until settled, as each simulator "
+                "counted them; a change is one new count a channel should show",
+                f"{'channel':<22} {'changes':>8} {'values pushed':>13} {'(unchanged)':>11} "
+                f"{'write calls':>11} {'all calls':>9} {'calls/change':>12} {'p99':>9}"]
+        for c in r.channel_calls:
+            ratio = f"{c.calls / c.changes:.3f}" if c.changes else "n/a"
+            out.append(f"{c.channel + ' (' + c.kind + ')':<22} {c.changes:>8,} {c.values:>13,} "
+                       f"{c.unchanged:>11,} {c.writes:>11,} {c.calls:>9,} {ratio:>12} "
+                       f"{_ms(c.p99_ms):>9}")
+        out.append("")
     out.append(f"Settled      {'yes' if r.settled else 'NO'} in {r.settle_s:.1f} s after the "
                f"load; HTTP errors during the run: {r.http_errors}")
     audit = f"{inv.audit_rows:,}" if inv.audit_rows is not None else "not read"

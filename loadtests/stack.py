@@ -232,6 +232,10 @@ class SimulatedChannel:
     def snapshot(self, skus: list[str]) -> dict[str, int]:
         return {sku: value for sku in skus if (value := self.count(sku)) is not None}
 
+    def traffic(self) -> tuple[int, int, int]:
+        """(calls answered, write calls, values accepted) so far."""
+        return self.state.calls, self.state.writes, len(self.state.received)
+
     def receipts(self) -> list[tuple[float, str, int]]:
         """(unix ms, sku, value) of every value the channel accepted."""
         return [(t, item, value) for t, item, _loc, value in list(self.state.received)]

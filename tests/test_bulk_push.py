@@ -1,0 +1,73 @@
+"""A bulk change of 3,000 SKUs reaches Shopify, WooCommerce and BigCommerce in batched calls
+under the channels' real limits (issue 10's bulk bar), through the real worker.
+
+Timings are printed (run with -s) and asserted with margin: the machine is shared. The
+measured figures and their command are in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from workers_helpers import running_worker, settings_with, settled, wait_for
+
+from loadtests import bulk
+from stockgate.embedded import EmbeddedRedis
+from stockgate.stock import StockEngine
+from workers.propagation import failed_deliveries
+from workers.runtime import WorkerConfig
+from workers.simulators import SimulatorServer
+
+SKUS = 3000
+# The issue's bar is 10 s; asserted with room for a busy 2-core machine.
+WARM_BOUND_S = 30.0
+# The first change also finds every SKU's item on every channel (docs/benchmarks.md: on
+# Shopify those lookups cost more points than the bucket holds).
+COLD_BOUND_S = 40.0
+
+
+@pytest.fixture
+def sims() -> Iterator[dict[str, SimulatorServer]]:
+    started = bulk.start_simulators()
+    yield started
+    bulk.stop_simulators(started.values())
+
+
+async def test_bulk_change_reaches_every_channel_in_batches(
+        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path,
+        sims: dict[str, SimulatorServer]) -> None:
+    settings = settings_with(tmp_path, bulk.channel_config(sims))
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    skus = bulk.sku_names(SKUS)
+    config = WorkerConfig()  # production defaults: claim_batch 250, lease 15 s
+    async with running_worker(settings, redis_server.url, config):
+        cold = await bulk.measure(engine, sims, skus, phase="cold", delta=40,
+                                  claim_batch=config.propagation.claim_batch,
+                                  within_s=COLD_BOUND_S)
+        print("\n" + bulk.report(cold))
+        warm = await bulk.measure(engine, sims, skus, phase="warm", delta=-15,
+                                  claim_batch=config.propagation.claim_batch,
+                                  within_s=WARM_BOUND_S)
+        print("\n" + bulk.report(warm))
+        await wait_for(lambda: settled(redis), 10.0)
+    assert await failed_deliveries(redis, "default") == []
+    for figures, bound in ((cold, COLD_BOUND_S), (warm, WARM_BOUND_S)):
+        for c in figures.channels:
+            assert c.seconds is not None and c.seconds < bound, (figures.phase, c)
+            assert c.converged_skus == SKUS
+            # Batched: about one write per batch (a claim may catch the outbox halfway, a
+            # reconciliation run may re-mark some), against the 3,000 a call per SKU takes.
+            batches = math.ceil(SKUS / c.batch_limit)
+            assert batches <= c.writes <= 2 * batches, (figures.phase, c)
+            assert c.calls < SKUS / 10, (figures.phase, c)
+    # Once the channels know the items, a change is its writes and nothing else (bar
+    # reconciliation's reads, 100 targets each, if its minute came round).
+    for c in warm.channels:
+        assert c.calls - c.writes <= 10, c
+    for name, sim in sims.items():
+        view = await engine.stock("default", skus[-1])
+        assert sim.state.count(skus[-1], "main") == view.channels[name] == 25
