@@ -107,6 +107,51 @@ local function emit(outbox, ctx, ev_type, c, delta, reason)
   redis.call('XADD', outbox, '*', 'e', cjson.encode(ev))
 end
 
+-- A compare-and-set channel's own moves since the count it is known to hold (moved.lua):
+-- `q` units it sold itself (an order it sent), or -q it put back itself (its cancel or
+-- refund with restock). Only targets whose count is known keep this; "" is no channel.
+local function channel_own(prefix, channel, sku, loc, q)
+  if channel == '' or q == 0 then return end
+  local key, ref = prefix .. 'deliv:cas:' .. channel, sku .. '|' .. loc
+  if redis.call('HEXISTS', key, 'k|' .. ref) == 1 then
+    redis.call('HINCRBY', key, 'o|' .. ref, q)
+  end
+end
+
+-- Units set aside for a compare-and-set channel's own sales of one SKU (moved.lua), kept
+-- where they were taken: {"<target location>": {"<cell location>": units}}. A channel that
+-- shows one figure for several locations has its drop taken from each in turn; its order,
+-- committed at one of them, takes the units back wherever they are (order.lua).
+local function aside_read(cas_key, sku)
+  local raw = redis.call('HGET', cas_key, 'S|' .. sku)
+  return raw and cjson.decode(raw) or {}
+end
+
+local function aside_write(cas_key, sku, m)
+  for target, locs in pairs(m) do
+    for l, units in pairs(locs) do
+      if units <= 0 then locs[l] = nil end
+    end
+    if next(locs) == nil then m[target] = nil end
+  end
+  if next(m) == nil then
+    redis.call('HDEL', cas_key, 'S|' .. sku)
+  else
+    redis.call('HSET', cas_key, 'S|' .. sku, cjson.encode(m))
+  end
+end
+
+-- Keys of a table, `first` leading when present, the rest sorted: a stable order to take in.
+local function ordered(t, first)
+  local keys = {}
+  for k in pairs(t) do
+    if k ~= first then keys[#keys + 1] = k end
+  end
+  table.sort(keys)
+  if first ~= nil and t[first] ~= nil then table.insert(keys, 1, first) end
+  return keys
+end
+
 -- Idempotency record stored as "<fingerprint>\n<reply>": a repeat with the same request gets
 -- the first reply byte for byte; the same key with another request is a conflict.
 -- idem_match does the same for a record already read (an order record's "done:<id>" field).

@@ -38,6 +38,7 @@ for _, ol in ipairs(order_lines) do
     c.committed = c.committed - x
     cell_write(c)
     emit(outbox, ctx, 'cancel', c, {committed = -x})
+    channel_own(prefix, channel, ol.sku, ol.location, -x)
     returned[#returned + 1] = {sku = ol.sku, location = ol.location, qty = ol.open}
     -- Remembered so that the channel's cancel-type refund of these units (Shopify sends one
     -- with its orders/cancelled) finds them already back on sale instead of taking shipped ones.

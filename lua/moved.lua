@@ -7,14 +7,18 @@
 -- Per target the channel's bookkeeping lives in its compare-and-set hash (KEYS[2], see
 -- workers.propagation): "k|<sku>|<loc>" the count it was known to hold, "o|..." units of its
 -- own orders applied since, "p|..." units set aside for it, "t|..." since when (ms).
--- What it should hold by what Stockgate knows is known - own; anything below that it sold on
--- its own; anything above (a restock on its side) first gives set-aside units back.
--- A line with `clear` gives every set-aside unit back (its count report was judged and
--- applied to stock: the drop is explained).
+-- What it should hold by what Stockgate knows is known - own (own: its orders less its own
+-- cancels and restocks since); anything below that it sold on its own.
+-- A count equal to `doubt` (a value of an earlier push whose answer never came) is that push
+-- having landed, not a move of the channel's: it becomes the known count, nothing is set
+-- aside.
+-- A line [sku, location, null, n] gives up to n set-aside units back (the channel's count
+-- report was judged and applied to stock as an edit of -n: that explains the drop).
 -- Units are set aside only from available: a drop beyond it was sold twice already, and the
 -- channel's order for it is refused as an oversell when it lands (and alerted there).
 -- KEYS[1] outbox stream, KEYS[2] the channel's compare-and-set hash
--- ARGV: common; request = {lines = [[sku, location, actual]] | [[sku, location, nil, true]]}
+-- ARGV: common; request = {lines = [[sku, location, actual, null, doubt or null, spread]]
+--   | [[sku, location, null, n]]}; spread: the locations the channel's figure sums.
 -- Reply: {"ok", {lines = [{sku, location, pending}]}, 0}
 local outbox, cas_key = KEYS[1], KEYS[2]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
@@ -23,8 +27,10 @@ if channel == '' or type(req.lines) ~= 'table' then
 end
 for _, line in ipairs(req.lines) do
   local sku, loc, actual = line_parts(line)
-  if not is_name(sku) or not is_name(loc) or (line[4] ~= true and not is_count(actual, 0)) then
-    return fail('invalid', {detail = 'each line is [sku, location, count >= 0]'})
+  local give_back = line[4]
+  if not is_name(sku) or not is_name(loc) or not (is_count(actual, -MAX_QTY)
+      or (give_back ~= nil and is_count(give_back, 0))) then
+    return fail('invalid', {detail = 'each line is [sku, location, count]'})
   end
 end
 
@@ -36,31 +42,57 @@ for _, line in ipairs(req.lines) do
   local sku, loc, actual = line_parts(line)
   local ref = sku .. '|' .. loc
   local pending = tonumber(redis.call('HGET', cas_key, 'p|' .. ref) or '0')
-  local target = 0
-  if line[4] ~= true then
+  local target = pending
+  if is_count(actual, -MAX_QTY) then
     local known = tonumber(redis.call('HGET', cas_key, 'k|' .. ref) or actual)
     local own = tonumber(redis.call('HGET', cas_key, 'o|' .. ref) or '0')
-    target = math.max(pending + (known - own) - actual, 0)
-    redis.call('HSET', cas_key, 'k|' .. ref, actual)
-    redis.call('HDEL', cas_key, 'o|' .. ref)
-  end
-  local c = cell_read(cells, prefix, sku, loc)
-  if c and target > pending then
-    local x = math.min(target - pending, math.max(available(c), 0))
-    if x > 0 then
-      c.reserved = c.reserved + x
-      pending = pending + x
-      emit(outbox, ctx, 'hold', c, {reserved = x},
-        channel .. ' sold on its own; set aside until its order arrives')
+    if line[5] == actual then
+      known, own = actual, 0  -- our unanswered push landed
     end
-  elseif c and target < pending then
-    local x = math.min(pending - target, c.reserved)
-    c.reserved = c.reserved - x
-    pending = pending - x
-    emit(outbox, ctx, 'release', c, {reserved = -x}, channel .. ' count explained')
-  elseif not c then
-    pending = 0
+    -- Only a drop is set aside: a rise (a person's restock in the channel's admin) gives
+    -- nothing back, since its count report adds the units here once judged.
+    target = pending + math.max((known - own) - actual, 0)
+    redis.call('HSET', cas_key, 'k|' .. ref, actual)
+    redis.call('HDEL', cas_key, 'o|' .. ref, 'd|' .. ref)
+  else
+    target = math.max(pending - line[4], 0)
   end
+  -- Where the channel's figure comes from: this location, or every location of a channel
+  -- that shows one figure for several (line[6]), this one first.
+  local spread = type(line[6]) == 'table' and line[6] or {loc}
+  local m = aside_read(cas_key, sku)
+  m[loc] = m[loc] or {}
+  if target > pending then
+    local need = target - pending
+    for _, l in ipairs(spread) do
+      local c = is_name(l) and cell_read(cells, prefix, sku, l)
+      local x = c and math.min(need, math.max(available(c), 0)) or 0
+      if x > 0 then
+        c.reserved = c.reserved + x
+        m[loc][l] = (m[loc][l] or 0) + x
+        pending, need = pending + x, need - x
+        emit(outbox, ctx, 'hold', c, {reserved = x},
+          channel .. ' sold on its own; set aside until its order arrives')
+      end
+    end
+  elseif target < pending then
+    local give = pending - target
+    for _, l in ipairs(ordered(m[loc])) do
+      local y = math.min(give, m[loc][l])
+      local c = cell_read(cells, prefix, sku, l)
+      local x = c and math.min(y, c.reserved) or 0
+      if x > 0 then
+        c.reserved = c.reserved - x
+        emit(outbox, ctx, 'release', c, {reserved = -x}, channel .. ' count explained')
+      end
+      m[loc][l] = m[loc][l] - y
+      pending, give = pending - y, give - y
+      if give <= 0 then break end
+    end
+    -- Units the map no longer holds (written before it existed) are not reserved anywhere.
+    if give > 0 then pending = math.max(pending - give, 0) end
+  end
+  aside_write(cas_key, sku, m)
   if pending > 0 then
     redis.call('HSET', cas_key, 'p|' .. ref, pending)
     if redis.call('HEXISTS', cas_key, 't|' .. ref) == 0 then

@@ -121,31 +121,43 @@ local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
 -- A compare-and-set channel's own bookkeeping (moved.lua): units it was seen to sell on its
 -- own before this order arrived are set aside for it in `reserved`, and this order takes
 -- them first, so it is never refused for units kept for this very sale; its other units
--- count as its own sales since its known count.
-local cas_key = prefix .. 'deliv:cas:' .. channel
-local function take_set_aside(c, sku, loc, q)
-  if channel == '' then return 0 end
-  local ref = sku .. '|' .. loc
-  local p = tonumber(redis.call('HGET', cas_key, 'p|' .. ref) or '0')
-  local x = math.min(q, p, c.reserved)
-  if x <= 0 then return 0 end
-  if p - x > 0 then
-    redis.call('HSET', cas_key, 'p|' .. ref, p - x)
-  else
-    redis.call('HDEL', cas_key, 'p|' .. ref, 't|' .. ref)
-  end
-  c.reserved = c.reserved - x
-  c.committed = c.committed + x
-  emit(outbox, ctx, 'commit', c, {reserved = -x, committed = x},
-    'order of units the channel had sold on its own')
-  return x
-end
-local function count_own(sku, loc, q)
-  if channel ~= '' and redis.call('HEXISTS', cas_key, 'k|' .. sku .. '|' .. loc) == 1 then
-    redis.call('HINCRBY', cas_key, 'o|' .. sku .. '|' .. loc, q)
-  end
-end
+-- (from a hold it claimed, or from available) count as its own sales since its known count,
+-- and units an edit gives back as its own restock (channel_own).
 local results = {}
+local cas_key = prefix .. 'deliv:cas:' .. channel
+local function take_set_aside(sku, loc, q)
+  if channel == '' then return 0 end
+  local m = aside_read(cas_key, sku)
+  if next(m) == nil then return 0 end
+  local taken = 0
+  for _, target in ipairs(ordered(m, loc)) do
+    local ref = sku .. '|' .. target
+    local p = tonumber(redis.call('HGET', cas_key, 'p|' .. ref) or '0')
+    for _, l in ipairs(ordered(m[target], loc)) do
+      local c = cell_read(cells, prefix, sku, l)
+      local x = c and math.min(q - taken, m[target][l], c.reserved) or 0
+      if x > 0 then
+        c.reserved = c.reserved - x
+        c.committed = c.committed + x
+        m[target][l] = m[target][l] - x
+        p, taken = p - x, taken + x
+        emit(outbox, ctx, 'commit', c, {reserved = -x, committed = x},
+          'order of units the channel had sold on its own')
+        entries[#entries + 1] = {sku = sku, location = l, qty = x, open = x, fulfilled = 0,
+          restocked = 0}
+        results[#results + 1] = {sku = sku, location = l, qty = x, status = 'committed'}
+      end
+    end
+    if p > 0 then
+      redis.call('HSET', cas_key, 'p|' .. ref, p)
+    else
+      redis.call('HDEL', cas_key, 'p|' .. ref, 't|' .. ref)
+    end
+  end
+  aside_write(cas_key, sku, m)
+  return taken
+end
+
 for _, line in ipairs(req.lines) do
   local sku, loc, q = line_parts(line)
   if not is_name(sku) or not is_name(loc) or not is_count(q, 1) then
@@ -168,6 +180,7 @@ for _, line in ipairs(req.lines) do
             c.committed = c.committed + x
             emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x}, 'order placed from hold')
           end
+          channel_own(prefix, channel, sku, s.loc, x)
           entries[#entries + 1] = {sku = sku, location = s.loc, qty = x, open = x,
             fulfilled = 0, restocked = 0}
         end
@@ -175,15 +188,7 @@ for _, line in ipairs(req.lines) do
       end
     end
     local c = q > 0 and cell_read(cells, prefix, sku, loc)
-    if c then
-      local x = take_set_aside(c, sku, loc, q)
-      if x > 0 then
-        q = q - x
-        entries[#entries + 1] = {sku = sku, location = loc, qty = x, open = x, fulfilled = 0,
-          restocked = 0}
-        results[#results + 1] = {sku = sku, location = loc, qty = x, status = 'committed'}
-      end
-    end
+    q = q - (q > 0 and take_set_aside(sku, loc, q) or 0)
     if q > 0 then
       local status = 'committed'
       if not c then
@@ -194,7 +199,7 @@ for _, line in ipairs(req.lines) do
           'requested ' .. q .. ', available ' .. math.max(available(c), 0))
       else
         c.committed = c.committed + q
-        count_own(sku, loc, q)
+        channel_own(prefix, channel, sku, loc, q)
         emit(outbox, ctx, 'commit', c, {committed = q})
         entries[#entries + 1] = {sku = sku, location = loc, qty = q, open = q, fulfilled = 0,
           restocked = 0}
@@ -223,6 +228,7 @@ for _, s in ipairs(sources) do
       s.line.open = s.line.open - q
       s.line.qty = s.line.qty - q
       emit(outbox, ctx, 'cancel', c, {committed = -x}, 'units no longer in the order')
+      channel_own(prefix, channel, s.sku, s.loc, -x)
     end
   end
 end

@@ -80,6 +80,7 @@ for _, p in ipairs(plan) do
     c.on_hand = c.on_hand + p.shipped
     cell_write(c)
     emit(outbox, ctx, 'restock', c, {committed = -from_committed, on_hand = p.shipped})
+    channel_own(prefix, channel, p.sku, p.loc, -(from_committed + p.shipped))
   end
 end
 if order_lines then

@@ -184,13 +184,23 @@ class StockEngine:
         return await self._run("restock", tenant, keys, request, channel, RestockReply)
 
     async def channel_moved(self, tenant: str, channel: str, cas_key: str,
-                            counts: Sequence[tuple[str, str, int | None]]) -> MovedReply:
-        """A compare-and-set channel holds these counts, not the ones Stockgate last knew
-        (sku, location, count); None clears what was set aside for that target. See
-        lua/moved.lua."""
+                            counts: Sequence[tuple[str, str, int, int | None, list[str]]]
+                            ) -> MovedReply:
+        """A compare-and-set channel holds these counts, not the ones Stockgate last knew:
+        (sku, location, count, the value of an earlier push whose answer never came or
+        None, the locations the channel's figure sums). See lua/moved.lua."""
+        lines = [[sku, loc, n, None, doubt, spread] for sku, loc, n, doubt, spread in counts]
+        return await self._moved(tenant, channel, cas_key, lines)
+
+    async def channel_explained(self, tenant: str, channel: str, cas_key: str, sku: str,
+                                location: str, units: int) -> MovedReply:
+        """Give back up to `units` set aside for the channel at (sku, location): its count
+        report was applied as an edit that explains them."""
+        return await self._moved(tenant, channel, cas_key, [[sku, location, None, units]])
+
+    async def _moved(self, tenant: str, channel: str, cas_key: str,
+                     lines: list[list[Any]]) -> MovedReply:
         k = tenant_keys(tenant)
-        lines = [[sku, loc, n] if n is not None else [sku, loc, None, True]
-                 for sku, loc, n in counts]
         reply, _ = await self._run("moved", tenant, [k.outbox, cas_key], {"lines": lines},
                                    channel, MovedReply)
         return reply

@@ -207,12 +207,14 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
             # An earlier try applied this report's adjust and failed after it; a push since
             # moved the log, so this try measured another delta. The first one stands.
             pass
-        if channel_id in cas_channels(settings):
-            # Units set aside for this channel's unexplained drop (lua/moved.lua) are the
-            # drop this report measured and the adjust just applied: keeping them aside as
-            # well would take the same units off sale twice.
-            await engine.channel_moved(tenant, channel_id, worker_keys(tenant).cas(channel_id),
-                                       [(sku, location, None)])
+        if delta < 0 and channel_id in cas_channels(settings):
+            # Units set aside for this channel's unexplained drop (lua/moved.lua) are, up to
+            # the edit's size, the drop this report measured and the adjust just applied:
+            # keeping them aside as well would take the same units off sale twice. Units
+            # beyond it stay: they are sales whose orders are still on their way.
+            await engine.channel_explained(tenant, channel_id,
+                                           worker_keys(tenant).cas(channel_id), sku, location,
+                                           -delta)
     # After the adjust: a job redone after a crash in between must not find its own report
     # and judge the edit as no change.
     await record_report(redis, tenant, channel_id, ref, received_ms, available)

@@ -134,17 +134,20 @@ return out
 
 # Finish claimed targets, each only while the claim token still holds its lease (a lapsed
 # claim changes nothing: the target is another worker's now). ARGV: token, after_ms, then
-# (member, version, mode): mode "done" forgets the target unless its version moved since the
-# claim (then it is due again after_ms from now: the channel's next slot); mode "again" puts
-# it back due after_ms from now, its attempts untouched; mode "fail" counts an attempt and
-# returns the count (the caller then requeues or parks). Returns one number per member: the
-# attempt count for "fail", 1 for a finished "done"/"again", 0 for a lapsed claim.
+# (member, version, mode, known, own): mode "done" forgets the target unless its version
+# moved since the claim (then it is due again after_ms from now: the channel's next slot);
+# mode "again" puts it back due after_ms from now, its attempts untouched; mode "fail"
+# counts an attempt and returns the count (the caller then requeues or parks). For a
+# compare-and-set channel a "done" with `known` records that the channel holds it now, and
+# takes `own` (its own moves seen when the push was prepared, already in the value) off
+# its own moves since (KEYS[5], lua/moved.lua). Returns one number per member: the attempt
+# count for "fail", 1 for a finished "done"/"again", 0 for a lapsed claim.
 _FINISH = _NOW + """
-local due, versions, leases, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local due, versions, leases, attempts, cas = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, after = ARGV[1], tonumber(ARGV[2])
 local out = {}
-for i = 3, #ARGV, 3 do
-  local m, seen, mode = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 3, #ARGV, 5 do
+  local m, seen, mode, known, own = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if redis.call('HGET', leases, m) ~= token then
     out[#out + 1] = 0
   elseif mode == 'fail' then
@@ -153,6 +156,19 @@ for i = 3, #ARGV, 3 do
     redis.call('HDEL', leases, m)
     if mode == 'done' then
       redis.call('HDEL', attempts, m)
+      if known ~= '' then
+        local a = string.find(m, '|', 1, true)
+        local b = string.find(m, '|', a + 1, true)
+        local ref = string.sub(m, b + 1) .. '|' .. string.sub(m, a + 1, b - 1)
+        local left = tonumber(redis.call('HGET', cas, 'o|' .. ref) or '0') - tonumber(own)
+        redis.call('HSET', cas, 'k|' .. ref, known)
+        if left ~= 0 then
+          redis.call('HSET', cas, 'o|' .. ref, left)
+        else
+          redis.call('HDEL', cas, 'o|' .. ref)
+        end
+        redis.call('HDEL', cas, 'd|' .. ref)
+      end
       if (redis.call('HGET', versions, m) or '0') == seen then
         redis.call('ZREM', due, m)
         redis.call('HDEL', versions, m)
@@ -210,24 +226,22 @@ redis.call('SET', key, now + wait, 'PX', wait + 60000)
 return {now + wait, now}
 """
 
-# A compare-and-set channel accepted pushes (ARGV ref, value pairs): it holds `value` now,
-# and none of its own orders since count against that (WorkerKeys.cas; lua/moved.lua).
-_CAS_SET = """
-for i = 1, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], 'k|' .. ARGV[i], ARGV[i + 1])
-  redis.call('HDEL', KEYS[1], 'o|' .. ARGV[i])
-end
-return 1
+# Whether a claim still holds a target's lease (ARGV token, member).
+_HOLDS = """
+return redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] and 1 or 0
 """
 
-# Members written before per-channel due zsets: move each to its channel's zset.
+# Members written before per-channel due zsets: move each to its channel's zset, with a
+# version from the sequence (the old versions counted per target from 1, so the sequence's
+# first numbers would meet them again and a change could be taken as pushed).
 _MIGRATE = """
-local old, prefix = KEYS[1], ARGV[1]
+local old, seq, versions, prefix = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local rows = redis.call('ZRANGE', old, 0, -1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local m = rows[i]
   local channel = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
   redis.call('ZADD', prefix .. channel, 'NX', rows[i + 1], m)
+  redis.call('HSET', versions, m, redis.call('INCR', seq))
 end
 redis.call('DEL', old)
 return #rows / 2
@@ -406,9 +420,9 @@ async def pending_drops(redis: Redis, tenant: str, channel: str) -> dict[str, tu
     """Units set aside for a compare-and-set channel's sales that no order explains yet:
     ref "<sku>|<location>" -> (units, since ms)."""
     raw = await redis.hgetall(worker_keys(tenant).cas(channel))
-    fields = {k.decode(): int(v) for k, v in raw.items()}
-    return {f[2:]: (units, fields.get("t|" + f[2:], 0))
-            for f, units in fields.items() if f.startswith("p|") and units > 0}
+    fields = {k.decode(): v for k, v in raw.items()}
+    return {f[2:]: (int(units), int(fields.get("t|" + f[2:], 0)))
+            for f, units in fields.items() if f.startswith("p|") and int(units) > 0}
 
 
 def backoff_s(attempt: int, config: PropagationConfig) -> float:
@@ -423,6 +437,11 @@ class Claimed(msgspec.Struct):
     sku: str
     location: str
     item: PushItem | None = None
+    # Compare-and-set channels, read when the push was prepared: the channel's own moves
+    # since its known count (already in the canonical value pushed), and the value of an
+    # earlier push whose answer never came.
+    own: int = 0
+    doubt: int | None = None
 
 
 class Propagator:
@@ -441,7 +460,7 @@ class Propagator:
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._settle = redis.register_script(_SETTLE)
-        self._cas_set = redis.register_script(_CAS_SET)
+        self._holds = redis.register_script(_HOLDS)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -454,8 +473,8 @@ class Propagator:
     async def run(self, stop: asyncio.Event) -> None:
         for tenant in self.settings.tenant_names():
             keys = worker_keys(tenant)
-            await self.redis.register_script(_MIGRATE)(keys=[keys.legacy_due],
-                                                       args=[keys.due("")])
+            await self.redis.register_script(_MIGRATE)(
+                keys=[keys.legacy_due, keys.seq, keys.versions], args=[keys.due("")])
         await asyncio.gather(*(self._lane(tenant, name, stop)
                                for tenant, name in self.lanes()))
 
@@ -550,10 +569,15 @@ class Propagator:
         count the channel is known to hold."""
         refs = [f"{c.sku}|{c.location}" for c in claimed]
         known: list[int | None] = [None] * len(claimed)
-        if channel_name in self.cas:
+        cas = channel_name in self.cas
+        if cas:
             raw = await self.redis.hmget(worker_keys(tenant).cas(channel_name),
-                                         [f"k|{ref}" for ref in refs])
-            known = [int(v) if v is not None else None for v in raw]
+                                         [f for ref in refs
+                                          for f in (f"k|{ref}", f"o|{ref}", f"d|{ref}")])
+            known = [int(v) if v is not None else None for v in raw[0::3]]
+            for c, own, doubt in zip(claimed, raw[1::3], raw[2::3], strict=True):
+                c.own = int(own or 0)
+                c.doubt = int(doubt) if doubt is not None else None
         skus = sorted({c.sku for c in claimed})
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
@@ -570,16 +594,21 @@ class Propagator:
                                   expected=known[i])
                 # Before the push: the echo webhook can arrive before our call returns.
                 queue_push_record(pipe, tenant, channel_name, refs[i], value, stamp)
+                if cas:  # in doubt until its answer comes (lua/moved.lua)
+                    pipe.hset(worker_keys(tenant).cas(channel_name), f"d|{refs[i]}", value)
             await pipe.execute()
 
     async def _finish_all(self, tenant: str, channel: str, token: str,
                           claimed: Sequence[Claimed], mode: str, after_ms: int) -> list[int]:
         keys = worker_keys(tenant)
         args: list[str | int] = [token, max(int(after_ms), 0)]
+        cas = mode == "done" and channel in self.cas
         for c in claimed:
-            args.extend((c.member, c.version, mode))
+            known = c.item.value if cas and c.item is not None else ""
+            args.extend((c.member, c.version, mode, known, c.own))
         return [int(x) for x in await self._finish(
-            keys=[keys.due(channel), keys.versions, keys.leases, keys.attempts], args=args)]
+            keys=[keys.due(channel), keys.versions, keys.leases, keys.attempts,
+                  keys.cas(channel)], args=args)]
 
     async def _results(self, tenant: str, channel: str, token: str, claimed: list[Claimed],
                        results: list[ItemResult], interval: int) -> None:
@@ -589,10 +618,6 @@ class Propagator:
         failed = [(c, r) for c, r in zip(claimed, results, strict=True)
                   if r.status == "failed"]
         if done:
-            if channel in self.cas:
-                args = [x for c in done if c.item
-                        for x in (f"{c.sku}|{c.location}", str(c.item.value))]
-                await self._cas_set(keys=[keys.cas(channel)], args=args)
             await self._finish_all(tenant, channel, token, done, "done", interval)
             await self.redis.hdel(keys.failed, *(delivery_id(c.member) for c in done))
         if stale:
@@ -606,20 +631,41 @@ class Propagator:
         channel sells those units until its order for them lands) and push again, now,
         against the count it holds. A stale item whose count the adapter could not read is
         retried as a failure: pushing blind could overwrite a sale."""
-        known = [(c, r.actual) for c, r in stale if r.actual is not None]
+        keys = worker_keys(tenant)
+        # Only under a lease still ours: a lapsed claim's old count must not be recorded over
+        # what the worker that holds the target now has seen (the lease outlasts this call).
+        known = [(c, r.actual) for c, r in stale if r.actual is not None
+                 and await self._holds(keys=[keys.leases], args=[token, c.member])]
         if known:
-            reply = await self.engine.channel_moved(
-                tenant, channel, worker_keys(tenant).cas(channel),
-                [(c.sku, c.location, actual) for c, actual in known])
-            for (c, actual), line in zip(known, reply.lines, strict=True):
-                log.info("push %s: %s holds %s, not %s; %d unit(s) set aside for it",
-                         c.member, channel, actual, c.item.expected if c.item else None,
-                         line.pending)
-            await self._finish_all(tenant, channel, token, [c for c, _ in known], "again", 0)
+            try:
+                reply = await self.engine.channel_moved(
+                    tenant, channel, keys.cas(channel),
+                    [(c.sku, c.location, actual, c.doubt, self._spread(channel, c.location))
+                     for c, actual in known])
+            except Exception as exc:  # a count the script refuses, Redis: count, never lose
+                log.exception("push to %s: recording its own moves failed", channel)
+                await self._count_failures(tenant, channel, token, [c for c, _ in known],
+                                           f"{channel}: stale compare not recorded: {exc}")
+            else:
+                for (c, actual), line in zip(known, reply.lines, strict=True):
+                    log.info("push %s: %s holds %s, not %s; %d unit(s) set aside for it",
+                             c.member, channel, actual, c.item.expected if c.item else None,
+                             line.pending)
+                await self._finish_all(tenant, channel, token, [c for c, _ in known],
+                                       "again", 0)
         unread = [c for c, r in stale if r.actual is None]
         if unread:
             await self._count_failures(tenant, channel, token, unread,
                                        "compare-and-set refused and the count is unreadable")
+
+    def _spread(self, channel_name: str, location: str) -> list[str]:
+        """The locations a target's figure sums: its own when the channel maps it, else every
+        location the channel sells (its one figure), this one first."""
+        channel = self.settings.channels[channel_name]
+        if location in channel.location_map.values():
+            return [location]
+        return [location, *(loc for loc in selling_locations(self.settings, channel)
+                            if loc != location)]
 
     async def _channel_failed(self, tenant: str, channel: str, token: str,
                               claimed: list[Claimed], exc: PushError) -> None:

@@ -84,6 +84,8 @@ async def reconcile(redis: Redis, engine: StockEngine, settings: Settings,
     for name in sorted(cas_channels(settings)):
         await alert_unexplained(redis, settings.channels[name].tenant, name,
                                 config.pending_alert_s)
+    for tenant in settings.tenant_names():
+        await release_removed(redis, engine, settings, tenant)
     deadline = now_ms() + int(config.budget_s * 1000)
     sweeps = [_sweep(redis, engine, settings, name, channel, adapters[name], config, deadline)
               for name, channel in sorted(settings.channels.items())
@@ -199,6 +201,11 @@ async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: 
     if seen == canonical:
         return None
     raw = await redis.hget(tenant_keys(tenant).pushed(name), f"{sku}|{location}")
+    if raw is not None and int(raw) == seen:
+        # The channel holds our last push: stock moved since and its push is not marked yet
+        # (the outbox is behind, a bulk change): push again, quietly; it is not drift.
+        await mark_dirty(redis, tenant, [member])
+        return None
     drift = Drift(tenant=tenant, channel=name, sku=sku, location=location, channel_count=seen,
                   last_pushed=int(raw) if raw is not None else None, canonical=canonical)
     await raise_alert(
@@ -231,3 +238,30 @@ async def alert_unexplained(redis: Redis, tenant: str, channel: str, after_s: fl
                 once=f"unexplained:{channel}:{ref}:{since}")
             raised += 1
     return raised
+
+
+async def release_removed(redis: Redis, engine: StockEngine, settings: Settings,
+                          tenant: str) -> int:
+    """Units set aside for a compare-and-set channel that is no longer configured go back
+    on sale: its orders can no longer arrive (its webhooks are refused), so nothing would
+    ever explain them. Says so in an alert. Returns the units given back."""
+    keys = worker_keys(tenant)
+    live = cas_channels(settings)
+    prefix = keys.cas("")
+    given = 0
+    # Tenant and channel names hold no glob characters (settings.NAME_PATTERN).
+    async for raw in redis.scan_iter(match=prefix + "*", count=100):
+        name = raw.decode()[len(prefix):]
+        if name in live:
+            continue
+        for ref, (units, _) in (await pending_drops(redis, tenant, name)).items():
+            sku, _, location = ref.rpartition("|")
+            await engine.channel_explained(tenant, name, keys.cas(name), sku, location, units)
+            given += units
+            await raise_alert(
+                redis, tenant, "channel_moved_unexplained",
+                f"{units} unit(s) set aside for {name}, which is no longer configured, are "
+                f"back on sale", sku=sku, location=location, channel=name,
+                once=f"removed:{name}:{ref}")
+        await redis.delete(keys.cas(name))
+    return given

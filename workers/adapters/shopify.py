@@ -68,6 +68,8 @@ IDEMPOTENT_SINCE = "2026-01"
 # straddles a window edge is applied again: under compare-and-set it comes back stale at the
 # value it set, which counts as done; a blind set is just set again.
 IDEMPOTENCY_WINDOW_S = 300
+# Fresh keys tried for one batch after keys whose earlier attempt failed.
+IDEMPOTENCY_SALTS = 4
 # Namespace of the keys: uuid5 of the batch's contents, so any worker derives the same key.
 _KEYS = uuid.UUID("0b3c2f4e-5d1a-4c55-9a57-53746f636b67")
 
@@ -280,6 +282,8 @@ class ShopifyAdapter(ChannelAdapter):
                                        for item, sku in channel.inventory_item_skus.items()}
         self._lookup = asyncio.Lock()
         self._bucket = CostBucket()
+        # Idempotency keys whose attempt failed: never sent again (_mutate).
+        self._burned: set[str] = set()
 
     def item_id(self, sku: str) -> str:
         """The SKU's inventory item id: configured or found so far, else the SKU itself (a
@@ -386,6 +390,9 @@ class ShopifyAdapter(ChannelAdapter):
         salt = 0
         while True:
             key = self._idempotency_key(quantities, salt)
+            if key in self._burned and salt < IDEMPOTENCY_SALTS:
+                salt += 1
+                continue
             variables = {"input": {
                 "name": "available",
                 "reason": REASON,
@@ -401,10 +408,18 @@ class ShopifyAdapter(ChannelAdapter):
             except msgspec.ValidationError as exc:
                 raise PushError(f"{self.name}: unreadable inventorySetQuantities answer: {exc}",
                                 status=502) from None
-            if salt == 0 and any(e.code == "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"
-                                 for e in payload.user_errors):
-                salt = 1
-                continue
+            if payload.user_errors:
+                # A key whose attempt failed (stale, refused) answers every later use with
+                # that failure: the same batch sent again (its counts read, a retry) needs a
+                # new one. Another worker that does not know it finds out from Shopify.
+                if len(self._burned) > 10_000:
+                    self._burned.clear()
+                self._burned.add(key)
+                if salt < IDEMPOTENCY_SALTS and any(
+                        e.code == "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"
+                        for e in payload.user_errors):
+                    salt += 1
+                    continue
             return payload
 
     def _idempotency_key(self, quantities: list[dict[str, Any]], salt: int) -> str:
