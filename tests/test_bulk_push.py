@@ -59,15 +59,18 @@ async def test_bulk_change_reaches_every_channel_in_batches(
         for c in figures.channels:
             assert c.seconds is not None and c.seconds < bound, (figures.phase, c)
             assert c.converged_skus == SKUS
-            # Batched: about one write per batch (a claim may catch the outbox halfway, a
-            # reconciliation run may re-mark some), against the 3,000 a call per SKU takes.
+            # Batched: about one write per batch, against the 3,000 a call per SKU takes. A
+            # claim may catch the outbox halfway through marking the change and go out
+            # part-full (BigCommerce's 2,000-item claims: a handful of calls, not 2), and a
+            # reconciliation run may re-mark some.
             batches = math.ceil(SKUS / c.batch_limit)
-            assert batches <= c.writes <= 2 * batches, (figures.phase, c)
+            assert batches <= c.writes <= 2 * batches + 6, (figures.phase, c)
             assert c.calls < SKUS / 10, (figures.phase, c)
     # Once the channels know the items, a change is its writes and nothing else (bar
-    # reconciliation's reads, 100 targets each, if its minute came round).
+    # reconciliation's reads if its minute came round: 100 targets each, so a whole sweep of
+    # the 3,000 is 30 calls).
     for c in warm.channels:
-        assert c.calls - c.writes <= 10, c
+        assert c.calls - c.writes <= 10 + math.ceil(SKUS / 100), c
     for name, sim in sims.items():
         view = await engine.stock("default", skus[-1])
         assert sim.state.count(skus[-1], "main") == view.channels[name] == 25

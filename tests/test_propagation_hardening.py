@@ -319,3 +319,25 @@ async def test_reconcile_reads_a_catalogue_in_batched_calls(redis: Redis,
         assert await redis.hget(worker_keys("default").reconcile_cursor, "shop") is None
     finally:
         sim.stop()
+
+
+def test_a_change_that_moves_no_available_is_pushed_only_to_its_own_channel() -> None:
+    """A storefront commit (reserved -> committed) or a shipment shows the same count on every
+    channel: no push (a quarter to a third of the demo's pushed values repeated the channel's
+    count). A channel's order that took units held for it moved that channel's own figure by
+    its own rule: that channel alone is pushed."""
+    from stockgate.models import Event, EventSource
+
+    settings = Settings(channels={"std": channel(), "shop": Channel(
+        kind="shopify", secret="s", api_url="http://127.0.0.1:9")})
+
+    def event(delta: dict[str, int], source: str = "") -> Event:
+        return Event(ts=0, tenant="default", type="commit", sku="MUG", location="main",
+                     delta=delta, source=EventSource(channel=source))
+
+    assert propagation.targets(settings, event({"reserved": -2, "committed": 2})) == []
+    assert propagation.targets(settings, event({"on_hand": -2, "committed": -2})) == []
+    assert propagation.targets(settings, event({"reserved": -2, "committed": 2}, "shop")) == [
+        member_of("shop", "main", "MUG")]
+    assert sorted(propagation.targets(settings, event({"committed": 1}, "shop"))) == [
+        member_of("shop", "main", "MUG"), member_of("std", "main", "MUG")]

@@ -66,8 +66,8 @@ class PropagationConfig(msgspec.Struct, frozen=True):
     # A claimed target is invisible to other workers for this long: longer than the wait for
     # a call slot (slot_horizon_ms) plus one whole push (push_timeout_s).
     lease_ms: int = 15_000
-    # Most targets one call carries, whatever the adapter allows.
-    claim_batch: int = 250
+    # Most targets one call carries, whatever the adapter allows (BigCommerce takes 2,000).
+    claim_batch: int = 2000
     # A lane with nothing due looks again after this long at most (sooner when the next due
     # target is sooner).
     idle_sleep_s: float = 0.02
@@ -327,16 +327,30 @@ def channel_value(settings: Settings, channel_name: str, channel: Channel, locat
     return view.channels.get(channel_name, 0)
 
 
+def shown_change(delta: dict[str, int]) -> int:
+    """How much a change moves available, the only figure channels show: a commit (reserved
+    to committed) or a shipment (on hand and committed together) moves none, and pushing
+    for it would resend the count the channel already shows."""
+    return (delta.get("on_hand", 0) - delta.get("reserved", 0) - delta.get("committed", 0)
+            - delta.get("unavailable", 0) - delta.get("safety", 0))
+
+
 def targets(settings: Settings, event: Event) -> list[str]:
-    """Delivery targets touched by one event. The channel that caused the change is included:
+    """Delivery targets touched by one event that moves available. The channel that caused
+    the change is included:
     its own count moved by its own rule (a Shopify order decremented Shopify's figure), which
     may differ from the canonical value (another channel sold, a line was refused); pushing
     the canonical value is correct, and coalescing makes it cheap."""
     if event.type == "oversell_rejected" or not any(event.delta.values()):
         return []
+    # A change that moves no available (its order took units held for it) still moved the
+    # figure of the channel that sold them, by its own rule: that channel alone is pushed.
+    only = None if shown_change(event.delta) else event.source.channel
+    if only == "":
+        return []
     found = []
     for name, channel in settings.channels.items():
-        if channel.tenant != event.tenant or not channel.api_url:
+        if channel.tenant != event.tenant or not channel.api_url or only not in (None, name):
             continue
         if event.location in selling_locations(settings, channel):
             found.append(member_of(name, push_location(settings, channel, event.location),
