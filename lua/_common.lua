@@ -141,6 +141,19 @@ local function aside_write(cas_key, sku, m)
   end
 end
 
+-- Units counted as set aside for a target ("p|...") that the map does not place are at the
+-- target's own location (what moved.lua set aside before it kept the map): placed there.
+local function aside_fill(cas_key, sku, target, m)
+  local p = tonumber(redis.call('HGET', cas_key, 'p|' .. sku .. '|' .. target) or '0')
+  local placed = 0
+  for _, units in pairs(m[target] or {}) do placed = placed + units end
+  if p > placed then
+    m[target] = m[target] or {}
+    m[target][target] = (m[target][target] or 0) + p - placed
+  end
+  return m
+end
+
 -- Keys of a table, `first` leading when present, the rest sorted: a stable order to take in.
 local function ordered(t, first)
   local keys = {}

@@ -9,15 +9,15 @@
 -- own orders applied since, "p|..." units set aside for it, "t|..." since when (ms).
 -- What it should hold by what Stockgate knows is known - own (own: its orders less its own
 -- cancels and restocks since); anything below that it sold on its own.
--- A count equal to `doubt` (a value of an earlier push whose answer never came) is that push
--- having landed, not a move of the channel's: it becomes the known count, nothing is set
+-- A count equal to one of `doubts` (values of earlier pushes whose answers never came) is
+-- that push having landed, not a move of the channel's: it becomes the known count, nothing is set
 -- aside.
 -- A line [sku, location, null, n] gives up to n set-aside units back (the channel's count
 -- report was judged and applied to stock as an edit of -n: that explains the drop).
 -- Units are set aside only from available: a drop beyond it was sold twice already, and the
 -- channel's order for it is refused as an oversell when it lands (and alerted there).
 -- KEYS[1] outbox stream, KEYS[2] the channel's compare-and-set hash
--- ARGV: common; request = {lines = [[sku, location, actual, null, doubt or null, spread]]
+-- ARGV: common; request = {lines = [[sku, location, actual, null, doubts, spread]]
 --   | [[sku, location, null, n]]}; spread: the locations the channel's figure sums.
 -- Reply: {"ok", {lines = [{sku, location, pending}]}, 0}
 local outbox, cas_key = KEYS[1], KEYS[2]
@@ -46,8 +46,8 @@ for _, line in ipairs(req.lines) do
   if is_count(actual, -MAX_QTY) then
     local known = tonumber(redis.call('HGET', cas_key, 'k|' .. ref) or actual)
     local own = tonumber(redis.call('HGET', cas_key, 'o|' .. ref) or '0')
-    if line[5] == actual then
-      known, own = actual, 0  -- our unanswered push landed
+    for _, doubt in ipairs(type(line[5]) == 'table' and line[5] or {}) do
+      if doubt == actual then known, own = actual, 0 end  -- our unanswered push landed
     end
     -- Only a drop is set aside: a rise (a person's restock in the channel's admin) gives
     -- nothing back, since its count report adds the units here once judged.
@@ -60,7 +60,7 @@ for _, line in ipairs(req.lines) do
   -- Where the channel's figure comes from: this location, or every location of a channel
   -- that shows one figure for several (line[6]), this one first.
   local spread = type(line[6]) == 'table' and line[6] or {loc}
-  local m = aside_read(cas_key, sku)
+  local m = aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
   m[loc] = m[loc] or {}
   if target > pending then
     local need = target - pending
@@ -89,8 +89,7 @@ for _, line in ipairs(req.lines) do
       pending, give = pending - y, give - y
       if give <= 0 then break end
     end
-    -- Units the map no longer holds (written before it existed) are not reserved anywhere.
-    if give > 0 then pending = math.max(pending - give, 0) end
+
   end
   aside_write(cas_key, sku, m)
   if pending > 0 then

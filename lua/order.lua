@@ -127,7 +127,7 @@ local results = {}
 local cas_key = prefix .. 'deliv:cas:' .. channel
 local function take_set_aside(sku, loc, q)
   if channel == '' then return 0 end
-  local m = aside_read(cas_key, sku)
+  local m = aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
   if next(m) == nil then return 0 end
   local taken = 0
   for _, target in ipairs(ordered(m, loc)) do

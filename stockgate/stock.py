@@ -184,12 +184,12 @@ class StockEngine:
         return await self._run("restock", tenant, keys, request, channel, RestockReply)
 
     async def channel_moved(self, tenant: str, channel: str, cas_key: str,
-                            counts: Sequence[tuple[str, str, int, int | None, list[str]]]
+                            counts: Sequence[tuple[str, str, int, list[int], list[str]]]
                             ) -> MovedReply:
         """A compare-and-set channel holds these counts, not the ones Stockgate last knew:
-        (sku, location, count, the value of an earlier push whose answer never came or
-        None, the locations the channel's figure sums). See lua/moved.lua."""
-        lines = [[sku, loc, n, None, doubt, spread] for sku, loc, n, doubt, spread in counts]
+        (sku, location, count, values of earlier pushes whose answers never came, the
+        locations the channel's figure sums). See lua/moved.lua."""
+        lines = [[sku, loc, n, None, doubts, spread] for sku, loc, n, doubts, spread in counts]
         return await self._moved(tenant, channel, cas_key, lines)
 
     async def channel_explained(self, tenant: str, channel: str, cas_key: str, sku: str,

@@ -248,6 +248,11 @@ return #rows / 2
 """
 
 
+# Values of unanswered pushes kept per target (a stale compare that finds one of them is our
+# own push having landed, not the channel's sale).
+IN_DOUBT_KEPT = 8
+
+
 def now_ms() -> int:
     """This host's clock, for what only this host compares (log lines, alert stamps)."""
     return int(time.time() * 1000)
@@ -453,9 +458,9 @@ class Claimed(msgspec.Struct):
     item: PushItem | None = None
     # Compare-and-set channels, read when the push was prepared: the channel's own moves
     # since its known count (already in the canonical value pushed), and the value of an
-    # earlier push whose answer never came.
+    # earlier pushes whose answers never came.
     own: int = 0
-    doubt: int | None = None
+    doubts: list[int] = []
 
 
 class Propagator:
@@ -589,9 +594,9 @@ class Propagator:
                                          [f for ref in refs
                                           for f in (f"k|{ref}", f"o|{ref}", f"d|{ref}")])
             known = [int(v) if v is not None else None for v in raw[0::3]]
-            for c, own, doubt in zip(claimed, raw[1::3], raw[2::3], strict=True):
+            for c, own, doubts in zip(claimed, raw[1::3], raw[2::3], strict=True):
                 c.own = int(own or 0)
-                c.doubt = int(doubt) if doubt is not None else None
+                c.doubts = [int(v) for v in doubts.split(b",")] if doubts else []
         skus = sorted({c.sku for c in claimed})
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
@@ -608,8 +613,10 @@ class Propagator:
                                   expected=known[i])
                 # Before the push: the echo webhook can arrive before our call returns.
                 queue_push_record(pipe, tenant, channel_name, refs[i], value, stamp)
-                if cas:  # in doubt until its answer comes (lua/moved.lua)
-                    pipe.hset(worker_keys(tenant).cas(channel_name), f"d|{refs[i]}", value)
+                if cas:  # in doubt until an answer comes (lua/moved.lua), with earlier ones
+                    doubts = [*claimed[i].doubts, value][-IN_DOUBT_KEPT:]
+                    pipe.hset(worker_keys(tenant).cas(channel_name), f"d|{refs[i]}",
+                              ",".join(map(str, doubts)))
             await pipe.execute()
 
     async def _finish_all(self, tenant: str, channel: str, token: str,
@@ -654,7 +661,7 @@ class Propagator:
             try:
                 reply = await self.engine.channel_moved(
                     tenant, channel, keys.cas(channel),
-                    [(c.sku, c.location, actual, c.doubt, self._spread(channel, c.location))
+                    [(c.sku, c.location, actual, c.doubts, self._spread(channel, c.location))
                      for c, actual in known])
             except Exception as exc:  # a count the script refuses, Redis: count, never lose
                 log.exception("push to %s: recording its own moves failed", channel)
