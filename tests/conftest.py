@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from stockgate.embedded import EmbeddedRedis
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
+from workers.simulators import SimulatorServer
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,18 @@ async def engine(redis: Redis, settings: Settings) -> AsyncIterator[StockEngine]
     await engine.load_scripts()
     yield engine
     engine.scripts.close()
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[[str], SimulatorServer]]:
+    """Starts channel simulators of the kinds asked for; stops them all after the test."""
+    started: list[SimulatorServer] = []
+
+    def make(kind: str) -> SimulatorServer:
+        sim = SimulatorServer(kind).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()

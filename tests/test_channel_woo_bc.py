@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,17 +36,8 @@ UNSAFE_SKUS = ["123/456", "../orders/1", "..", ".", "?status=any#x", "%2e%2e%2fo
 
 
 @pytest.fixture
-def sims() -> Iterator[Sims]:
-    started: list[SimulatorServer] = []
-
-    def make(kind: str) -> SimulatorServer:
-        sim = SimulatorServer(kind).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
+def sims(sim_factory: Sims) -> Sims:
+    return sim_factory
 
 
 @contextlib.asynccontextmanager

@@ -13,16 +13,13 @@ which enforces changeFromQuantity like Shopify from 2026-04."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import random
 import time
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from test_workers_e2e import shopify_order
 from workers_helpers import (
     channel_for,
     channels_match,
@@ -46,13 +43,6 @@ UNITS = 40
 SHOP_RATE = 25.0  # Shopify checkouts per second, over all SKUs
 WEB_RATE = 25.0  # the other channel's checkouts per second
 SECRET = "s3cret"
-
-
-def signed_order(order_id: int, sku: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"id": order_id, "line_items": [{"quantity": 1, "sku": sku}]}).encode()
-    digest = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest())
-    return body, {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": f"w{order_id}",
-                  "X-Shopify-Hmac-Sha256": digest.decode(), "Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize("mode", ["compare-and-set", "blind"])
@@ -87,7 +77,7 @@ async def test_shopify_selling_on_its_own_is_never_clobbered(
 
             async def deliver(order_id: int, sku: str, delay: float) -> None:
                 await asyncio.sleep(delay)
-                body, headers = signed_order(order_id, sku)
+                body, headers = shopify_order(order_id, sku, 1, SECRET)
                 reply = await client.post("/webhooks/shop", content=body, headers=headers)
                 assert reply.status_code in (200, 202), reply.text
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 from workers_helpers import (
     FAST,
@@ -43,21 +42,6 @@ from workers.queue import enqueue_fetch_order
 from workers.reconcile import ReconcileConfig, reconcile
 from workers.serializer import job_deserializer, job_serializer
 from workers.settings import JOB_TIMEOUT_S, WorkerSettings
-from workers.simulators import SimulatorServer
-
-
-@pytest.fixture
-def sim_factory() -> Iterator[object]:
-    started: list[SimulatorServer] = []
-
-    def make(kind: str) -> SimulatorServer:
-        sim = SimulatorServer(kind).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 def test_job_serializer_is_msgpack_not_pickle() -> None:
@@ -110,6 +94,12 @@ async def test_failing_channel_parks_alerts_and_retries(
         listed = (await client.get("/v1/deliveries", params={"status": "failed"})).json()
         [delivery] = listed["deliveries"]
         assert (delivery["channel"], delivery["sku"]) == ("shop", "TEE")
+        # The alert follows the parking (after the batch's parks): wait for it, then exactly
+        # one.
+        async def alerted() -> bool:
+            return bool((await client.get("/v1/alerts")).json()["alerts"])
+
+        await wait_for(alerted, 5.0)
         alerts = (await client.get("/v1/alerts")).json()["alerts"]
         assert [a["type"] for a in alerts] == ["delivery_failing"]
 
