@@ -5,6 +5,7 @@ alerted. Real server, real Shopify simulator, the real Propagator and channel-co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -136,6 +137,7 @@ async def test_a_judged_count_report_explains_the_drop(redis: Redis, tmp_path: P
         sim.state.counts[SKU, "main"] = 7  # a person sets 7 in the admin
         seconds, micros = await redis.time()
         reported_at = seconds * 1000 + micros // 1000  # its count report arrives now
+        await asyncio.sleep(0.005)  # what follows is later, also in whole milliseconds
         await engine.order("default", "web:1", [Line(SKU, 1)])
         await push(redis, propagator)
         assert await cell(engine) == (6, 3, 1)
