@@ -1,0 +1,127 @@
+"""The mutation pass (docs/testing.md): break one line the README promises rest on, run the
+tests that guard it, and check that at least one fails; then put the line back.
+
+    .venv/bin/python tests/mutation_pass.py            # every mutation
+    .venv/bin/python tests/mutation_pass.py clamp-view # the ones named
+
+Each mutation replaces one exact piece of text that must occur once in its file (so a
+refactor that moves the line fails the pass loudly instead of testing nothing). The file is
+restored in a `finally`, also on Ctrl-C. Exits 1 when a mutation survives.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Mutation(NamedTuple):
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+MUTATIONS = (
+    # --- the eight promises of issue 16 -------------------------------------------------
+    # (added with their tests: see docs/testing.md)
+    # --- the Lua scripts ----------------------------------------------------------------
+    Mutation("hold-no-stock-check", "lua/hold.lua",
+             "  if not can_take(c, wanted[c]) then", "  if false then",
+             ("tests/test_scripts.py", "tests/test_concurrency.py"),
+             "a hold reserves units that are not available"),
+    Mutation("available-ignores-safety", "lua/_common.lua",
+             "return c.on_hand - c.reserved - c.committed - c.unavailable - c.safety",
+             "return c.on_hand - c.reserved - c.committed - c.unavailable",
+             ("tests/test_scripts.py",),
+             "the safety buffer is sold"),
+    Mutation("cancel-keeps-committed", "lua/cancel.lua",
+             "    c.committed = c.committed - x", "    c.committed = c.committed - 0",
+             ("tests/test_scripts.py", "tests/test_lifecycle_regressions.py"),
+             "a cancelled order's units never come back on sale"),
+    Mutation("restock-no-on-hand", "lua/restock.lua",
+             "    c.on_hand = c.on_hand + p.shipped", "    c.on_hand = c.on_hand + 0",
+             ("tests/test_scripts.py", "tests/test_refund_review.py"),
+             "a returned unit is not put back on the shelf"),
+    Mutation("commit-after-ttl", "lua/commit.lua",
+             "if status == 'held' and tonumber(expires_at) <= ts then",
+             "if status == 'held' and tonumber(expires_at) <= ts - 3600000 then",
+             ("tests/test_scripts.py", "tests/test_lifecycle_regressions.py"),
+             "a hold past its TTL is still committed (its units may have gone back on sale)"),
+    Mutation("order-no-set-aside", "lua/order.lua",
+             "    q = q - (q > 0 and take_set_aside(sku, loc, q) or 0)", "",
+             ("tests/test_set_aside.py",),
+             "a channel's order is refused for the units set aside for it"),
+    Mutation("moved-sets-nothing-aside", "lua/moved.lua",
+             "        c.reserved = c.reserved + x", "",
+             ("tests/test_set_aside.py", "tests/test_clobber.py"),
+             "units a channel sold on its own are sold again elsewhere"),
+    Mutation("expire-keeps-reserved", "lua/_common.lua",
+             "      c.reserved = c.reserved - q", "      c.reserved = c.reserved - 0",
+             ("tests/test_scripts.py",),
+             "an expired hold's units stay reserved for ever"),
+    # --- the webhook mapping and the workers -------------------------------------------
+    Mutation("signature-always-valid", "gateway/channels/base.py",
+             "    return hmac.compare_digest(a, b)", "    return True",
+             ("tests/test_gateway_webhooks.py",),
+             "an unsigned body moves stock"),
+    Mutation("shopify-gift-cards-counted", "gateway/channels/shopify.py",
+             "li.quantity) for li in line_items if not li.gift_card)",
+             "li.quantity) for li in line_items)",
+             ("tests/test_gateway_webhooks.py", "tests/test_review_findings.py",
+              "tests/test_review2_findings.py"),
+             "a gift card line is counted as a stock line"),
+    Mutation("woo-line-quantity-ignored", "gateway/channels/woocommerce.py",
+             "(li.sku, (li.variation_id, li.product_id), li.quantity)",
+             "(li.sku, (li.variation_id, li.product_id), 1)",
+             ("tests/test_gateway_webhooks.py", "tests/test_review_findings.py"),
+             "a WooCommerce line of 3 commits 1"),
+    Mutation("finish-ignores-claim-token", "workers/propagation.py",
+             "  if redis.call('HGET', leases, m) ~= token then\n    out[#out + 1] = 0",
+             "  if false then\n    out[#out + 1] = 0",
+             ("tests/test_propagation_hardening.py", "tests/test_review3_findings.py"),
+             "a lapsed claim finishes a target another worker holds"),
+)
+
+
+def run(m: Mutation, timeout_s: float = 600) -> tuple[bool, float, str]:
+    """(killed, seconds, the first failing test line) for one mutation."""
+    path = ROOT / m.path
+    original = path.read_text(encoding="utf-8")
+    if original.count(m.old) != 1:
+        raise SystemExit(f"{m.name}: the text to mutate occurs {original.count(m.old)} times "
+                         f"in {m.path}; update the mutation")
+    start = time.monotonic()
+    try:
+        path.write_text(original.replace(m.old, m.new), encoding="utf-8")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:warnings", "-rf",
+             *m.tests], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+            check=False)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    failed = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")), "")
+    return proc.returncode != 0, time.monotonic() - start, failed
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or m.name in names]
+    survived = 0
+    for m in chosen:
+        killed, seconds, failed = run(m)
+        survived += not killed
+        verdict = "killed" if killed else "SURVIVED"
+        print(f"{verdict:8} {m.name:32} {seconds:6.1f}s  {failed[:110]}", flush=True)
+    print(f"{len(chosen) - survived} of {len(chosen)} mutations killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
