@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean fuse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,21 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/stockgate demo
 
-test: $(STAMP)
+test: $(STAMP) fuse
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The power-loss test (tests/test_power_loss.py) mounts a FUSE filesystem over libfuse, found
+# the way mfusepy finds it. CI runs as root on Debian: install fuse3 there when it is missing.
+# Anyone else is left alone, and the test skips with its reason (it fails if CI is set).
+HAS_LIBFUSE := from ctypes.util import find_library as f; raise SystemExit(not (f("fuse") or f("fuse3")))
+fuse:
+	@if [ "$$(id -u)" = 0 ] && ! $(PYTHON) -c '$(HAS_LIBFUSE)' && command -v apt-get >/dev/null; then \
+		echo "installing fuse3 (libfuse 3) for the power-loss test"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fuse3; } \
+		|| echo "could not install fuse3: the power-loss test will skip, or fail if CI is set"; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.lua

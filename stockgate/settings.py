@@ -102,8 +102,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # strict: acknowledge a change only once it is on disk; everysec: fsync once a second.
     durability: Literal["strict", "everysec"] = "strict"
     # With your own Redis 7.2+ (appendonly yes): acknowledge a change only after WAITAOF
-    # confirms it reached the server's disk. The embedded server needs no such wait in strict
-    # mode: it fsyncs before it answers.
+    # confirms it reached the server's disk (check that the server's WAITAOF waits for the
+    # fsync: tests/test_power_loss.py; the embedded Valkey's does not under everysec). The
+    # embedded server needs no such wait in strict mode: it fsyncs before it answers.
     wait_aof: bool = False
     # Standard Webhooks timestamp tolerance.
     webhook_tolerance_s: int = 300

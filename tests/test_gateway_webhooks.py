@@ -137,6 +137,18 @@ async def test_shopify_order_commits_from_available(client: httpx.AsyncClient) -
     assert (await cell(client, "SKU-V"))["committed"] == 1  # variant without SKU, via the table
 
 
+async def test_shopify_gift_card_line_is_not_stock(client: httpx.AsyncClient) -> None:
+    """A gift card is a line of the order, not a unit on a shelf: it neither commits stock
+    (even when its SKU names a stocked item) nor counts as an unmapped line."""
+    await receive(client, "SKU-1", 5)
+    body = shopify_order(1002, [("SKU-1", 111, 1), ("SKU-1", 112, 2)])
+    body["line_items"][1]["gift_card"] = True
+    r = await post(client, "shop", shopify("orders/create", body))
+    assert r.status_code == 200, r.text
+    assert [ln["qty"] for ln in r.json()["results"][0]["lines"]] == [1]
+    assert (await cell(client, "SKU-1"))["committed"] == 1
+
+
 async def test_shopify_order_commits_its_hold(client: httpx.AsyncClient) -> None:
     await receive(client, "SKU-1", 5)
     r = await client.post("/v1/holds", headers=bearer(STOREFRONT), json={
