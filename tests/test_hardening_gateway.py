@@ -248,7 +248,7 @@ def test_loopback_detection() -> None:
 
 async def test_openapi_says_the_retry_route_answers_202(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
-    responses = doc["paths"]["/v1/deliveries/{id}/retry"]["post"]["responses"]
+    responses = doc["paths"]["/v1/deliveries/{delivery_id}/retry"]["post"]["responses"]
     assert "202" in responses and "200" not in responses
 
 
