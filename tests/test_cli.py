@@ -1,0 +1,98 @@
+"""`stockgate up` as a newcomer runs it (no config, no REDIS_URL): the key it prints opens the
+gateway, and a second process on the same data directory uses the embedded server `up`
+started, found through the URL file, rather than starting its own. (The key's printing by
+listen address is in tests/test_hardening_gateway.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from stockgate import cli
+from stockgate.embedded import free_port, running_url
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "STOCKGATE_CONFIG", "SG_LOCAL_KEY",
+                        "STOCKGATE_METRICS_DIR")}
+    env.update(STOCKGATE_DATA_DIR=str(data_dir), STOCKGATE_LOG_LEVEL="WARNING", **extra)
+    return env
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "stockgate.cli", *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _until(check, what: str, proc: subprocess.Popen, log: Path, within: float = 30.0):
+    deadline = time.monotonic() + within
+    while True:
+        assert proc.poll() is None, f"{what}: exited {proc.returncode}\n{log.read_text()}"
+        with contextlib.suppress(httpx.TransportError, ValueError):
+            if found := check():
+                return found
+        assert time.monotonic() < deadline, f"{what} not within {within}s\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def _healthy(port: int) -> bool:
+    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+
+def test_up_prints_a_working_key_and_shares_its_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    up_port, serve_port = free_port(), free_port()
+    up_log, serve_log = tmp_path / "up.log", tmp_path / "serve.log"
+    with _process(["up", "--port", str(up_port)], _env(data), up_log) as up:
+        key = _until(lambda: (m := re.search(r"Bearer (\S+)'", up_log.read_text()))
+                     and m.group(1), "the printed key", up, up_log)
+        assert key == (data / cli.LOCAL_KEY_FILE).read_text().strip()
+        _until(lambda: _healthy(up_port), "up's gateway", up, up_log)
+        url = running_url(data)
+        assert url is not None and (data / "redis.url").read_text().strip() == url
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(f"http://127.0.0.1:{up_port}/v1/stock/SKU-1/adjust", headers=auth,
+                       json={"delta": 7, "reason": "receipt", "idempotency_key": "cli-1"},
+                       timeout=10)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"http://127.0.0.1:{up_port}/v1/stock/SKU-1",
+                         headers={"Authorization": "Bearer wrong-key"},
+                         timeout=10).status_code == 401
+
+        # A second process on the same data directory, with no REDIS_URL: it must read the
+        # URL file and use up's server (the stock written above), not start its own.
+        env = _env(data, STOCKGATE_CONFIG=str(data / "local-config.toml"), SG_LOCAL_KEY=key)
+        with _process(["serve", "--port", str(serve_port)], env, serve_log) as serve:
+            _until(lambda: _healthy(serve_port), "the second gateway", serve, serve_log)
+            r = httpx.get(f"http://127.0.0.1:{serve_port}/v1/stock/SKU-1", headers=auth,
+                          timeout=10)
+            assert r.status_code == 200, r.text
+            assert r.json()["locations"]["main"]["on_hand"] == 7
+            assert (data / "redis.url").read_text().strip() == url
+        # The second process did not own the server: stopping it leaves the server serving.
+        assert serve.returncode is not None and running_url(data) == url
+    # `up` owned it and stops it on the way out.
+    assert up.returncode == 0, up_log.read_text()
+    assert running_url(data) is None
