@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from gateway_support import OPERATOR, OTHER_TENANT, SHOPIFY_SECRET, bearer, gateway_settings
+from gateway_support import (
+    OPERATOR,
+    OTHER_TENANT,
+    SHOPIFY_SECRET,
+    STOREFRONT,
+    bearer,
+    gateway_settings,
+)
 from redis.asyncio import Redis
 from workers_helpers import running_worker, settled, wait_for
 
@@ -148,6 +155,12 @@ async def test_falling_under_the_threshold_lists_a_low_stock_alert(
     found = await alerts(stack, "low_stock")
     assert [(a["sku"], a["location"]) for a in found] == [("SKU-LOW", "main")]
     assert "available 2 fell under 3" in found[0]["detail"]
+    # 2 -> 1: still under, already said: no second alert (alerts are capped at 1,000; a
+    # flash sale under the threshold must not fill them).
+    await post(stack, "/v1/holds", {"hold_id": "low-4", "lines": [{"sku": "SKU-LOW", "qty": 1}]},
+               expect=201)
+    await wait_for(lambda: settled(redis, "acme"), 15)
+    assert len(await alerts(stack, "low_stock")) == 1
 
 
 def shopify_order(order_id: int, sku: str, qty: int) -> tuple[bytes, dict[str, str]]:
@@ -238,6 +251,45 @@ async def test_each_operator_reads_only_its_own_tenant(
 RATED = "sf-secret-rated-0123456789"
 
 
+GLOBEX_SHOP = "sf-secret-globex-shop-0123456789"
+
+
+async def test_each_key_writes_only_its_own_tenant(gw_settings: Settings, redis: Redis) -> None:
+    """The tenant comes from the key, never from the request, on writes too: another tenant's
+    keys using the same SKU and hold names (a bulk adjust, a policy, a commit and a release
+    of the hold) change nothing of this tenant's stock, and its hold is still its own."""
+    settings = msgspec.structs.replace(gw_settings, api_keys={
+        **gw_settings.api_keys,
+        "globex-shop": ApiKey(secret=GLOBEX_SHOP, tenant="globex", scopes=("storefront",))})
+    app = create_app(settings, redis)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        await post(client, "/v1/stock/SKU-W/adjust", {"delta": 10, "reason": "receipt",
+                                                      "idempotency_key": "w-rcv"})
+        await post(client, "/v1/holds", {"hold_id": "w-h", "lines": [{"sku": "SKU-W",
+                                                                       "qty": 2}]},
+                   key=STOREFRONT, expect=201)
+        before = await stock(client, "SKU-W")
+        # globex's own SKU-W: its receipt and policy land in its own stock only.
+        reply = await post(client, "/v1/stock/bulk", {"lines": [{
+            "sku": "SKU-W", "reason": "receipt", "idempotency_key": "g-bulk", "delta": 7}]},
+            key=OTHER_TENANT)
+        assert reply["applied"] == 1, reply
+        r = await client.put("/v1/stock/SKU-W/policy", headers=bearer(OTHER_TENANT),
+                             json={"safety": 5})
+        assert r.status_code == 200, r.text
+        theirs = await stock(client, "SKU-W", key=OTHER_TENANT)
+        assert theirs["locations"]["main"]["on_hand"] == 7
+        r = await client.post("/v1/holds/w-h/commit", headers=bearer(GLOBEX_SHOP),
+                              json={"order_id": "g-1"})
+        assert r.status_code == 404, r.text
+        r = await client.delete("/v1/holds/w-h", headers=bearer(GLOBEX_SHOP))
+        assert r.status_code == 404, r.text
+        assert await stock(client, "SKU-W") == before
+        await post(client, "/v1/holds/w-h/commit", {"order_id": "w-1"}, key=STOREFRONT)
+        assert (await stock(client, "SKU-W"))["locations"]["main"]["committed"] == 2
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -275,6 +327,26 @@ async def test_rate_limit_admits_exactly_its_rate(
         # Another key is not limited by this one's bucket.
         r = await client.get("/v1/stock/SKU-X", headers=bearer(OPERATOR))
         assert r.status_code == 404
+
+
+async def test_retry_after_is_the_buckets_real_wait(
+        gw_settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key of one request every 4 s: after its one request, Retry-After says 4, then 3
+    after a second has passed (the wait until a token, rounded up), not a fixed 1."""
+    clock = Clock()
+    monkeypatch.setattr(gateway.auth, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    settings = msgspec.structs.replace(gw_settings, api_keys={
+        **gw_settings.api_keys,
+        "slow": ApiKey(secret=RATED, tenant="acme", rate_limit_per_s=0.25)})
+    app = create_app(settings, redis)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        assert (await client.get("/v1/stock/SKU-X", headers=bearer(RATED))).status_code == 404
+        r = await client.get("/v1/stock/SKU-X", headers=bearer(RATED))
+        assert (r.status_code, r.headers["Retry-After"]) == (429, "4")
+        clock.now += 1.0
+        r = await client.get("/v1/stock/SKU-X", headers=bearer(RATED))
+        assert (r.status_code, r.headers["Retry-After"]) == (429, "3")
 
 
 # ---- 5. idempotency records live idempotency_ttl_s ------------------------------------------
