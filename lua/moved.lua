@@ -89,7 +89,6 @@ for _, line in ipairs(req.lines) do
       pending, give = pending - y, give - y
       if give <= 0 then break end
     end
-
   end
   aside_write(cas_key, sku, m)
   if pending > 0 then
