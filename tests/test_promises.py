@@ -385,3 +385,51 @@ async def test_idempotency_records_live_the_configured_ttl(
     for name, key in keys.items():
         ttl = await redis.pttl(key)
         assert expected_ms - 60_000 <= ttl <= expected_ms, (name, key, ttl)
+
+
+@pytest.mark.parametrize("configured_s", [None, 5 * 86_400])
+async def test_fulfilment_restock_and_customer_records_live_the_configured_ttl(
+        redis: Redis, tmp_path: Path, configured_s: int | None) -> None:
+    """The other records keyed by an id a channel may send again: a fulfilment's, a
+    refund's restock, and the per-customer hold counter (max_per_customer counts a
+    customer's units for as long as a hold can be replayed)."""
+    from stockgate.models import Line
+    from stockgate.stock import StockEngine
+
+    settings = Settings(data_dir=str(tmp_path))
+    expected_ms = THREE_DAYS_MS
+    if configured_s is not None:
+        settings = msgspec.structs.replace(settings, idempotency_ttl_s=configured_s)
+        expected_ms = configured_s * 1000
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    try:
+        await engine.adjust("acme", "SKU-T", reason="receipt", idempotency_key="r", delta=9)
+        await engine.order("acme", "shop:1", [Line("SKU-T", 3)], channel="shop")
+        await engine.fulfil("acme", "shop:1", "ful-1", [Line("SKU-T", 2)], channel="shop")
+        await engine.restock("acme", "ref-1", [Line("SKU-T", 1)], order_id="shop:1",
+                             channel="shop")
+        await engine.hold("acme", [Line("SKU-T", 1)], hold_id="c-h", customer="cust-9")
+    finally:
+        engine.scripts.close()
+    k = tenant_keys("acme")
+    keys = {"fulfil": k.idempotency("fulfil", "ful-1"),
+            "restock": k.idempotency("restock", "ref-1"),
+            "customer": k.prefix + "cust:cust-9:SKU-T"}
+    for name, key in keys.items():
+        ttl = await redis.pttl(key)
+        assert expected_ms - 60_000 <= ttl <= expected_ms, (name, key, ttl)
+
+
+async def test_an_alert_is_deduplicated_for_a_day(redis: Redis) -> None:
+    """README: one alert per observed value a day. The dedupe marker lives a day: a second
+    alert with the same marker is dropped within it."""
+    from workers.alerts import list_alerts, raise_alert
+    from workers.keys import worker_keys
+
+    for _ in range(2):
+        await raise_alert(redis, "acme", "drift", "shop shows 3", sku="SKU-D", channel="shop",
+                          once="drift:shop:SKU-D:main:3")
+    assert len(await list_alerts(redis, "acme")) == 1
+    ttl = await redis.pttl(worker_keys("acme").alert_once("drift:shop:SKU-D:main:3"))
+    assert 86_400_000 - 60_000 <= ttl <= 86_400_000, ttl
