@@ -16,6 +16,7 @@ from gateway.operator import EVENT_TYPES, AlertsReply, DeliveriesReply, EventsRe
 from gateway.replies import BulkReply, HoldCreated
 from gateway.webhooks import WebhookReply
 from stockgate.models import (
+    MAX_PAGE,
     AdjustReply,
     AdjustRequest,
     BulkAdjustRequest,
@@ -27,7 +28,6 @@ from stockgate.models import (
     ReleaseReply,
     StockView,
 )
-from workers.audit import MAX_PAGE
 
 _REF = "#/components/schemas/{name}"
 

@@ -18,10 +18,9 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest, NotFound
 from gateway.http import JSONReply
-from stockgate.models import Event
+from stockgate.models import MAX_PAGE, Event
 from workers.alerts import Alert, list_alerts
 from workers.audit import (
-    MAX_PAGE,
     AuditUnavailable,
     EventPage,
     EventQuery,

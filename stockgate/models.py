@@ -262,5 +262,9 @@ class Event(Struct, frozen=True):
     id: str = ""
 
 
+# Most audit events one GET /v1/events page returns (the gateway checks it, the audit store
+# pages by it).
+MAX_PAGE = 1000
+
 event_decoder = msgspec.json.Decoder(Event)
 json_encoder = msgspec.json.Encoder()

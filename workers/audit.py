@@ -31,7 +31,6 @@ from stockgate.settings import Settings
 
 log = logging.getLogger("stockgate.audit")
 
-MAX_PAGE = 1000
 # psycopg's connect_timeout (whole seconds, at least 2): a host that drops packets fails the
 # connect in this long instead of the kernel's two minutes.
 CONNECT_TIMEOUT_S = 3

@@ -226,9 +226,13 @@ redis.call('SET', key, now + wait, 'PX', wait + 60000)
 return {now + wait, now}
 """
 
-# Whether a claim still holds a target's lease (ARGV token, member).
+# Which of the members a claim still holds the lease of (ARGV token, members): 1 or 0 each.
 _HOLDS = """
-return redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] and 1 or 0
+local out = {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] and 1 or 0
+end
+return out
 """
 
 # Members written before per-channel due zsets: move each to its channel's zset, with a
@@ -296,12 +300,6 @@ def member_of(channel: str, location: str, sku: str) -> str:
 def parse_member(member: str) -> tuple[str, str, str]:
     channel, location, sku = member.split("|", 2)
     return channel, location, sku
-
-
-def ref_of(member: str) -> str:
-    """The "<sku>|<location>" a target's pushed values are recorded under."""
-    _, location, sku = parse_member(member)
-    return f"{sku}|{location}"
 
 
 def delivery_id(member: str) -> str:
@@ -655,8 +653,10 @@ class Propagator:
         keys = worker_keys(tenant)
         # Only under a lease still ours: a lapsed claim's old count must not be recorded over
         # what the worker that holds the target now has seen (the lease outlasts this call).
-        known = [(c, r.actual) for c, r in stale if r.actual is not None
-                 and await self._holds(keys=[keys.leases], args=[token, c.member])]
+        read = [(c, r.actual) for c, r in stale if r.actual is not None]
+        held = await self._holds(keys=[keys.leases], args=[token, *(c.member for c, _ in read)]
+                                 ) if read else []
+        known = [(c, actual) for (c, actual), ours in zip(read, held, strict=True) if ours]
         if known:
             try:
                 reply = await self.engine.channel_moved(
