@@ -15,6 +15,7 @@ from gateway.errors import MalformedRequest
 from gateway.http import JSONReply, read_json
 from gateway.replies import BulkLineResult, BulkReply, replay_headers
 from stockgate import errors
+from stockgate.bundles import Bundles
 from stockgate.models import AdjustRequest, BulkAdjustLine, BulkAdjustRequest, PolicyRequest
 from stockgate.stock import StockEngine
 
@@ -47,7 +48,13 @@ def _sku(request: Request) -> str:
 
 async def read_stock(request: Request) -> JSONReply:
     principal = authenticate(request, "storefront")
-    view = await request.app.state.engine.stock(principal.tenant, _sku(request))
+    engine = request.app.state.engine
+    sku = _sku(request)
+    try:
+        view = await engine.stock(principal.tenant, sku)
+    except errors.UnknownSku:
+        # A bundle has no cells: its stock is derived from its components'.
+        view = await Bundles(engine).view(principal.tenant, sku)
     return JSONReply(view)
 
 

@@ -271,3 +271,57 @@ local function expire_due(outbox, tenant, prefix, expiry_key, cells, ts, limit)
   end
   return n
 end
+
+-- Bundles (lua/bundle.lua): hash "<prefix>bundles" maps a bundle SKU to its components as
+-- JSON [[sku, qty], ...]; set "<prefix>bundled:<component>" names the bundles that use it.
+local function bundles_key(prefix)
+  return prefix .. 'bundles'
+end
+
+local function bundled_key(prefix, component)
+  return prefix .. 'bundled:' .. component
+end
+
+-- A request's lines with every bundle line replaced by its component lines (qty times the
+-- per-bundle qty, same location), so that the callers' checks sum a component's units over
+-- all the lines that need it: a cart with a kit and one of its parts, or two kits sharing a
+-- part, is judged on the sum, never line by line (Medusa issue 16502 oversold exactly that).
+-- An expanded line carries its bundle as line[4], for reasons; scripts store only [1..3].
+-- One HMGET per call: a cart without bundles pays one lookup of an absent field each.
+-- Returns the lines and a note naming the bundles ("" when none).
+local function expand_bundles(prefix, lines)
+  if type(lines) ~= 'table' or #lines == 0 then return lines, '' end
+  local names = {}
+  for i, line in ipairs(lines) do
+    local sku = type(line) == 'table' and line[1]
+    names[i] = is_name(sku) and sku or '\0'
+  end
+  local defs = redis.call('HMGET', bundles_key(prefix), unpack(names))
+  local out, seen, note = {}, {}, {}
+  for i, line in ipairs(lines) do
+    local raw = defs[i]
+    if raw then
+      local _, loc, qty = line_parts(line)
+      for _, comp in ipairs(cjson.decode(raw)) do
+        -- A qty that is not a number stays as it is, for the caller's check to refuse.
+        local q = type(qty) == 'number' and qty * comp[2] or qty
+        out[#out + 1] = {comp[1], loc, q, line[1]}
+      end
+      if not seen[line[1]] then
+        seen[line[1]] = true
+        note[#note + 1] = line[1]
+      end
+    else
+      out[#out + 1] = line
+    end
+  end
+  if #note == 0 then return lines, '' end
+  return out, ' (bundles ' .. table.concat(note, ', ') .. ')'
+end
+
+-- Lines as the records keep them: [sku, location, qty], without the bundle tag.
+local function plain_lines(lines)
+  local out = {}
+  for i, line in ipairs(lines) do out[i] = {line[1], line[2], line[3]} end
+  return out
+end

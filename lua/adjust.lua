@@ -17,6 +17,11 @@ local has_delta, has_set, has_unav =
 if not (is_name(req.sku) and is_name(req.location)) then
   return fail('invalid', {detail = 'sku and location are required'})
 end
+-- A bundle has no stock of its own (lua/bundle.lua): its components do.
+if redis.call('HEXISTS', bundles_key(prefix), req.sku) == 1 then
+  return fail('bundle_conflict', {detail = 'a bundle has no stock of its own; change its components',
+    sku = req.sku})
+end
 if not (has_delta or has_set or has_unav) or (has_delta and has_set) then
   return fail('invalid', {detail = 'give delta or set_on_hand (not both), or unavailable_delta'})
 end

@@ -19,7 +19,8 @@ local order_lines = cjson.decode(lines_json)
 
 -- Pair each requested quantity with the order lines it ships from, before writing anything.
 local takes = {}
-local wanted = req.lines or {}
+-- A line naming a bundle ships its components (the order record holds component lines).
+local wanted, bundle_note = expand_bundles(prefix, req.lines or {})
 if #wanted == 0 then
   for i, ol in ipairs(order_lines) do
     if ol.open > 0 then takes[#takes + 1] = {i, ol.open} end
@@ -48,7 +49,7 @@ else
 end
 
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.order_id,
-  key = 'fulfil:' .. req.fulfilment_id, reason = 'fulfilled'}
+  key = 'fulfil:' .. req.fulfilment_id, reason = 'fulfilled' .. bundle_note}
 local cells, shipped = {}, {}
 for _, t in ipairs(takes) do
   local ol, x = order_lines[t[1]], t[2]

@@ -4,6 +4,9 @@
 -- KEYS[1] outbox stream, KEYS[2] hold record, KEYS[3] expiry index (zset of hold ids)
 -- ARGV: common (tenant, prefix, request, channel); request =
 --   {hold_id, ttl_ms, idem_ttl_ms, fp, customer?, lines = [[sku, location, qty], ...]}
+-- A bundle line holds its components (expand_bundles): the record keeps component lines, so
+-- release, expiry and commit give back or commit exactly what was taken; the reply echoes the
+-- lines as asked.
 -- Reply: {"ok", {hold_id, expires_at_ms, lines}, replayed}
 -- Errors: invalid, unknown_sku {sku, location}, insufficient_stock {sku, location, available},
 --   limit_exceeded {sku, limit, already}, idempotency_conflict
@@ -22,7 +25,9 @@ if not is_id(req.hold_id) or not is_count(req.ttl_ms, 1) or type(req.lines) ~= '
   return fail('invalid', {detail = 'hold needs a hold_id, a ttl and at least one line'})
 end
 
-for _, line in ipairs(req.lines) do
+-- Bundle lines become their component lines here, before every check (see expand_bundles).
+local lines, bundle_note = expand_bundles(prefix, req.lines)
+for _, line in ipairs(lines) do
   local sku, loc, qty = line_parts(line)
   if not is_name(sku) or not is_name(loc) or not is_count(qty, 1) then
     return fail('invalid', {detail = 'each line needs a sku, a location and a positive qty'})
@@ -32,7 +37,7 @@ end
 local ts = now_ms()
 local cells, wanted, per_sku, order = {}, {}, {}, {}
 expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
-for _, line in ipairs(req.lines) do
+for _, line in ipairs(lines) do
   local sku, loc, qty = line[1], line[2], line[3]
   local c = cell_read(cells, prefix, sku, loc)
   if not c then return fail('unknown_sku', {sku = sku, location = loc}) end
@@ -65,7 +70,7 @@ end
 -- Every check passed: write.
 local expires_at = ts + req.ttl_ms
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.hold_id,
-  key = 'hold:' .. req.hold_id, reason = 'cart hold'}
+  key = 'hold:' .. req.hold_id, reason = 'cart hold' .. bundle_note}
 for _, c in ipairs(order) do
   c.reserved = c.reserved + wanted[c]
   cell_write(c, 'reserved')
@@ -80,8 +85,8 @@ if customer ~= '' then
 end
 reply = cjson.encode({hold_id = req.hold_id, expires_at_ms = expires_at, lines = req.lines})
 redis.call('HSET', hold_key, 'fp', req.fp, 'reply', reply, 'status', 'held',
-  'lines', cjson.encode(req.lines), 'expires_at', expires_at, 'customer', customer,
-  'channel', channel, 'keep_ms', req.idem_ttl_ms)
+  'lines', cjson.encode(bundle_note == '' and req.lines or plain_lines(lines)),
+  'expires_at', expires_at, 'customer', customer, 'channel', channel, 'keep_ms', req.idem_ttl_ms)
 -- No expiry while held: the record is what gives the units back, however long the sweep is
 -- down. It gets one (hold_closed) when it leaves `held`, and then outlives that change by the
 -- idempotency TTL so that a retried request still gets its first answer.

@@ -62,6 +62,9 @@ if not is_id(req.order_id) or type(req.lines) ~= 'table' or #req.lines == 0 then
   return fail('invalid', {detail = 'order needs an order_id and at least one line'})
 end
 
+-- A bundle line is its component lines from here on (see expand_bundles in _common.lua).
+local req_lines, bundle_note = expand_bundles(prefix, req.lines)
+
 local ts = now_ms()
 local cells = {}
 expire_due(outbox, tenant, prefix, expiry_key, cells, ts, 50)
@@ -101,7 +104,7 @@ elseif is_id(req.hold_id) then
     local hold_lines = cjson.decode(lines_json)
     local overlap = false
     for _, hl in ipairs(hold_lines) do
-      for _, line in ipairs(req.lines) do
+      for _, line in ipairs(req_lines) do
         if type(line) == 'table' and line[1] == hl[1] then overlap = true end
       end
     end
@@ -116,7 +119,7 @@ elseif is_id(req.hold_id) then
 end
 
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
-  key = 'order:' .. req.order_id, reason = 'channel order'}
+  key = 'order:' .. req.order_id, reason = 'channel order' .. bundle_note}
 
 -- A compare-and-set channel's own bookkeeping (moved.lua): units it was seen to sell on its
 -- own before this order arrived are set aside for it in `reserved`, and this order takes
@@ -158,7 +161,7 @@ local function take_set_aside(sku, loc, q)
   return taken
 end
 
-for _, line in ipairs(req.lines) do
+for _, line in ipairs(req_lines) do
   local sku, loc, q = line_parts(line)
   if not is_name(sku) or not is_name(loc) or not is_count(q, 1) then
     -- Python skips such lines already (same definition); one must never void the others.

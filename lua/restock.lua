@@ -25,11 +25,13 @@ if req.order_id ~= '' then
   if done then return idem_match(done, req.fp) end
   order_lines = cjson.decode(lines_json)
 end
+-- A line naming a bundle restocks its components; the reply lists the component lines.
+local lines, bundle_note = expand_bundles(prefix, req.lines)
 local open_ok, shipped_ok = req.take_from ~= 'shipped', req.take_from ~= 'open'
 
 -- Plan every line against the order and the cells first; write only when all are valid.
 local cells, plan = {}, {}
-for _, w in ipairs(req.lines) do
+for _, w in ipairs(lines) do
   local sku, loc, q = line_parts(w)
   if not is_name(sku) or not is_count(q, 1) then
     return fail('invalid', {detail = 'each line needs a sku and a positive qty'})
@@ -71,7 +73,7 @@ for _, w in ipairs(req.lines) do
 end
 
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.refund_id,
-  key = 'restock:' .. req.refund_id, reason = 'refund restock'}
+  key = 'restock:' .. req.refund_id, reason = 'refund restock' .. bundle_note}
 for _, p in ipairs(plan) do
   local c = cell_read(cells, prefix, p.sku, p.loc)
   if c then
@@ -87,7 +89,7 @@ if order_lines then
   redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
 end
 local results = {}
-for _, w in ipairs(req.lines) do
+for _, w in ipairs(lines) do
   results[#results + 1] = {sku = w[1], location = w[2], qty = w[3], restocked = w.restocked}
 end
 local reply = cjson.encode({refund_id = req.refund_id, lines = results})

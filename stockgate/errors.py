@@ -59,6 +59,15 @@ class OrderNotFound(StockgateError):
     status = 404
 
 
+class BundleConflict(StockgateError):
+    """A bundle definition the stock model refuses: the SKU has cells or is a component, or
+    a component is itself a bundle (nesting is one level); or stock changes aimed at a
+    bundle, which has none of its own."""
+
+    code = "bundle_conflict"
+    status = 409
+
+
 class StoreUnavailable(StockgateError):
     """Redis is unreachable: callers should retry (webhooks get 503 + Retry-After)."""
 
@@ -75,6 +84,7 @@ _BY_SCRIPT_CODE: dict[str, type[StockgateError]] = {
     "unknown_sku": UnknownSku,
     "hold_not_found": HoldNotFound,
     "order_not_found": OrderNotFound,
+    "bundle_conflict": BundleConflict,
 }
 
 

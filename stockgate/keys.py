@@ -52,6 +52,15 @@ class TenantKeys:
         from webhook_seen: delivery ids are unsigned, so none may write this key."""
         return self.prefix + "webhook-first:" + channel + ":" + ref
 
+    @property
+    def bundles(self) -> str:
+        """Hash bundle SKU -> its components as JSON [[sku, qty], ...] (lua/bundle.lua)."""
+        return self.prefix + "bundles"
+
+    def bundled(self, component: str) -> str:
+        """Set of the bundle SKUs that use `component`."""
+        return self.prefix + "bundled:" + component
+
 
 _cache: dict[str, TenantKeys] = {}
 

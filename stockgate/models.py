@@ -30,7 +30,7 @@ SignedCount = Annotated[int, Meta(ge=-MAX_QTY, le=MAX_QTY)]
 
 EventType = Literal[
     "hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
-    "oversell_rejected",
+    "oversell_rejected", "bundle",
 ]
 
 
@@ -260,6 +260,39 @@ class Event(Struct, frozen=True):
     reason: str = ""
     after: CellState | None = None
     id: str = ""
+
+
+# ---- bundles (kits) -------------------------------------------------------------------------
+
+# Most components one bundle may have: a bundle line costs its script one cell per component.
+MAX_BUNDLE_COMPONENTS = 20
+
+
+class BundleComponent(Struct, frozen=True, forbid_unknown_fields=True):
+    sku: Sku
+    qty: Qty
+
+
+class BundleRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    components: Annotated[list[BundleComponent],
+                          Meta(min_length=1, max_length=MAX_BUNDLE_COMPONENTS)]
+
+
+class BundleReply(Struct, frozen=True):
+    sku: str
+    components: list[BundleComponent] = []  # none after a delete
+
+
+class BundleView(Struct, frozen=True):
+    """A bundle's derived stock: per location the minimum over its components of
+    floor(component available / per-bundle qty), overall their sum, and per channel the
+    value pushed to it."""
+
+    sku: str
+    components: list[BundleComponent]
+    locations: dict[str, int]
+    available: int
+    channels: dict[str, int]
 
 
 # Most audit events one GET /v1/events page returns (the gateway checks it, the audit store

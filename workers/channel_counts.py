@@ -162,6 +162,18 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
     ref = f"{sku}|{location}"
     if await is_echo(redis, tenant, channel_id, ref, available):
         return "echo"
+    if await redis.hexists(tenant_keys(tenant).bundles, sku):
+        # A bundle has no stock of its own: a count set on its listing cannot say which
+        # component changed, so it moves nothing; the derived count is pushed back over it.
+        await mark_dirty(redis, tenant, [member_of(channel_id, location, sku)])
+        await raise_alert(
+            redis, tenant, "channel_count_ignored",
+            f"{channel_id} reported {available} for a bundle; a bundle's count is derived "
+            "from its components (change those in Stockgate)",
+            sku=sku, location=location, channel=channel_id, ref=fingerprint,
+            once=f"count:{channel_id}:{fingerprint}")
+        await record_report(redis, tenant, channel_id, ref, received_ms, available)
+        return "bundle"
     shown = await shown_log(redis, tenant, channel_id, ref)
     if any(s.kind == SHOWN_REPORT and s.ms > received_ms for s in shown):
         # A later count of the channel was judged already (this job ran late): it was measured

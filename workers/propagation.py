@@ -46,6 +46,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from stockgate.bundles import Bundles, bundles_using
 from stockgate.errors import StockgateError
 from stockgate.keys import tenant_keys
 from stockgate.models import Event, StockView
@@ -344,6 +345,12 @@ def targets(settings: Settings, event: Event) -> list[str]:
     its own count moved by its own rule (a Shopify order decremented Shopify's figure), which
     may differ from the canonical value (another channel sold, a line was refused); pushing
     the canonical value is correct, and coalescing makes it cheap."""
+    if event.type == "bundle":
+        # A definition changed (lua/bundle.lua): every channel selling there re-pushes it.
+        return [member_of(name, push_location(settings, channel, event.location), event.sku)
+                for name, channel in settings.channels.items()
+                if channel.tenant == event.tenant and channel.api_url
+                and event.location in selling_locations(settings, channel)]
     if event.type == "oversell_rejected" or not any(event.delta.values()):
         return []
     # A change that moves no available (its order took units held for it) still moved the
@@ -429,8 +436,15 @@ def cas_channels(settings: Settings, adapters: dict[str, ChannelAdapter] | None 
 
 async def mark_events(redis: Redis, settings: Settings, tenant: str,
                       events: Iterable[Event]) -> None:
-    """Mark every target the events touch dirty."""
-    await mark_dirty(redis, tenant, [m for e in events for m in targets(settings, e)])
+    """Mark every target the events touch dirty, and the same targets of every bundle that
+    uses a changed SKU as a component (its derived count may have moved)."""
+    members = [m for e in events for m in targets(settings, e)]
+    if members:
+        used = await bundles_using(redis, tenant, sorted({parse_member(m)[2] for m in members}))
+        for m in list(members) if used else ():
+            channel, location, sku = parse_member(m)
+            members.extend(member_of(channel, location, b) for b in used.get(sku, ()))
+    await mark_dirty(redis, tenant, members)
 
 
 async def pending_drops(redis: Redis, tenant: str, channel: str) -> dict[str, tuple[int, int]]:
@@ -600,13 +614,16 @@ class Propagator:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
             cells = dict(zip(skus, await pipe.execute(), strict=True))
+        # A bundle has no cells: its value is derived from its components' cells now.
+        derived = await Bundles(self.engine).views(tenant, [s for s in skus if not cells[s]])
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
-                value = (channel_value(self.settings, channel_name, channel, c.location,
-                                       self.engine.view(tenant, c.sku, raw_cell))
-                         if raw_cell else 0)
+                view = (self.engine.view(tenant, c.sku, raw_cell) if raw_cell
+                        else derived.get(c.sku))
+                value = (channel_value(self.settings, channel_name, channel, c.location, view)
+                         if view else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
                                   expected=known[i])
                 # Before the push: the echo webhook can arrive before our call returns.
