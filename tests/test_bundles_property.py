@@ -1,0 +1,252 @@
+"""Bundles against models: 1,000 concurrent carts mixing bundles and their components never
+take a component below its limit, and a state machine of every operation on bundle lines
+mixed with component lines agrees with tests/test_property.py's model of the same rules
+applied to the expanded lines."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import multiple, rule
+from redis.asyncio import Redis
+from test_property import (
+    Model,
+    ScriptLine,
+    StockMachine,
+    customers,
+    hold_ids,
+    locations,
+    machine_engine,  # noqa: F401 (fixture)
+    order_ids,
+    qtys,
+)
+
+from stockgate import errors
+from stockgate.bundles import Bundles
+from stockgate.embedded import EmbeddedRedis
+from stockgate.keys import tenant_keys
+from stockgate.models import BundleComponent, Line, event_decoder
+from stockgate.settings import Settings
+from stockgate.stock import StockEngine
+
+T = "default"
+# KIT and DUO share component A: a cart of both, or of either with A, sums A.
+BUNDLES = {"KIT": [("A", 2), ("B", 1)], "DUO": [("A", 1)]}
+
+
+def expand(lines: list[ScriptLine]) -> list[ScriptLine]:
+    return [(c, loc, q * per) for sku, loc, q in lines
+            for c, per in BUNDLES.get(sku, [(sku, 1)])]
+
+
+async def define_all(engine: StockEngine) -> None:
+    for sku, parts in BUNDLES.items():
+        await Bundles(engine).put(T, sku, [BundleComponent(c, q) for c, q in parts])
+
+
+# ---- 1,000 concurrent carts ---------------------------------------------------------------
+
+SHOPPERS = 1_000
+CLIENTS = 50
+LIMITS = {"A": 4, "B": 0}  # A may go 4 below zero (backorder), B not at all
+UNITS = {"A": 150, "B": 60}
+
+
+@pytest.fixture
+async def engines(redis: Redis, redis_server: EmbeddedRedis,
+                  settings: Settings) -> AsyncIterator[list[StockEngine]]:
+    clients = [Redis.from_url(redis_server.url, max_connections=50) for _ in range(CLIENTS)]
+    engines = [StockEngine(client, settings) for client in clients]
+    await engines[0].load_scripts()
+    yield engines
+    for engine in engines:
+        engine.scripts.close()
+    for client in clients:
+        await client.aclose()
+
+
+async def test_thousand_mixed_carts_never_take_a_component_below_its_limit(
+        engines: list[StockEngine], redis: Redis) -> None:
+    engine = engines[0]
+    for sku, n in UNITS.items():
+        await engine.adjust(T, sku, reason="drop", idempotency_key=f"drop-{sku}", delta=n)
+        await engine.set_policy(T, sku, backorder_limit=LIMITS[sku])
+    await define_all(engine)
+    rng = random.Random(16502)
+    carts = [[(rng.choice(["KIT", "DUO", "A", "B"]), "main", rng.randint(1, 3))
+              for _ in range(rng.randint(1, 3))] for _ in range(SHOPPERS)]
+
+    async def shopper(n: int) -> bool:
+        try:
+            await engines[n % CLIENTS].hold(T, [Line(s, q, loc) for s, loc, q in carts[n]],
+                                            hold_id=f"cart-{n}")
+        except errors.InsufficientStock:
+            return False
+        return True
+
+    held = await asyncio.gather(*(shopper(n) for n in range(SHOPPERS)))
+    assert 0 < sum(held) < SHOPPERS  # sold out: the limit was what stopped the carts
+
+    # The model: every accepted cart's expanded units, nothing for a refused one.
+    want: Counter[str] = Counter()
+    for cart, ok in zip(carts, held, strict=True):
+        for sku, _, q in expand(cart) if ok else []:
+            want[sku] += q
+    for sku in UNITS:
+        c = (await engine.stock(T, sku)).locations["main"]
+        assert c.reserved == want[sku]
+        assert c.available == UNITS[sku] - want[sku]
+        assert c.available >= -LIMITS[sku]
+    # Nothing in between broke it either: every event's state, in the order applied.
+    entries = await redis.xrange(tenant_keys(T).outbox)
+    evs = [event_decoder.decode(f[b"e"]) for _, f in entries]
+    per_hold: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for ev in evs:
+        if ev.type == "hold":
+            assert ev.after is not None and ev.after.available >= -LIMITS[ev.sku]
+            per_hold[ev.source.ref][ev.sku] += ev.delta["reserved"]
+    accepted = {f"cart-{n}" for n, ok in enumerate(held) if ok}
+    assert set(per_hold) == accepted
+    for n, ok in enumerate(held):
+        if ok:
+            assert per_hold[f"cart-{n}"] == Counter(
+                {s: q for s, q in _summed(expand(carts[n])).items()})
+    # A refused cart fits no better than its sum: with the final stock it still cannot.
+    left = {sku: UNITS[sku] - want[sku] + LIMITS[sku] for sku in UNITS}
+    for cart, ok in zip(carts, held, strict=True):
+        if not ok:
+            need = _summed(expand(cart))
+            assert any(need[s] > left[s] for s in need)
+
+
+def _summed(lines: list[ScriptLine]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for sku, _, q in lines:
+        out[sku] += q
+    return out
+
+
+# ---- the state machine --------------------------------------------------------------------
+
+bundle_skus = st.sampled_from(["A", "A", "B", "C", "KIT", "KIT", "DUO"])
+bundle_lines = st.lists(st.tuples(bundle_skus, locations, qtys), min_size=1, max_size=3)
+wanted_line = st.tuples(bundle_skus, st.sampled_from(["", "main", "east"]), qtys)
+wanted_lines = st.lists(wanted_line, max_size=2)
+
+
+class BundleModel(Model):
+    """The same rules on expanded lines; replays and conflicts judged on the lines as asked
+    (the engine fingerprints the request, not its expansion)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: dict[tuple[str, str], Any] = {}
+
+    def _replay(self, kind: str, ident: str, fp: Any) -> tuple[str, int] | None:
+        seen = self.asked.get((kind, ident))
+        if seen is None:
+            return None
+        return ("" if seen == fp else "IdempotencyConflict"), 0
+
+    def hold(self, hold_id: str, hold_lines: list[ScriptLine], customer: str
+             ) -> tuple[str, int]:
+        if hold_id in self.holds:
+            return self._replay("hold", hold_id, (hold_lines, customer)) or ("", 0)
+        out = super().hold(hold_id, expand(hold_lines), customer)
+        if hold_id in self.holds:
+            self.asked[("hold", hold_id)] = (hold_lines, customer)
+        return out
+
+    def order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
+        record = self.orders.get(order_id)
+        if record is not None:
+            if (record.status == "cancelled"
+                    or order_lines in self.asked.get(("order", order_id), [])):
+                return "", 0
+            if record.fp[0] != "hold" or record.channel_fp is not None:
+                return "IdempotencyConflict", 0
+        out = super().order(order_id, expand(order_lines))
+        self.asked.setdefault(("order", order_id), []).append(order_lines)
+        return out
+
+    def fulfil(self, order_id: str, fulfilment_id: str, wanted: list[ScriptLine]
+               ) -> tuple[str, int]:
+        fp = (order_id, wanted)
+        replay = self._replay("fulfil", fulfilment_id, fp)
+        if replay:
+            return replay
+        out = super().fulfil(order_id, fulfilment_id, expand(wanted))
+        if out[0] == "":
+            self.asked[("fulfil", fulfilment_id)] = fp
+        return out
+
+    def restock(self, refund_id: str, order_id: str, wanted: list[ScriptLine]
+                ) -> tuple[str, int]:
+        fp = (order_id, wanted)
+        replay = self._replay("restock", refund_id, fp)
+        if replay:
+            return replay
+        out = super().restock(refund_id, order_id, expand(wanted))
+        if out[0] == "":
+            self.asked[("restock", refund_id)] = fp
+        return out
+
+
+class BundleMachine(StockMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = BundleModel()
+        self.run(define_all(self.engine))
+
+    @rule(target=StockMachine.made_holds, hold_id=hold_ids, hold_lines=bundle_lines,
+          customer=customers)
+    def hold(self, hold_id: str, hold_lines: list[ScriptLine], customer: str) -> Any:
+        expected = self.model.hold(hold_id, hold_lines, customer)
+        self.call(self.engine.hold(T, [Line(s, q, loc) for s, loc, q in hold_lines],
+                                   hold_id=hold_id, customer=customer), expected)
+        if not expected[1]:
+            return multiple()
+        for sku, loc, _ in expand(hold_lines):
+            c = self.model.cells[(sku, loc)]
+            assert Model.available(c) >= -c["backorder_limit"]
+        return hold_id
+
+    @rule(target=StockMachine.made_orders, order_id=order_ids, order_lines=bundle_lines)
+    def order(self, order_id: str, order_lines: list[ScriptLine]) -> Any:
+        expected = self.model.order(order_id, order_lines)
+        self.call(self.engine.order(T, order_id, [Line(s, q, loc) for s, loc, q in order_lines]),
+                  expected)
+        return order_id if expected[1] else multiple()
+
+    @rule(order_id=StockMachine.made_orders | order_ids,
+          fulfilment_id=st.sampled_from(["f0", "f1", "f2"]), wanted=wanted_lines)
+    def fulfil(self, order_id: str, fulfilment_id: str, wanted: list[ScriptLine]) -> None:
+        self.call(self.engine.fulfil(T, order_id, fulfilment_id,
+                                     [Line(s, q, loc or None) for s, loc, q in wanted]),
+                  self.model.fulfil(order_id, f"fulfil:{fulfilment_id}", wanted))
+
+    @rule(refund_id=st.sampled_from(["r0", "r1", "r2"]),
+          order_id=st.just("") | StockMachine.made_orders | order_ids,
+          wanted=st.lists(wanted_line, min_size=1, max_size=2))
+    def restock(self, refund_id: str, order_id: str, wanted: list[ScriptLine]) -> None:
+        script_lines = [(s, loc or ("" if order_id else "main"), q) for s, loc, q in wanted]
+        self.call(self.engine.restock(T, refund_id, [Line(s, q, loc or None)
+                                                     for s, loc, q in wanted],
+                                      order_id=order_id),
+                  self.model.restock(f"restock:{refund_id}", order_id, script_lines))
+
+
+def test_bundle_lines_agree_with_the_model(
+        machine_engine: tuple[asyncio.AbstractEventLoop, StockEngine]) -> None:  # noqa: F811
+    BundleMachine.loop, BundleMachine.engine = machine_engine
+    BundleMachine.TestCase.settings = settings(
+        max_examples=100, stateful_step_count=40, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    BundleMachine.TestCase().runTest()
