@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Struct
 from redis.asyncio import Redis
 
+from stockgate.bundles import Bundles, derive
 from stockgate.keys import tenant_keys
 from stockgate.models import CellState, Event, StockView, event_decoder
 from stockgate.stock import StockEngine
@@ -25,7 +26,7 @@ STOREFRONT = "storefront"
 
 class Violation(Struct, frozen=True):
     """One broken invariant. `check` names the rule: negative, formula, oversell,
-    conservation, last_state, audit, channel, pending."""
+    conservation, last_state, audit, channel, pending, bundle."""
 
     check: str
     detail: str
@@ -64,6 +65,9 @@ class Observed(Struct):
     channel_counts: dict[str, dict[str, int]] | None = None
     # Outbox entries not yet acknowledged by the workers plus failed/queued deliveries.
     pending: dict[str, int] = {}
+    # Bundle SKU -> its components [(sku, qty)], and its derived view as Stockgate pushes it.
+    bundles: dict[str, list[tuple[str, int]]] = {}
+    bundle_views: dict[str, StockView] = {}
 
 
 class InvariantReport(Struct):
@@ -112,6 +116,8 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
     worst: dict[tuple[str, str], int] = {}
 
     for ev in obs.events:
+        if ev.type == "bundle":
+            continue  # a definition change moves no unit: the bundle has no cells
         ledger = ledgers.setdefault(ev.sku, SkuLedger(ev.sku, sold={}))
         cell = (ev.sku, ev.location)
         acc = sums.setdefault(cell, {})
@@ -205,6 +211,22 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
                     fail("channel", f"channel shows {shown}, Stockgate says {expected}", sku,
                          channel)
 
+    # A bundle's stock is derived from its components' cells (conservation is checked on
+    # those above): what Stockgate pushes and each channel shows is that derived value.
+    for sku, components in sorted(obs.bundles.items()):
+        derived = derive(components, obs.views)
+        bview = obs.bundle_views.get(sku)
+        shown_locs = {loc: c.available for loc, c in bview.locations.items()} if bview else {}
+        if shown_locs != derived:
+            fail("bundle", f"derived {derived} but Stockgate shows {shown_locs}", sku)
+        for channel, expected in sorted(bview.channels.items() if bview else ()):
+            if obs.channel_counts is None or channel not in obs.channel_counts:
+                continue
+            shown = obs.channel_counts[channel].get(sku)
+            if shown != expected:
+                fail("bundle", f"channel shows {shown}, the derived count is {expected}",
+                     sku, channel)
+
     for what, n in sorted(obs.pending.items()):
         if n:
             fail("pending", f"{n} {what}")
@@ -264,5 +286,9 @@ async def collect(redis: Redis, engine: StockEngine, tenant: str, *,
     pending.update(extra_pending or {})
     counts = None if channel_counts is None else {
         ch: dict(by_sku) for ch, by_sku in channel_counts.items()}
+    bundles = await Bundles(engine).definitions(
+        tenant, sorted(k.decode() for k in await redis.hkeys(tenant_keys(tenant).bundles)))
+    bundle_views = await Bundles(engine).views(tenant, sorted(bundles))
     return Observed(tenant=tenant, events=events, views=views, audit_ids=audit_ids,
-                    channel_counts=counts, pending=pending)
+                    channel_counts=counts, pending=pending, bundles=bundles,
+                    bundle_views=bundle_views)
