@@ -20,6 +20,9 @@ from stockgate.models import (
     AdjustReply,
     AdjustRequest,
     BulkAdjustRequest,
+    BundleReply,
+    BundleRequest,
+    BundleView,
     CommitRequest,
     HoldRequest,
     MovedLine,
@@ -218,11 +221,30 @@ def _health_paths() -> dict[str, Any]:
     }
 
 
+# ---- bundles (kits) --------------------------------------------------------------------------
+
+def _bundle_paths() -> dict[str, Any]:
+    conflict = ("bundle_conflict: the SKU has stock cells or is a component of a bundle, or "
+                "a component is a bundle (one level of nesting)")
+    return {"/v1/bundles/{sku}": {
+        "put": _op("Define or replace a bundle: components with per-bundle quantities",
+                   "operator", ("200", "BundleReply", "defined (Idempotent-Replayed: unchanged)"),
+                   "BundleRequest", {"409": conflict}, ["sku"]),
+        "get": _op("The bundle's components and derived stock per location and channel",
+                   "operator", ("200", "BundleView", "the bundle"), None,
+                   {"404": "not a bundle"}, ["sku"]),
+        "delete": _op("Delete a bundle (live holds and orders keep their component lines)",
+                      "operator", ("200", "BundleReply", "deleted"), None,
+                      {"404": "not a bundle"}, ["sku"]),
+    }}
+
+
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [HoldRequest, HoldCreated, CommitRequest, Committed, ReleaseReply, StockView,
          AdjustRequest, AdjustReply, BulkAdjustRequest, BulkReply, PolicyRequest, PolicyReply,
-         EventsReply, AlertsReply, DeliveriesReply, RetryReply, WebhookReply, Error],
+         EventsReply, AlertsReply, DeliveriesReply, RetryReply, WebhookReply, Error,
+         BundleRequest, BundleReply, BundleView],
         ref_template=_REF)
     components.update(_webhook_components())
     limit = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
@@ -277,7 +299,11 @@ def build() -> dict[str, Any]:
             {"404": "no failed delivery with this id"}, ["delivery_id"])},
         "/webhooks/{channel_id}": {"post": _webhook_operation()},
         **_health_paths(),
+        **_bundle_paths(),
     }
+    # A bundle has no cells: GET /v1/stock/{sku} of a bundle answers its derived BundleView.
+    paths["/v1/stock/{sku}"]["get"]["responses"]["200"]["content"]["application/json"] = {
+        "schema": {"anyOf": [_schema("StockView"), _schema("BundleView")]}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stockgate", "version": "0.1.0",
