@@ -296,7 +296,13 @@ local function expand_bundles(prefix, lines)
     local sku = type(line) == 'table' and line[1]
     names[i] = is_name(sku) and sku or '\0'
   end
-  local defs = redis.call('HMGET', bundles_key(prefix), unpack(names))
+  -- In slices: unpack() of thousands of values would overflow Lua's C stack.
+  local defs = {}
+  for first = 1, #names, 1000 do
+    local got = redis.call('HMGET', bundles_key(prefix),
+      unpack(names, first, math.min(first + 999, #names)))
+    for j, v in ipairs(got) do defs[first + j - 1] = v end
+  end
   local out, seen, note = {}, {}, {}
   for i, line in ipairs(lines) do
     local raw = defs[i]

@@ -128,3 +128,35 @@ async def test_definition_rules(engine: StockEngine) -> None:
     assert await cell(engine, "C") == (5, 0, 0, 5)
     with pytest.raises(errors.UnknownSku):
         await engine.hold(T, [Line("KIT", 1)], hold_id="h2")
+
+
+async def test_a_channel_count_for_a_bundle_moves_no_stock(engine: StockEngine,
+                                                           redis: Redis) -> None:
+    """A count set on a bundle listing cannot say which component changed: it is ignored,
+    alerted, and the derived count pushed back over it."""
+    from workers.alerts import list_alerts
+    from workers.channel_counts import judge_channel_count
+    from workers.keys import worker_keys
+
+    await stock(engine, A=10)
+    await define(engine, "KIT", A=2)
+    before = await events(redis)
+    outcome = await judge_channel_count(
+        redis, engine, None, engine.settings, T, "shop", "KIT", "main", 50,  # type: ignore[arg-type]
+        "report-1", 0)
+    assert outcome == "bundle"
+    assert await events(redis) == before
+    assert await cell(engine, "A") == (10, 0, 0, 10)
+    assert not await redis.exists(tenant_keys(T).stock("KIT"))
+    assert [a.type for a in await list_alerts(redis, T)] == ["channel_count_ignored"]
+    assert await redis.zscore(worker_keys(T).due("shop"), "shop|main|KIT") is not None
+
+
+async def test_a_bundle_line_past_the_first_thousand_lines_expands(engine: StockEngine) -> None:
+    """The bundle lookup is sliced (Lua's unpack has a limit): line 1,001 still expands."""
+    await stock(engine, A=2000, B=10)
+    await define(engine, "KIT", B=3)
+    order, _ = await engine.order(T, "shop:big", [Line("A", 1)] * 1000 + [Line("KIT", 1)],
+                                  channel="shop")
+    assert order.lines[-1].sku == "B" and order.lines[-1].qty == 3
+    assert await cell(engine, "B") == (10, 0, 3, 7)
