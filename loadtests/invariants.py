@@ -286,8 +286,7 @@ async def collect(redis: Redis, engine: StockEngine, tenant: str, *,
     pending.update(extra_pending or {})
     counts = None if channel_counts is None else {
         ch: dict(by_sku) for ch, by_sku in channel_counts.items()}
-    bundles = await Bundles(engine).definitions(
-        tenant, sorted(k.decode() for k in await redis.hkeys(tenant_keys(tenant).bundles)))
+    bundles = await Bundles(engine).definitions(tenant, await Bundles(engine).names(tenant))
     bundle_views = await Bundles(engine).views(tenant, sorted(bundles))
     return Observed(tenant=tenant, events=events, views=views, audit_ids=audit_ids,
                     channel_counts=counts, pending=pending, bundles=bundles,

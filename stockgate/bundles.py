@@ -77,6 +77,10 @@ class Bundles:
         return await self.engine._run("bundle", tenant, [tenant_keys(tenant).outbox],
                                       request, "", BundleReply)
 
+    async def names(self, tenant: str) -> list[str]:
+        """Every bundle SKU of the tenant, sorted."""
+        return sorted(k.decode() for k in await self.redis.hkeys(tenant_keys(tenant).bundles))
+
     async def definitions(self, tenant: str, skus: Sequence[str]
                           ) -> dict[str, list[tuple[str, int]]]:
         """The components of those `skus` that are bundles."""

@@ -20,6 +20,7 @@ from workers_helpers import (
 from loadtests.invariants import check, collect
 from stockgate.embedded import EmbeddedRedis
 from stockgate.stock import StockEngine
+from workers.reconcile import reconcile
 from workers.simulators import SimulatorServer
 
 
@@ -29,7 +30,7 @@ async def test_a_component_sale_repushes_the_bundle(
     sim = sim_factory("shopify")
     settings = settings_with(tmp_path, {"shop": channel_for("shopify", sim)})
     engine = StockEngine(redis, settings)
-    async with running_worker(settings, redis_server.url), \
+    async with running_worker(settings, redis_server.url) as worker, \
             gateway_client(settings, redis) as client:
         for sku, n in (("MUG", 9), ("LID", 20)):
             reply = await client.post(f"/v1/stock/{sku}/adjust", json={
@@ -62,6 +63,14 @@ async def test_a_component_sale_repushes_the_bundle(
                                                                        "MUG-SET")}}
         report = check(await collect(redis, engine, "default", channel_counts=shown))
         assert report.violations == [], report.violations
+
+        # Reconciliation reads bundle listings too, against the derived count.
+        sim.state.counts["MUG-SET", "main"] = 40  # someone edited the listing by hand
+        runtime = worker.ctx["runtime"]  # type: ignore[attr-defined]
+        drifts = await reconcile(redis, engine, settings, runtime.propagator.adapters)
+        assert [(d.sku, d.channel_count, d.canonical) for d in drifts] == [("MUG-SET", 40, 3)]
+        await wait_for(lambda: _shows(sim, "MUG-SET", 3), 10)
+        await wait_for(lambda: settled(redis), 10)
 
         # Deleting it: the hold stays valid (component lines), the listing goes to 0.
         assert (await client.delete("/v1/bundles/MUG-SET")).status_code == 200

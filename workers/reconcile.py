@@ -31,6 +31,7 @@ import logging
 import msgspec
 from redis.asyncio import Redis
 
+from stockgate.bundles import Bundles
 from stockgate.errors import UnknownSku
 from stockgate.keys import tenant_keys
 from stockgate.settings import Channel, Settings
@@ -119,7 +120,9 @@ async def _sweep(redis: Redis, engine: StockEngine, settings: Settings, name: st
     keys = worker_keys(tenant)
     spots = sorted({push_location(settings, channel, loc)
                     for loc in selling_locations(settings, channel)})
-    items = [(sku, loc) for sku in await engine.skus(tenant) for loc in spots]
+    # Bundle listings too: their derived count drifts like any other (stockgate.bundles).
+    skus = sorted({*await engine.skus(tenant), *await Bundles(engine).names(tenant)})
+    items = [(sku, loc) for sku in skus for loc in spots]
     raw = await redis.hget(keys.reconcile_cursor, name)
     start = bisect.bisect_right(items, _cursor_decode(raw)) if raw else 0
     if start >= len(items):
@@ -193,7 +196,10 @@ async def _compare(redis: Redis, engine: StockEngine, settings: Settings, name: 
     try:
         view = await engine.stock(tenant, sku)
     except UnknownSku:
-        return None
+        derived = await Bundles(engine).views(tenant, [sku])
+        if sku not in derived:
+            return None
+        view = derived[sku]
     member = member_of(name, location, sku)
     if await redis.zscore(worker_keys(tenant).due(name), member) is not None:
         return None  # a change arrived during the read: its push is on the way
