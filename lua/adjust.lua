@@ -19,8 +19,8 @@ if not (is_name(req.sku) and is_name(req.location)) then
 end
 -- A bundle has no stock of its own (lua/bundle.lua): its components do.
 if redis.call('HEXISTS', bundles_key(prefix), req.sku) == 1 then
-  return fail('bundle_conflict', {detail = 'a bundle has no stock of its own; change its components',
-    sku = req.sku})
+  return fail('bundle_conflict', {sku = req.sku,
+    detail = 'a bundle has no stock of its own; change its components'})
 end
 if not (has_delta or has_set or has_unav) or (has_delta and has_set) then
   return fail('invalid', {detail = 'give delta or set_on_hand (not both), or unavailable_delta'})

@@ -15,8 +15,8 @@ if not (is_name(req.sku) and is_name(req.location)) then
 end
 -- A bundle has no stock of its own (lua/bundle.lua): its components do.
 if redis.call('HEXISTS', bundles_key(prefix), req.sku) == 1 then
-  return fail('bundle_conflict', {detail = 'a bundle has no stock of its own; change its components',
-    sku = req.sku})
+  return fail('bundle_conflict', {sku = req.sku,
+    detail = 'a bundle has no stock of its own; change its components'})
 end
 for _, f in ipairs({'safety', 'backorder_limit', 'low_stock_threshold', 'max_per_customer'}) do
   if given(req[f]) and not is_count(req[f], 0) then

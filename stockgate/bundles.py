@@ -94,9 +94,24 @@ class Bundles:
         """Derived StockViews of those `skus` that are bundles, built by the engine's own
         view() from the derived counts (so whatever per-channel rule view() applies applies
         to a bundle too): each location shows on_hand = available = bundles it makes."""
+        _, views = await self._derived(tenant, skus)
+        return views
+
+    async def view(self, tenant: str, sku: str) -> BundleView:
+        defs, views = await self._derived(tenant, [sku])
+        if sku not in views:
+            raise errors.UnknownSku(sku=sku)
+        view = views[sku]
+        return BundleView(
+            sku=sku, components=[BundleComponent(c, q) for c, q in defs[sku]],
+            locations={loc: cell.available for loc, cell in view.locations.items()},
+            available=view.available, channels=view.channels)
+
+    async def _derived(self, tenant: str, skus: Sequence[str]
+                       ) -> tuple[dict[str, list[tuple[str, int]]], dict[str, StockView]]:
         defs = await self.definitions(tenant, skus)
         if not defs:
-            return {}
+            return {}, {}
         parts = sorted({c for comps in defs.values() for c, _ in comps})
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in parts:
@@ -104,21 +119,9 @@ class Bundles:
             raws = await pipe.execute()
         component_views = {sku: self.engine.view(tenant, sku, raw)
                            for sku, raw in zip(parts, raws, strict=True) if raw}
-        out = {}
+        views = {}
         for sku, comps in defs.items():
-            derived = derive(comps, component_views)
             raw_cells = {f"{loc}|on_hand".encode(): str(n).encode()
-                         for loc, n in derived.items()}
-            out[sku] = self.engine.view(tenant, sku, raw_cells)
-        return out
-
-    async def view(self, tenant: str, sku: str) -> BundleView:
-        views = await self.views(tenant, [sku])
-        defs = await self.definitions(tenant, [sku])
-        if sku not in views or sku not in defs:
-            raise errors.UnknownSku(sku=sku)
-        view = views[sku]
-        return BundleView(
-            sku=sku, components=[BundleComponent(c, q) for c, q in defs[sku]],
-            locations={loc: cell.available for loc, cell in view.locations.items()},
-            available=view.available, channels=view.channels)
+                         for loc, n in derive(comps, component_views).items()}
+            views[sku] = self.engine.view(tenant, sku, raw_cells)
+        return defs, views
