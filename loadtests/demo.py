@@ -38,6 +38,7 @@ from loadtests.report import (
     summary,
 )
 from loadtests.stack import LOCATION, TENANT, SimulatedChannel, Stack, StackConfig, new_secret
+from stockgate.bundles import Bundles
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings, load_settings
 from stockgate.stock import StockEngine
@@ -49,6 +50,9 @@ HOT = {"DROP-SNKR-RED": 60, "DROP-SNKR-BLK": 120, "DROP-HOODIE": 250, "DROP-CAP"
        "DROP-POSTER": 800}
 TAIL_SKUS = 50
 TAIL_UNITS = 2000
+# A kit on sale next to its parts: carts and channel orders mix it with the parts, so the
+# parts' units are shared between lines (README "Bundles and kits").
+BUNDLES = {"DROP-KIT": {"DROP-SNKR-RED": 1, "DROP-CAP": 2}}
 
 
 class DemoOptions(Struct, frozen=True):
@@ -65,6 +69,7 @@ class DemoOptions(Struct, frozen=True):
     # Upper bound on waiting for expiry, the outbox and every channel after the load.
     settle_timeout_s: float = 30.0
     keep_data: bool = False
+    bundles: dict[str, dict[str, int]] = msgspec.field(default_factory=lambda: dict(BUNDLES))
 
 
 def tail_names(n: int) -> list[str]:
@@ -84,6 +89,14 @@ def _seed(url: str, key: str, stock: dict[str, int]) -> None:
         raise RuntimeError(f"seeding failed: {body}")
 
 
+def _define_bundles(url: str, key: str, bundles: dict[str, dict[str, int]]) -> None:
+    for sku, parts in bundles.items():
+        resp = httpx.put(f"{url}/v1/bundles/{sku}", headers={"Authorization": f"Bearer {key}"},
+                         json={"components": [{"sku": p, "qty": q} for p, q in parts.items()]},
+                         timeout=30)
+        resp.raise_for_status()
+
+
 def _locust(stack: Stack, channels: list[SimulatedChannel], opts: DemoOptions,
             reports: Path, skus_tail: list[str], record_path: Path) -> int:
     """Runs the scenario; returns the number of failed requests locust counted."""
@@ -91,7 +104,7 @@ def _locust(stack: Stack, channels: list[SimulatedChannel], opts: DemoOptions,
     env = stack.env()
     env.update({
         "SG_API_KEY": stack.cfg.storefront_key,
-        "SG_SKUS_HOT": ",".join(opts.hot),
+        "SG_SKUS_HOT": ",".join([*opts.hot, *opts.bundles]),
         "SG_SKUS_TAIL": ",".join(skus_tail),
         "SG_SHOPIFY": f"{by_kind['shopify'].name}:{by_kind['shopify'].spec.secret}",
         "SG_WOO": f"{by_kind['woocommerce'].name}:{by_kind['woocommerce'].spec.secret}",
@@ -133,7 +146,9 @@ async def _backlog(redis: Redis) -> dict[str, int]:
 
 async def _unconverged(engine: StockEngine, channels: list[SimulatedChannel],
                        skus: list[str]) -> int:
-    views = await invariants.read_views(engine, TENANT, skus)
+    bundles = await Bundles(engine).views(TENANT, skus)
+    views = {**await invariants.read_views(engine, TENANT,
+                                           [s for s in skus if s not in bundles]), **bundles}
     return sum(1 for c in channels for sku, v in views.items()
                if c.count(sku) != v.channels.get(c.name))
 
@@ -210,7 +225,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
     data_dir = tempfile.mkdtemp(prefix="stockgate-demo-")
     skus_tail = tail_names(opts.tail_skus)
     catalogue = {**opts.hot, **dict.fromkeys(skus_tail, opts.tail_units)}
-    skus = sorted(catalogue)
+    skus = sorted([*catalogue, *opts.bundles])
     channels = [
         SimulatedChannel("shopify-main", "shopify", new_secret(), opts.channel_rate_per_s),
         SimulatedChannel("woo-main", "woocommerce", new_secret(), opts.channel_rate_per_s),
@@ -230,6 +245,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
         stack.start()
         stack_settings = load_settings(str(stack.config_path), env=stack.env())
         _seed(stack.gateway_url, cfg.operator_key, catalogue)
+        _define_bundles(stack.gateway_url, cfg.operator_key, opts.bundles)
         # Let the seed reach the channels first: the lag figures are about the sale.
         asyncio.run(_observe(stack, stack_settings, channels, skus, opts, "seed"))
         load_started_ms = time.time() * 1000
@@ -259,7 +275,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                  for c in channels]
         latency: dict[str, LatencyStats] = {k: record.latency(k) for k in record.samples}
         checks = [ChannelCheck(c.name, len(skus), sum(
-            1 for sku, v in observed.views.items()
+            1 for sku, v in {**observed.views, **observed.bundle_views}.items()
             if (observed.channel_counts or {}).get(c.name, {}).get(sku) == v.channels.get(c.name)
         )) for c in channels]
         plot_path = reports / "flash-sale.png"
