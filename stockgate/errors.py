@@ -59,6 +59,16 @@ class OrderNotFound(StockgateError):
     status = 404
 
 
+class IncomingNotFound(StockgateError):
+    code = "incoming_not_found"
+    status = 404
+
+
+class IncomingClosed(StockgateError):
+    code = "incoming_closed"
+    status = 409
+
+
 class StoreUnavailable(StockgateError):
     """Redis is unreachable: callers should retry (webhooks get 503 + Retry-After)."""
 
@@ -75,6 +85,8 @@ _BY_SCRIPT_CODE: dict[str, type[StockgateError]] = {
     "unknown_sku": UnknownSku,
     "hold_not_found": HoldNotFound,
     "order_not_found": OrderNotFound,
+    "incoming_not_found": IncomingNotFound,
+    "incoming_closed": IncomingClosed,
 }
 
 
