@@ -21,7 +21,8 @@ if fp then
   return {'ok', record, 1}
 end
 if not is_id(req.incoming_id) or type(req.lines) ~= 'table' or #req.lines == 0
-  or #req.lines > req.max_lines or not is_count(req.expected_ms, 0) then
+  or #req.lines > req.max_lines or type(req.expected_ms) ~= 'number'
+  or req.expected_ms < 0 or type(req.kind) ~= 'string' or type(req.reference) ~= 'string' then
   return fail('invalid', {detail = 'incoming needs an id, an expected date and 1 to '
     .. req.max_lines .. ' lines'})
 end
