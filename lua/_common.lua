@@ -112,12 +112,15 @@ end
 -- After a take of `qty` by `ref` ("hold:<id>" or "order:<id>"): the part of it that no
 -- physical unit covers is a promise, kept per cell in a zset by time (oldest first) so that
 -- a cancelled or short-closed incoming can name who is at risk (workers/preorders.py).
--- receive.lua clears it once the cell is physically covered again.
+-- Only where pre-order selling has room (a backorder-only SKU keeps no list), and only the
+-- newest 1000 (the alert names the newest). receive.lua clears it once the cell is
+-- physically covered again.
 local function preorder_note(prefix, c, ref, qty)
   local short = math.min(qty, c.reserved + c.committed + c.unavailable - c.on_hand)
-  if short > 0 then
-    redis.call('ZADD', prefix .. 'promised:' .. c.sku .. '|' .. c.loc, now_ms(),
-      ref .. '|' .. short)
+  if short > 0 and preorder_room(c) > 0 then
+    local key = prefix .. 'promised:' .. c.sku .. '|' .. c.loc
+    redis.call('ZADD', key, now_ms(), ref .. '|' .. short)
+    redis.call('ZREMRANGEBYRANK', key, 0, -1001)
   end
 end
 

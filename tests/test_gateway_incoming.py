@@ -209,3 +209,19 @@ async def test_preorders_sell_against_incoming_and_alert_when_cancelled(
     assert r.status_code == 200
     assert not await redis.exists(K.promised("TEE", "main"))
     assert (await cell(client, "TEE"))["available"] == 0
+
+
+def test_channel_value_adds_preorder_units_only_when_opted_in(gw_settings: Settings) -> None:
+    """What the push worker sends a location-mapped channel: its cell's available, plus the
+    pre-order room only for a channel with show_preorders."""
+    from stockgate.models import CellState, IncomingAt, StockView
+    from workers.propagation import channel_value
+
+    view = StockView(sku="TEE", locations={"main": CellState(on_hand=2, available=2)},
+                     available=2, channels={},
+                     incoming={"main": IncomingAt(expected=9, next_expected_at_ms=0,
+                                                  preorderable=5)})
+    shop, woo = gw_settings.channels["shop"], gw_settings.channels["woo"]
+    woo = msgspec.structs.replace(woo, location_map={"1": "main"})
+    assert channel_value(gw_settings, "shop", shop, "main", view) == 7
+    assert channel_value(gw_settings, "woo", woo, "main", view) == 2

@@ -604,12 +604,19 @@ class Propagator:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
             cells = dict(zip(skus, await pipe.execute(), strict=True))
+        expected: dict[str, dict[bytes, bytes]] = {}
+        if channel.show_preorders:  # its value adds pre-order units against incoming stock
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sku in skus:
+                    pipe.hgetall(tenant_keys(tenant).incoming_sku(sku))
+                expected = dict(zip(skus, await pipe.execute(), strict=True))
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
                 value = (channel_value(self.settings, channel_name, channel, c.location,
-                                       self.engine.view(tenant, c.sku, raw_cell))
+                                       self.engine.view(tenant, c.sku, raw_cell,
+                                                        expected.get(c.sku)))
                          if raw_cell else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
                                   expected=known[i])
