@@ -13,9 +13,10 @@ from redis.asyncio import Redis
 from loadtests.invariants import check as check_invariants
 from loadtests.invariants import collect
 from stockgate.keys import tenant_keys
-from stockgate.models import event_decoder
+from stockgate.models import CellState, IncomingAt, StockView, event_decoder
 from stockgate.settings import Settings
 from workers import preorders
+from workers.propagation import channel_value
 
 pytest_plugins = ["gateway_fixtures"]  # app, client
 
@@ -214,9 +215,6 @@ async def test_preorders_sell_against_incoming_and_alert_when_cancelled(
 def test_channel_value_adds_preorder_units_only_when_opted_in(gw_settings: Settings) -> None:
     """What the push worker sends a location-mapped channel: its cell's available, plus the
     pre-order room only for a channel with show_preorders."""
-    from stockgate.models import CellState, IncomingAt, StockView
-    from workers.propagation import channel_value
-
     view = StockView(sku="TEE", locations={"main": CellState(on_hand=2, available=2)},
                      available=2, channels={},
                      incoming={"main": IncomingAt(expected=9, next_expected_at_ms=0,
