@@ -326,11 +326,11 @@ def channel_value(settings: Settings, channel_name: str, channel: Channel, locat
     channel's single figure is the sum over its locations (StockView.channels)."""
     if location in channel.location_map.values():
         cell = view.locations.get(location)
-        shown = max(cell.available, 0) if cell else 0
         expected = view.incoming.get(location)
         if channel.show_preorders and expected is not None:
-            shown += expected.preorderable  # opted in to pre-order selling
-        return shown
+            # Opted in to pre-order selling: the room left against incoming stock on top.
+            return (max(cell.available, 0) if cell else 0) + expected.preorderable
+        return max(cell.available, 0) if cell else 0
     return view.channels.get(channel_name, 0)
 
 
