@@ -204,6 +204,9 @@ def load_settings(
         settings = msgspec.convert(resolved, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+    if settings.hold_max_total_s < settings.hold_ttl_s:
+        # Every hold would start past the cap, and no extension could ever extend one.
+        raise ConfigError("hold_max_total_s must be at least hold_ttl_s")
     for name, key in settings.api_keys.items():
         if not key.secret:
             raise ConfigError(f"api_keys.{name}.secret is empty")

@@ -254,10 +254,13 @@ class StockEngine:
     async def stock(self, tenant: str, sku: str) -> StockView:
         """Every state per location, available overall and as each channel should show it."""
         k = tenant_keys(tenant)
-        raw = await self.redis.hgetall(k.stock(sku))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.stock(sku))
+            pipe.hgetall(k.incoming_sku(sku))  # units expected by incoming records
+            raw, expected = await pipe.execute()
         if not raw:
             raise errors.UnknownSku(sku=sku)
-        return self.view(tenant, sku, raw, await self.redis.hgetall(k.incoming_sku(sku)))
+        return self.view(tenant, sku, raw, expected)
 
     async def hold_lines(self, tenant: str, hold_id: str) -> HoldRecord | None:
         """A hold's status, reserved lines ([sku, location, qty] as hold.lua stored them) and

@@ -3,11 +3,15 @@ a hold that is gone answers 404 and nothing is created or moved."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 from gateway_support import OPERATOR, OTHER_TENANT, STOREFRONT, bearer, cell, receive
 from redis.asyncio import Redis
 
 from stockgate.keys import tenant_keys
+from stockgate.settings import ConfigError, load_settings
 
 pytest_plugins = ["gateway_fixtures"]  # gw_settings, app, client
 
@@ -130,3 +134,12 @@ async def test_other_tenant_and_scopes(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400
     r = await client.patch("/v1/holds/bad%20id", headers=SF, json={})
     assert r.status_code == 400
+
+
+def test_a_cap_below_the_ttl_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sg.toml"
+    path.write_text("hold_ttl_s = 900\nhold_max_total_s = 600\n")
+    with pytest.raises(ConfigError, match="hold_max_total_s"):
+        load_settings(str(path), env={})
+    path.write_text("hold_ttl_s = 900\n")
+    assert load_settings(str(path), env={}).hold_max_total_s == 3600
