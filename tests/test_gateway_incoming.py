@@ -13,10 +13,17 @@ from redis.asyncio import Redis
 from loadtests.invariants import check as check_invariants
 from loadtests.invariants import collect
 from stockgate.keys import tenant_keys
-from stockgate.models import CellState, IncomingAt, StockView, event_decoder
+from stockgate.models import (
+    CellState,
+    Event,
+    EventSource,
+    IncomingAt,
+    StockView,
+    event_decoder,
+)
 from stockgate.settings import Settings
 from workers import preorders
-from workers.propagation import channel_value
+from workers.propagation import channel_value, targets
 
 pytest_plugins = ["gateway_fixtures"]  # app, client
 
@@ -223,3 +230,18 @@ def test_channel_value_adds_preorder_units_only_when_opted_in(gw_settings: Setti
     woo = msgspec.structs.replace(woo, location_map={"1": "main"})
     assert channel_value(gw_settings, "shop", shop, "main", view) == 7
     assert channel_value(gw_settings, "woo", woo, "main", view) == 2
+
+
+def test_incoming_events_push_only_to_opted_in_channels(gw_settings: Settings) -> None:
+    """Opening or closing expected units moves no stock field, only the pre-order room that
+    opted-in channels show: those channels, and only those, are pushed."""
+    channels = {name: msgspec.structs.replace(ch, api_url="https://example.test")
+                for name, ch in gw_settings.channels.items()}
+    settings = msgspec.structs.replace(gw_settings, channels=channels)
+    opened = Event(ts=0, tenant="acme", type="incoming", sku="TEE", location="main",
+                   delta={"incoming": 10}, source=EventSource())
+    assert targets(settings, opened) == ["shop|main|TEE"]
+    assert targets(settings, msgspec.structs.replace(opened, delta={"incoming": 0})) == []
+    received = msgspec.structs.replace(opened, type="receive",
+                                       delta={"on_hand": 4, "incoming": -4})
+    assert len(targets(settings, received)) == len(channels)  # available moved: everyone

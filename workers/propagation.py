@@ -353,11 +353,15 @@ def targets(settings: Settings, event: Event) -> list[str]:
     # A change that moves no available (its order took units held for it) still moved the
     # figure of the channel that sold them, by its own rule: that channel alone is pushed.
     only = None if shown_change(event.delta) else event.source.channel
-    if only == "":
+    # Expected units opened or closed: the pre-order room that opted-in channels show moved.
+    preorders = bool(event.delta.get("incoming"))
+    if only == "" and not preorders:
         return []
     found = []
     for name, channel in settings.channels.items():
-        if channel.tenant != event.tenant or not channel.api_url or only not in (None, name):
+        if channel.tenant != event.tenant or not channel.api_url:
+            continue
+        if only not in (None, name) and not (preorders and channel.show_preorders):
             continue
         if event.location in selling_locations(settings, channel):
             found.append(member_of(name, push_location(settings, channel, event.location),
