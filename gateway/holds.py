@@ -8,9 +8,9 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest
 from gateway.http import Endpoint, JSONReply, read_json
-from gateway.replies import HoldCreated, replay_headers
+from gateway.replies import HoldCreated, HoldExtended, replay_headers
 from stockgate import errors
-from stockgate.models import CommitRequest, HoldRequest
+from stockgate.models import CommitRequest, ExtendRequest, HoldRequest
 
 _HOLD_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
@@ -65,8 +65,21 @@ async def release_hold(request: Request) -> JSONReply:
                      headers=replay_headers(replayed))
 
 
+async def extend_hold(request: Request) -> JSONReply:
+    """Not keyed for idempotency: the call means "live until at least now + ttl_s, within
+    the cap", so a retry lands on the same or a slightly later expiry, never a new hold."""
+    principal = authenticate(request, "storefront")
+    hold_id = _hold_id(request)
+    body = await read_json(request, ExtendRequest)
+    state = request.app.state
+    with state.metrics.script("extend"):
+        reply = await state.engine.extend(principal.tenant, hold_id, body.ttl_s)
+    return JSONReply(HoldExtended.of(reply))
+
+
 routes = [
     Route("/v1/holds", Endpoint(create_hold), methods=["POST"]),
     Route("/v1/holds/{hold_id}/commit", Endpoint(commit_hold), methods=["POST"]),
     Route("/v1/holds/{hold_id}", Endpoint(release_hold), methods=["DELETE"]),
+    Route("/v1/holds/{hold_id}", extend_hold, methods=["PATCH"]),
 ]

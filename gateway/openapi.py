@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from gateway.channels import bigcommerce, shopify, standard, woocommerce
 from gateway.operator import EVENT_TYPES, AlertsReply, DeliveriesReply, EventsReply, RetryReply
-from gateway.replies import BulkReply, HoldCreated
+from gateway.replies import BulkReply, HoldCreated, HoldExtended
 from gateway.webhooks import WebhookReply
 from stockgate.models import (
     MAX_PAGE,
@@ -24,10 +24,16 @@ from stockgate.models import (
     BundleRequest,
     BundleView,
     CommitRequest,
+    ExtendRequest,
     HoldRequest,
+    IncomingList,
+    IncomingRecord,
+    IncomingRequest,
     MovedLine,
     PolicyReply,
     PolicyRequest,
+    ReceiptReply,
+    ReceiptRequest,
     ReleaseReply,
     StockView,
 )
@@ -85,6 +91,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "hold_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
     "sku": {"type": "string", "minLength": 1, "maxLength": 128,
             "pattern": r"^[^\x00-\x1f\x7f]+$"},
+    "incoming_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
 }
 
 
@@ -239,12 +246,46 @@ def _bundle_paths() -> dict[str, Any]:
     }}
 
 
+def _incoming_paths() -> dict[str, Any]:
+    one = ["incoming_id"]
+    gone = {"404": "incoming_not_found"}
+    return {
+        "/v1/incoming": {
+            "post": _op("Expect units at locations (a purchase order or a transfer)",
+                        "operator", ("201", "IncomingRecord", "recorded (a repeat of the same "
+                                     "incoming_id answers the same)"), "IncomingRequest",
+                        {"409": "idempotency_conflict: incoming_id reused with another body"}),
+            "get": _op("Incoming records, newest first", "operator",
+                       ("200", "IncomingList", "records"), query=[
+                           _query("sku", {"type": "string"}, "only records with this SKU"),
+                           _query("status", {"enum": ["open", "received", "closed",
+                                                      "cancelled"]}, "only this status"),
+                           _query("limit", {"type": "integer", "minimum": 1,
+                                            "maximum": 1000}, "at most (default 100)")])},
+        "/v1/incoming/{incoming_id}": {"get": _op(
+            "One incoming record", "operator", ("200", "IncomingRecord", "the record"), None,
+            gone, one)},
+        "/v1/incoming/{incoming_id}/receipts": {"post": _op(
+            "Receive units into on_hand (idempotent per receipt_id); over-receipts are taken "
+            "in and reported; close: true closes what stays open", "operator",
+            ("200", "ReceiptReply", "received"), "ReceiptRequest",
+            {**gone, "409": "incoming_closed (received, closed or cancelled) or "
+                            "idempotency_conflict: receipt_id reused with another body"},
+            one)},
+        "/v1/incoming/{incoming_id}/cancel": {"post": _op(
+            "Cancel what is still expected (idempotent)", "operator",
+            ("200", "IncomingRecord", "cancelled"), None,
+            {**gone, "409": "incoming_closed: fully received or closed already"}, one)},
+    }
+
+
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [HoldRequest, HoldCreated, CommitRequest, Committed, ReleaseReply, StockView,
          AdjustRequest, AdjustReply, BulkAdjustRequest, BulkReply, PolicyRequest, PolicyReply,
          EventsReply, AlertsReply, DeliveriesReply, RetryReply, WebhookReply, Error,
-         BundleRequest, BundleReply, BundleView],
+         BundleRequest, BundleReply, BundleView, ExtendRequest, HoldExtended, IncomingRequest, IncomingRecord, IncomingList,
+         ReceiptRequest, ReceiptReply],
         ref_template=_REF)
     components.update(_webhook_components())
     limit = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
@@ -261,7 +302,13 @@ def build() -> dict[str, Any]:
                               "409": "hold committed to another order"}, ["hold_id"])},
         "/v1/holds/{hold_id}": {"delete": _op(
             "Release a hold (idempotent)", "storefront", ("200", "ReleaseReply", "released"),
-            None, {"404": "unknown hold", "409": "hold already committed"}, ["hold_id"])},
+            None, {"404": "unknown hold", "409": "hold already committed"}, ["hold_id"]),
+            "patch": _op(
+                "Extend a live hold to now + ttl_s, clamped at hold_max_total_s from its "
+                "creation (capped: true); never shortens it", "storefront",
+                ("200", "HoldExtended", "the hold's real expiry"), "ExtendRequest",
+                {"404": "hold_not_found: unknown, released, committed or expired (status "
+                        "says which); nothing is created"}, ["hold_id"])},
         "/v1/stock/{sku}": {"get": _op(
             "Every state per location, available overall and per channel", "storefront",
             ("200", "StockView", "the SKU's stock"), None, {"404": "unknown SKU"}, ["sku"])},
@@ -298,6 +345,7 @@ def build() -> dict[str, Any]:
             "Retry a failed push", "operator", ("202", "RetryReply", "queued"), None,
             {"404": "no failed delivery with this id"}, ["delivery_id"])},
         "/webhooks/{channel_id}": {"post": _webhook_operation()},
+        **_incoming_paths(),
         **_health_paths(),
         **_bundle_paths(),
     }

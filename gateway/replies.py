@@ -6,7 +6,7 @@ import time
 
 import msgspec
 
-from stockgate.models import HoldReply, MovedLine
+from stockgate.models import ExtendReply, HoldReply, MovedLine
 
 
 class HoldCreated(msgspec.Struct, frozen=True):
@@ -20,6 +20,19 @@ class HoldCreated(msgspec.Struct, frozen=True):
         ms = reply.expires_at_ms
         return cls(reply.hold_id, iso_ms(ms), ms,
                    [MovedLine(ln.sku, ln.location, ln.qty) for ln in reply.lines])
+
+
+class HoldExtended(msgspec.Struct, frozen=True):
+    hold_id: str
+    expires_at: str  # ISO 8601, UTC: the real expiry, clamped or not
+    expires_at_ms: int
+    max_expires_at: str  # the latest any extension can reach (creation + hold_max_total_s)
+    capped: bool  # the asked ttl_s reached past max_expires_at and was clamped to it
+
+    @classmethod
+    def of(cls, reply: ExtendReply) -> HoldExtended:
+        return cls(reply.hold_id, iso_ms(reply.expires_at_ms), reply.expires_at_ms,
+                   iso_ms(reply.max_expires_at_ms), reply.capped)
 
 
 def iso_ms(ms: int) -> str:

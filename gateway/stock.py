@@ -113,7 +113,7 @@ async def set_policy(request: Request) -> JSONReply:
         reply = await state.engine.set_policy(
             principal.tenant, sku, location=body.location, safety=body.safety,
             backorder_limit=body.backorder_limit, low_stock_threshold=body.low_stock_threshold,
-            max_per_customer=body.max_per_customer)
+            max_per_customer=body.max_per_customer, preorder_limit=body.preorder_limit)
     return JSONReply(reply)
 
 

@@ -47,6 +47,7 @@ class SkuLedger(Struct):
     available: int = 0
     shipped: int = 0  # left on_hand by fulfilment
     returned: int = 0  # came back to on_hand by refund restock
+    received: int = 0  # came into on_hand by receipts of incoming stock
     sold: dict[str, int] = {}  # net units committed per channel (commits - cancels - restocks)
     oversell_rejected: int = 0  # channel order lines refused for lack of stock
     min_available: int = 0  # lowest available any event ever reported
@@ -99,6 +100,16 @@ def _after_problems(after: CellState) -> list[tuple[str, str]]:
     return problems
 
 
+def _preorder_room(obs: Observed, sku: str, incoming: int) -> int:
+    """Pre-order selling may take available below its backorder limit by min(preorder_limit,
+    open incoming units at the cell): the units still expected when the event happened (the
+    running sum of incoming deltas), against the SKU's limit as it stands now (a limit
+    change writes no event). Units promised and then left uncovered by a cancelled or
+    short-closed incoming show up as an oversell: they are one, and an alert names them."""
+    view = obs.views.get(sku)
+    return min(view.preorder_limit, incoming) if view is not None else 0
+
+
 def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantReport:
     violations: list[Violation] = []
     counts: dict[str, int] = {}
@@ -130,6 +141,8 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
             ledger.shipped -= ev.delta.get("on_hand", 0)
         elif ev.type == "restock":
             ledger.returned += ev.delta.get("on_hand", 0)
+        elif ev.type == "receive":
+            ledger.received += ev.delta.get("on_hand", 0)
         if ev.type in ("commit", "cancel", "restock"):
             ledger.sold[channel] = ledger.sold.get(channel, 0) + ev.delta.get("committed", 0)
         if ev.type == "oversell_rejected":
@@ -138,7 +151,8 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
             last_after[cell] = ev.after
             for check_name, problem in _after_problems(ev.after):
                 fail(check_name, f"event {ev.id} ({ev.type}) left {problem}", ev.sku)
-            headroom = ev.after.available + ev.after.backorder_limit
+            headroom = ev.after.available + ev.after.backorder_limit + _preorder_room(
+                obs, ev.sku, acc.get("incoming", 0))
             worst[cell] = min(worst.get(cell, headroom), headroom)
             ledger.min_available = min(ledger.min_available, ev.after.available)
 
@@ -156,7 +170,9 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
                     fail("conservation",
                          f"{loc}: {name}={value} but the outbox events sum to "
                          f"{sums.get(cell, {}).get(name, 0)}", sku)
-            headroom = state.available + state.backorder_limit
+            expected = view.incoming.get(loc)
+            headroom = state.available + state.backorder_limit + min(
+                view.preorder_limit, expected.expected if expected else 0)
             worst[cell] = min(worst.get(cell, headroom), headroom)
             if cell in last_after:
                 after = last_after[cell]
@@ -174,10 +190,21 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
                 fail("conservation", f"{cell[1]}: events exist for a location with no stock",
                      sku)
         # The merchant's ledger: what came in is on the shelf, or shipped minus returned.
-        if ledger.seeded != ledger.on_hand + ledger.shipped - ledger.returned:
+        came_in = ledger.seeded + ledger.received
+        if came_in != ledger.on_hand + ledger.shipped - ledger.returned:
             fail("conservation",
-                 f"seeded {ledger.seeded} != on_hand {ledger.on_hand} + shipped "
-                 f"{ledger.shipped} - returned {ledger.returned}", sku)
+                 f"seeded {ledger.seeded} + received {ledger.received} != on_hand "
+                 f"{ledger.on_hand} + shipped {ledger.shipped} - returned {ledger.returned}",
+                 sku)
+        # Units still expected: what incoming records opened minus what receipts, closes
+        # and cancels took off, per location, equals what the view shows as expected.
+        for cell, acc in sums.items():
+            shown = view.incoming.get(cell[1])
+            if cell[0] == sku and acc.get("incoming", 0) != (shown.expected if shown else 0):
+                fail("conservation", f"{cell[1]}: incoming events sum to "
+                                     f"{acc.get('incoming', 0)} but "
+                                     f"{shown.expected if shown else 0} units are expected",
+                     sku)
     for sku in ledgers:
         if sku not in obs.views:
             fail("conservation", "events exist for a SKU whose stock is gone", sku)

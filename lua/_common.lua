@@ -74,9 +74,54 @@ local function available(c)
   return c.on_hand - c.reserved - c.committed - c.unavailable - c.safety
 end
 
--- May `qty` more units leave this cell's available (honouring the backorder limit)?
+-- Open incoming units of one SKU, per "<location>|<incoming id>" -> "<open>|<expected ms>"
+-- (incoming.lua, receive.lua, incoming_cancel.lua keep it).
+local function incoming_key(prefix, sku)
+  return prefix .. 'incoming:sku:' .. sku
+end
+
+-- Pre-order room of a cell: min(the SKU's preorder_limit, open incoming units at the cell's
+-- location). Read only when a take goes past the backorder limit, so a sale within stock
+-- pays nothing for it; cached on the cell for the rest of the script.
+local function preorder_room(c)
+  if c.preorder_room then return c.preorder_room end
+  local room = 0
+  local limit = tonumber(redis.call('HGET', c.key, 'preorder_limit') or '0')
+  if limit > 0 then
+    local prefix = string.sub(c.key, 1, #c.key - #c.sku - #'stock:')
+    local flat = redis.call('HGETALL', incoming_key(prefix, c.sku))
+    local mine = c.loc .. '|'
+    for i = 1, #flat, 2 do
+      if string.sub(flat[i], 1, #mine) == mine then
+        room = room + tonumber(string.match(flat[i + 1], '^%d+'))
+      end
+    end
+    room = math.min(room, limit)
+  end
+  c.preorder_room = room
+  return room
+end
+
+-- May `qty` more units leave this cell's available (honouring the backorder limit, and
+-- beyond it the pre-order room against incoming stock)?
 local function can_take(c, qty)
-  return available(c) - qty >= -c.backorder_limit
+  local left = available(c) - qty + c.backorder_limit
+  return left >= 0 or left + preorder_room(c) >= 0
+end
+
+-- After a take of `qty` by `ref` ("hold:<id>" or "order:<id>"): the part of it that no
+-- physical unit covers is a promise, kept per cell in a zset by time (oldest first) so that
+-- a cancelled or short-closed incoming can name who is at risk (workers/preorders.py).
+-- Only where pre-order selling has room (a backorder-only SKU keeps no list), and only the
+-- newest 1000 (the alert names the newest). receive.lua clears it once the cell is
+-- physically covered again.
+local function preorder_note(prefix, c, ref, qty)
+  local short = math.min(qty, c.reserved + c.committed + c.unavailable - c.on_hand)
+  if short > 0 and preorder_room(c) > 0 then
+    local key = prefix .. 'promised:' .. c.sku .. '|' .. c.loc
+    redis.call('ZADD', key, now_ms(), ref .. '|' .. short)
+    redis.call('ZREMRANGEBYRANK', key, 0, -1001)
+  end
 end
 
 -- Writes a cell back. With field names, writes only those (the fields a script changed);

@@ -75,6 +75,7 @@ for _, c in ipairs(order) do
   c.reserved = c.reserved + wanted[c]
   cell_write(c, 'reserved')
   emit(outbox, ctx, 'hold', c, {reserved = wanted[c]})
+  preorder_note(prefix, c, 'hold:' .. req.hold_id, wanted[c])
 end
 if customer ~= '' then
   for sku, qty in pairs(per_sku) do
@@ -87,6 +88,8 @@ reply = cjson.encode({hold_id = req.hold_id, expires_at_ms = expires_at, lines =
 redis.call('HSET', hold_key, 'fp', req.fp, 'reply', reply, 'status', 'held',
   'lines', cjson.encode(bundle_note == '' and req.lines or plain_lines(lines)),
   'expires_at', expires_at, 'customer', customer, 'channel', channel, 'keep_ms', req.idem_ttl_ms)
+-- When it was made: an extension (extend.lua) caps the hold's whole life from here.
+redis.call('HSET', hold_key, 'created_at', ts)
 -- No expiry while held: the record is what gives the units back, however long the sweep is
 -- down. It gets one (hold_closed) when it leaves `held`, and then outlives that change by the
 -- idempotency TTL so that a retried request still gets its first answer.

@@ -204,6 +204,7 @@ for _, line in ipairs(req_lines) do
         c.committed = c.committed + q
         channel_own(prefix, channel, sku, loc, q)
         emit(outbox, ctx, 'commit', c, {committed = q})
+        preorder_note(prefix, c, 'order:' .. req.order_id, q)
         entries[#entries + 1] = {sku = sku, location = loc, qty = q, open = q, fulfilled = 0,
           restocked = 0}
       end

@@ -68,6 +68,16 @@ class BundleConflict(StockgateError):
     status = 409
 
 
+class IncomingNotFound(StockgateError):
+    code = "incoming_not_found"
+    status = 404
+
+
+class IncomingClosed(StockgateError):
+    code = "incoming_closed"
+    status = 409
+
+
 class StoreUnavailable(StockgateError):
     """Redis is unreachable: callers should retry (webhooks get 503 + Retry-After)."""
 
@@ -85,6 +95,8 @@ _BY_SCRIPT_CODE: dict[str, type[StockgateError]] = {
     "hold_not_found": HoldNotFound,
     "order_not_found": OrderNotFound,
     "bundle_conflict": BundleConflict,
+    "incoming_not_found": IncomingNotFound,
+    "incoming_closed": IncomingClosed,
 }
 
 

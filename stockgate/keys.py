@@ -24,6 +24,23 @@ class TenantKeys:
     def order(self, order_id: str) -> str:
         return self.prefix + "order:" + order_id
 
+    def incoming(self, incoming_id: str) -> str:
+        return self.prefix + "incoming:rec:" + incoming_id
+
+    @property
+    def incoming_index(self) -> str:
+        """Zset of incoming record ids by creation time (GET /v1/incoming)."""
+        return self.prefix + "incoming:all"
+
+    def incoming_sku(self, sku: str) -> str:
+        """Hash "<location>|<incoming id>" -> "<open units>|<expected ms>" (lua incoming_key)."""
+        return self.prefix + "incoming:sku:" + sku
+
+    def promised(self, sku: str, location: str) -> str:
+        """Zset by time of "<hold:id|order:id>|<units>" promised beyond physical stock at one
+        cell (lua preorder_note)."""
+        return self.prefix + "promised:" + sku + "|" + location
+
     def idempotency(self, kind: str, key: str) -> str:
         return self.prefix + "idem:" + kind + ":" + key
 

@@ -5,6 +5,7 @@ Decoders and encoders are built once at import and reused on the hot path.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
@@ -31,6 +32,8 @@ SignedCount = Annotated[int, Meta(ge=-MAX_QTY, le=MAX_QTY)]
 EventType = Literal[
     "hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
     "oversell_rejected", "bundle",
+    "extend",  # a hold's expiry moved later (delta {}: no field changes)
+    "incoming", "receive",  # expected units opened/closed; a receipt into on_hand
 ]
 
 
@@ -106,6 +109,7 @@ class PolicyRequest(Struct, frozen=True, forbid_unknown_fields=True):
     backorder_limit: Count | None = None
     low_stock_threshold: Count | None = None
     max_per_customer: Count | None = None
+    preorder_limit: Count | None = None
 
 
 # ---- script replies -----------------------------------------------------------------------
@@ -201,6 +205,7 @@ class PolicyReply(Struct, frozen=True):
     backorder_limit: int
     low_stock_threshold: int
     max_per_customer: int
+    preorder_limit: int = 0
 
 
 class ExpireReply(Struct, frozen=True):
@@ -237,6 +242,16 @@ class StockView(Struct, frozen=True):
     channels: dict[str, int]
     low_stock_threshold: int = 0
     max_per_customer: int = 0
+    # Per location: units expected by open incoming records and what pre-order selling may
+    # still take against them (stockgate/incoming.py); absent where nothing is expected.
+    incoming: dict[str, IncomingAt] = {}
+    preorder_limit: int = 0
+
+
+class IncomingAt(Struct, frozen=True):
+    expected: int  # open units of open incoming records at this location
+    next_expected_at_ms: int  # the earliest expected date among them
+    preorderable: int  # units pre-order selling may still take (shown to opted-in channels)
 
 
 # ---- outbox events --------------------------------------------------------------------------
@@ -301,3 +316,82 @@ MAX_PAGE = 1000
 
 event_decoder = msgspec.json.Decoder(Event)
 json_encoder = msgspec.json.Encoder()
+
+
+# ---- hold extension and incoming stock --------------------------------------------------
+
+class ExtendRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    # The hold should live this long from now (default: the configured hold_ttl_s), capped
+    # by hold_max_total_s from its creation.
+    ttl_s: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+
+
+class ExtendReply(Struct, frozen=True):
+    hold_id: str
+    expires_at_ms: int
+    max_expires_at_ms: int  # the cap: creation + hold_max_total_s
+    capped: bool  # the asked expiry was past the cap and was clamped to it
+
+
+# A record's lines and a receipt's lines are bounded so that one script stays short.
+MAX_INCOMING_LINES = 100
+MAX_RECEIPTS = 1000
+IncomingKind = Literal["purchase_order", "transfer"]
+IncomingStatus = Literal["open", "received", "closed", "cancelled"]
+
+
+class IncomingRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    incoming_id: Ident
+    expected_date: date
+    reference: Annotated[str, Meta(min_length=1, max_length=200)]
+    lines: Annotated[list[Line], Meta(min_length=1, max_length=MAX_INCOMING_LINES)]
+    kind: IncomingKind = "purchase_order"
+    location: Location | None = None  # lines without a location expect their units here
+
+
+class ReceiptRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    receipt_id: Ident
+    lines: Annotated[list[Line], Meta(max_length=MAX_INCOMING_LINES)] = []
+    # Close whatever stays open after this receipt (a short delivery: no more will come).
+    close: bool = False
+
+
+class IncomingLineState(Struct, frozen=True):
+    sku: str
+    location: str
+    qty: int  # expected
+    received: int
+    open: int  # still expected (0 once covered, closed or cancelled)
+
+
+class IncomingRecord(Struct, frozen=True):
+    incoming_id: str
+    kind: str
+    reference: str
+    expected_date: str
+    expected_at_ms: int
+    status: IncomingStatus
+    created_at_ms: int
+    receipts: int
+    lines: list[IncomingLineState]
+
+
+class ReceiptLineResult(Struct, frozen=True):
+    sku: str
+    location: str
+    qty: int  # received by this receipt
+    covered: int  # open units it closed
+    over: int  # units beyond the line's open quantity (over-receipt)
+    closed: int  # open units closed without arriving (close = true)
+
+
+class ReceiptReply(Struct, frozen=True):
+    incoming_id: str
+    receipt_id: str
+    status: IncomingStatus
+    over_received: int
+    lines: list[ReceiptLineResult]
+
+
+class IncomingList(Struct, frozen=True):
+    incoming: list[IncomingRecord]

@@ -26,6 +26,7 @@ from stockgate.wire import Wire
 OPERATIONS = (
     "hold", "release", "commit", "order", "fulfil", "cancel", "restock", "adjust", "policy",
     "expire", "moved", "bundle",
+    "extend", "incoming", "receive", "incoming_cancel",
 )
 # Upper bound on one pipeline, so a burst does not become one giant reply to parse.
 MAX_BATCH = 256

@@ -60,6 +60,9 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # units came back, so by default nothing is restocked and an alert asks for review. Set
     # this when this shop's refunds always mean the goods came back (or never left).
     restock_refunds: bool = False
+    # Show this channel the units pre-order selling may still take against incoming stock
+    # on top of available (StockView.incoming[...].preorderable); off: available only.
+    show_preorders: bool = False
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own
@@ -83,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: str = ""
     data_dir: str = ".stockgate"
     hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 900
+    # The longest a hold may live from its creation, however often PATCH /v1/holds/{id}
+    # extends it (a 3-D Secure challenge or a wallet payment in progress): one hour by
+    # default, so an abandoned payment page cannot keep units off sale for long.
+    hold_max_total_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86_400)] = 3600
     # Idempotency records outlive any channel's retry window (Shopify retries for 48 h).
     idempotency_ttl_s: Annotated[int, msgspec.Meta(ge=86_400)] = 3 * 86_400
     # An order's stock state (open, shipped, restocked units) lives while any unit is open, and
@@ -197,6 +204,9 @@ def load_settings(
         settings = msgspec.convert(resolved, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+    if settings.hold_max_total_s < settings.hold_ttl_s:
+        # Every hold would start past the cap, and no extension could ever extend one.
+        raise ConfigError("hold_max_total_s must be at least hold_ttl_s")
     for name, key in settings.api_keys.items():
         if not key.secret:
             raise ConfigError(f"api_keys.{name}.secret is empty")

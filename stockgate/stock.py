@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from stockgate import errors
+from stockgate import errors, incoming
 from stockgate.keys import tenant_keys
 from stockgate.models import (
     AdjustReply,
@@ -23,6 +23,7 @@ from stockgate.models import (
     CellState,
     CommitReply,
     ExpireReply,
+    ExtendReply,
     FulfilReply,
     HoldRecord,
     HoldReply,
@@ -119,6 +120,19 @@ class StockEngine:
         return await self._run("commit", tenant,
                                [k.outbox, k.hold(hold_id), k.expiry, k.order(order_id)],
                                request, channel, CommitReply)
+
+    async def extend(self, tenant: str, hold_id: str, ttl_s: int | None = None, *,
+                     channel: str = "") -> ExtendReply:
+        """Move a live hold's expiry to now + ttl_s, within hold_max_total_s of its
+        creation (lua/extend.lua); a hold that is gone raises HoldNotFound."""
+        k = tenant_keys(tenant)
+        request = {"hold_id": hold_id,
+                   "ttl_ms": (ttl_s or self.settings.hold_ttl_s) * 1000,
+                   "max_total_ms": self.settings.hold_max_total_s * 1000,
+                   "default_ttl_ms": self.settings.hold_ttl_s * 1000}
+        reply, _ = await self._run("extend", tenant, [k.outbox, k.hold(hold_id), k.expiry],
+                                   request, channel, ExtendReply)
+        return reply
 
     async def expire(self, tenant: str, limit: int = 500) -> ExpireReply:
         k = tenant_keys(tenant)
@@ -224,12 +238,13 @@ class StockEngine:
     async def set_policy(self, tenant: str, sku: str, *, location: str | None = None,
                          safety: int | None = None, backorder_limit: int | None = None,
                          low_stock_threshold: int | None = None,
-                         max_per_customer: int | None = None) -> PolicyReply:
+                         max_per_customer: int | None = None,
+                         preorder_limit: int | None = None) -> PolicyReply:
         k = tenant_keys(tenant)
         request = {"sku": sku, "location": location or self.default_location(tenant),
                    "safety": safety, "backorder_limit": backorder_limit,
                    "low_stock_threshold": low_stock_threshold,
-                   "max_per_customer": max_per_customer}
+                   "max_per_customer": max_per_customer, "preorder_limit": preorder_limit}
         reply, _ = await self._run("policy", tenant, [k.outbox, k.stock(sku)], request, "",
                                    PolicyReply)
         return reply
@@ -238,10 +253,14 @@ class StockEngine:
 
     async def stock(self, tenant: str, sku: str) -> StockView:
         """Every state per location, available overall and as each channel should show it."""
-        raw = await self.redis.hgetall(tenant_keys(tenant).stock(sku))
+        k = tenant_keys(tenant)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.stock(sku))
+            pipe.hgetall(k.incoming_sku(sku))  # units expected by incoming records
+            raw, expected = await pipe.execute()
         if not raw:
             raise errors.UnknownSku(sku=sku)
-        return self.view(tenant, sku, raw)
+        return self.view(tenant, sku, raw, expected)
 
     async def hold_lines(self, tenant: str, hold_id: str) -> HoldRecord | None:
         """A hold's status, reserved lines ([sku, location, qty] as hold.lua stored them) and
@@ -255,7 +274,8 @@ class StockEngine:
                           lines=_decode(lines, list[ScriptLine]),
                           order_id=order_id.decode() if order_id else "")
 
-    def view(self, tenant: str, sku: str, raw: dict[bytes, bytes]) -> StockView:
+    def view(self, tenant: str, sku: str, raw: dict[bytes, bytes],
+             incoming_raw: dict[bytes, bytes] | None = None) -> StockView:
         cells: dict[str, dict[str, int]] = {}
         rules: dict[str, int] = {}
         for field, value in raw.items():
@@ -278,12 +298,21 @@ class StockEngine:
             sells_from = channel.locations or (self.default_location(tenant),)
             channels[name] = sum(max(locations[loc].available, 0)
                                  for loc in sells_from if loc in locations)
+        expected = incoming.view(incoming_raw or {}, locations,
+                                 rules.get("preorder_limit", 0))
+        for name, channel in self.settings.channels.items():
+            # Pre-order units are shown only to channels that opt in (show_preorders).
+            if channel.tenant == tenant and channel.show_preorders and name in channels:
+                sells_from = channel.locations or (self.default_location(tenant),)
+                channels[name] += sum(expected[loc].preorderable for loc in sells_from
+                                      if loc in expected)
         return StockView(
             sku=sku, locations=locations,
             available=sum(max(c.available, 0) for c in locations.values()),
             channels=channels,
             low_stock_threshold=rules.get("low_stock_threshold", 0),
             max_per_customer=rules.get("max_per_customer", 0),
+            incoming=expected, preorder_limit=rules.get("preorder_limit", 0),
         )
 
     async def skus(self, tenant: str) -> list[str]:

@@ -181,6 +181,24 @@ MUTATIONS = (
              "  if false then\n    out[#out + 1] = 0",
              ("tests/test_propagation_hardening.py", "tests/test_review3_findings.py"),
              "a lapsed claim finishes a target another worker holds"),
+    # --- hold extension and incoming stock (issue 11) ------------------------------------
+    Mutation("extend-past-the-cap", "lua/extend.lua",
+             "local new_expiry = math.max(math.min(wanted, cap), expires_at)",
+             "local new_expiry = math.max(wanted, expires_at)",
+             ("tests/test_hold_extend.py",),
+             "an extension keeps a hold past hold_max_total_s"),
+    Mutation("receipt-not-idempotent", "lua/receive.lua",
+             "if seen_fp then", "if false and seen_fp then",
+             ("tests/test_incoming_property.py",),
+             "a repeated receipt adds its units to on_hand again"),
+    Mutation("no-preorder-room", "lua/_common.lua",
+             "return left >= 0 or left + preorder_room(c) >= 0", "return left >= 0",
+             ("tests/test_incoming_property.py",),
+             "pre-order selling against incoming stock sells nothing"),
+    Mutation("no-preorder-alert", "workers/preorders.py",
+             "    if uncovered <= 0:\n        return", "    if True:\n        return",
+             ("tests/test_gateway_incoming.py",),
+             "a cancel that strands pre-ordered units names no order"),
 )
 
 

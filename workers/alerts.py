@@ -29,6 +29,7 @@ AlertType = Literal[
     "webhook_not_applied",  # a channel said goods moved and Stockgate moved nothing
     "channel_throttled",  # a channel asked us to wait longer than we wait in one piece
     "channel_moved_unexplained",  # a channel's count fell on its own and nothing explains it
+    "preorder_at_risk",  # incoming closed short of what pre-orders were promised against
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400

@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from stockgate.keys import tenant_keys
 from stockgate.models import Event, event_decoder
 from stockgate.settings import Settings
+from workers import preorders
 from workers.alerts import raise_alert
 from workers.audit import AuditStore, audit_unreachable
 from workers.keys import CONSUMER_GROUP
@@ -252,6 +253,7 @@ class OutboxConsumer:
                                   once=f"ev:{event.id}")
             elif event.after is not None:
                 await self._low_stock(tenant, event)
+                await preorders.check_event(self.redis, tenant, event)
 
     async def _low_stock(self, tenant: str, event: Event) -> None:
         after = event.after

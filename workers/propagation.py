@@ -327,6 +327,10 @@ def channel_value(settings: Settings, channel_name: str, channel: Channel, locat
     channel's single figure is the sum over its locations (StockView.channels)."""
     if location in channel.location_map.values():
         cell = view.locations.get(location)
+        expected = view.incoming.get(location)
+        if channel.show_preorders and expected is not None:
+            # Opted in to pre-order selling: the room left against incoming stock on top.
+            return (max(cell.available, 0) if cell else 0) + expected.preorderable
         return max(cell.available, 0) if cell else 0
     return view.channels.get(channel_name, 0)
 
@@ -356,11 +360,15 @@ def targets(settings: Settings, event: Event) -> list[str]:
     # A change that moves no available (its order took units held for it) still moved the
     # figure of the channel that sold them, by its own rule: that channel alone is pushed.
     only = None if shown_change(event.delta) else event.source.channel
-    if only == "":
+    # Expected units opened or closed: the pre-order room that opted-in channels show moved.
+    preorders = bool(event.delta.get("incoming"))
+    if only == "" and not preorders:
         return []
     found = []
     for name, channel in settings.channels.items():
-        if channel.tenant != event.tenant or not channel.api_url or only not in (None, name):
+        if channel.tenant != event.tenant or not channel.api_url:
+            continue
+        if only not in (None, name) and not (preorders and channel.show_preorders):
             continue
         if event.location in selling_locations(settings, channel):
             found.append(member_of(name, push_location(settings, channel, event.location),
@@ -614,14 +622,20 @@ class Propagator:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
             cells = dict(zip(skus, await pipe.execute(), strict=True))
+        expected: dict[str, dict[bytes, bytes]] = {}
+        if channel.show_preorders:  # its value adds pre-order units against incoming stock
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sku in skus:
+                    pipe.hgetall(tenant_keys(tenant).incoming_sku(sku))
+                expected = dict(zip(skus, await pipe.execute(), strict=True))
         # A bundle has no cells: its value is derived from its components' cells now.
         derived = await Bundles(self.engine).views(tenant, [s for s in skus if not cells[s]])
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
-                view = (self.engine.view(tenant, c.sku, raw_cell) if raw_cell
-                        else derived.get(c.sku))
+                view = (self.engine.view(tenant, c.sku, raw_cell, expected.get(c.sku))
+                        if raw_cell else derived.get(c.sku))
                 value = (channel_value(self.settings, channel_name, channel, c.location, view)
                          if view else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
