@@ -25,7 +25,7 @@ from stockgate.wire import Wire
 
 OPERATIONS = (
     "hold", "release", "commit", "order", "fulfil", "cancel", "restock", "adjust", "policy",
-    "expire", "moved",
+    "expire", "moved", "allocation",
 )
 # Upper bound on one pipeline, so a burst does not become one giant reply to parse.
 MAX_BATCH = 256

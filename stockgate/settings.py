@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from stockgate.allocation import AllocationRule
+
 ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -60,6 +62,9 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # units came back, so by default nothing is restocked and an alert asks for review. Set
     # this when this shop's refunds always mean the goods came back (or never left).
     restock_refunds: bool = False
+    # What this channel is shown of each SKU unless the SKU sets its own rule
+    # (stockgate/allocation.py); none: the whole pool.
+    allocation: AllocationRule | None = None
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

@@ -15,12 +15,16 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from stockgate import errors
+from stockgate import allocation, errors
 from stockgate.keys import tenant_keys
 from stockgate.models import (
     AdjustReply,
+    AllocationReply,
+    AllocationScriptReply,
     CancelReply,
     CellState,
+    ChannelAllocation,
+    ChannelFigure,
     CommitReply,
     ExpireReply,
     FulfilReply,
@@ -234,14 +238,37 @@ class StockEngine:
                                    PolicyReply)
         return reply
 
+    async def set_allocation(self, tenant: str, sku: str, channel: str,
+                             rule: allocation.AllocationRule | None) -> AllocationReply:
+        """Set (or, with None, remove) the SKU's allocation rule for one of the tenant's
+        channels; the channel then falls back to its default. A change is one `allocation`
+        event, so it is pushed like any stock change."""
+        found = self.settings.channels.get(channel)
+        if found is None or found.tenant != tenant:
+            raise errors.UnknownChannel(f"no channel {channel!r}", channel=channel)
+        k = tenant_keys(tenant)
+        request = {"sku": sku, "channel": channel,
+                   "rule": None if rule is None else allocation.encode_rule(rule).decode()}
+        reply, _ = await self._run("allocation", tenant,
+                                   [k.outbox, k.stock(sku), k.allocation(sku)], request, "",
+                                   AllocationScriptReply)
+        view = await self.stock(tenant, sku)
+        return AllocationReply(sku=sku, channel=channel, changed=reply.changed,
+                               allocation=view.allocation[channel])
+
     # ---- reads -------------------------------------------------------------------------------
 
     async def stock(self, tenant: str, sku: str) -> StockView:
         """Every state per location, available overall and as each channel should show it."""
-        raw = await self.redis.hgetall(tenant_keys(tenant).stock(sku))
+        k = tenant_keys(tenant)
+        # One MULTI: the cells and the rules as of one moment (both keys share the slot).
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.stock(sku))
+            pipe.hgetall(k.allocation(sku))
+            raw, rules = await pipe.execute()
         if not raw:
             raise errors.UnknownSku(sku=sku)
-        return self.view(tenant, sku, raw)
+        return self.view(tenant, sku, raw, rules)
 
     async def hold_lines(self, tenant: str, hold_id: str) -> HoldRecord | None:
         """A hold's status, reserved lines ([sku, location, qty] as hold.lua stored them) and
@@ -255,35 +282,56 @@ class StockEngine:
                           lines=_decode(lines, list[ScriptLine]),
                           order_id=order_id.decode() if order_id else "")
 
-    def view(self, tenant: str, sku: str, raw: dict[bytes, bytes]) -> StockView:
+    def view(self, tenant: str, sku: str, raw: dict[bytes, bytes],
+             rules: dict[bytes, bytes] | None = None) -> StockView:
+        """The SKU's stock from its raw hash, and each channel's value under its allocation
+        rule (`rules`: the SKU's allocation hash; None: channel defaults only)."""
         cells: dict[str, dict[str, int]] = {}
-        rules: dict[str, int] = {}
+        sku_policy: dict[str, int] = {}
         for field, value in raw.items():
             name = field.decode()
             loc, sep, attr = name.partition("|")
             if sep:
                 cells.setdefault(loc, {})[attr] = int(value)
             else:
-                rules[name] = int(value)
+                sku_policy[name] = int(value)
         locations = {}
         for loc, f in sorted(cells.items()):
             values = {name: f.get(name, 0) for name in _CELL_FIELDS}
             avail = (values["on_hand"] - values["reserved"] - values["committed"]
                      - values["unavailable"] - values["safety"])
             locations[loc] = CellState(**values, available=avail)
-        channels = {}
+        channels: dict[str, int] = {}
+        detail: dict[str, ChannelAllocation] = {}
+        available = {loc: c.available for loc, c in locations.items()}
+        sku_rules = {k.decode(): v for k, v in (rules or {}).items()}
         for name, channel in self.settings.channels.items():
             if channel.tenant != tenant:
                 continue
             sells_from = channel.locations or (self.default_location(tenant),)
-            channels[name] = sum(max(locations[loc].available, 0)
-                                 for loc in sells_from if loc in locations)
+            mapped = tuple(channel.location_map.values())
+            rule: allocation.AllocationRule | None = None
+            source: allocation.RuleSource = "none"
+            if name in sku_rules and (rule := allocation.decode_rule(sku_rules[name])):
+                source = "sku"
+            elif channel.allocation is not None:
+                rule, source = channel.allocation, "channel"
+            figures = {}
+            for spot in allocation.push_spots(sells_from, mapped):
+                pool = allocation.figure_pool(available, sells_from, mapped, spot)
+                figures[spot] = ChannelFigure(pool=pool, value=allocation.shown(rule, pool))
+            value = sum(f.value for f in figures.values())
+            channels[name] = value
+            detail[name] = ChannelAllocation(
+                value=value, pool=sum(f.pool for f in figures.values()), source=source,
+                rule=rule, figures=figures)
         return StockView(
             sku=sku, locations=locations,
             available=sum(max(c.available, 0) for c in locations.values()),
             channels=channels,
-            low_stock_threshold=rules.get("low_stock_threshold", 0),
-            max_per_customer=rules.get("max_per_customer", 0),
+            low_stock_threshold=sku_policy.get("low_stock_threshold", 0),
+            max_per_customer=sku_policy.get("max_per_customer", 0),
+            allocation=detail,
         )
 
     async def skus(self, tenant: str) -> list[str]:

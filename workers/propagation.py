@@ -46,6 +46,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from stockgate import allocation
 from stockgate.errors import StockgateError
 from stockgate.keys import tenant_keys
 from stockgate.models import Event, StockView
@@ -322,12 +323,14 @@ def push_location(settings: Settings, channel: Channel, location: str) -> str:
 
 def channel_value(settings: Settings, channel_name: str, channel: Channel, location: str,
                   view: StockView) -> int:
-    """The count the channel should show: a mapped location shows its own available; the
-    channel's single figure is the sum over its locations (StockView.channels)."""
-    if location in channel.location_map.values():
-        cell = view.locations.get(location)
-        return max(cell.available, 0) if cell else 0
-    return view.channels.get(channel_name, 0)
+    """The count the channel should show at `location`: its allocation rule (the one the view
+    resolved: the SKU's, else the channel's default) applied to the figure's pool, a mapped
+    location's own available or the channel's one figure summed over its locations."""
+    sells_from = selling_locations(settings, channel)
+    pool = allocation.figure_pool({loc: c.available for loc, c in view.locations.items()},
+                                  sells_from, tuple(channel.location_map.values()), location)
+    detail = view.allocation.get(channel_name)
+    return allocation.shown(detail.rule if detail else channel.allocation, pool)
 
 
 def shown_change(delta: dict[str, int]) -> int:
@@ -344,6 +347,8 @@ def targets(settings: Settings, event: Event) -> list[str]:
     its own count moved by its own rule (a Shopify order decremented Shopify's figure), which
     may differ from the canonical value (another channel sold, a line was refused); pushing
     the canonical value is correct, and coalescing makes it cheap."""
+    if event.type == "allocation":
+        return allocation_targets(settings, event)
     if event.type == "oversell_rejected" or not any(event.delta.values()):
         return []
     # A change that moves no available (its order took units held for it) still moved the
@@ -359,6 +364,17 @@ def targets(settings: Settings, event: Event) -> list[str]:
             found.append(member_of(name, push_location(settings, channel, event.location),
                                    event.sku))
     return found
+
+
+def allocation_targets(settings: Settings, event: Event) -> list[str]:
+    """A rule change (lua/allocation.lua) moves no cell, only what one channel is shown: every
+    figure that channel keeps of the SKU is pushed, and no other channel."""
+    name = event.source.channel
+    channel = settings.channels.get(name)
+    if channel is None or channel.tenant != event.tenant or not channel.api_url:
+        return []
+    spots = {push_location(settings, channel, loc) for loc in selling_locations(settings, channel)}
+    return [member_of(name, spot, event.sku) for spot in sorted(spots)]
 
 
 # How many recent pushes still count as echoes of ours, and for how long they are kept.
@@ -596,16 +612,22 @@ class Propagator:
                 c.own = int(own or 0)
                 c.doubts = [int(v) for v in doubts.split(b",")] if doubts else []
         skus = sorted({c.sku for c in claimed})
+        # Not one MULTI: a rule or a cell that changes after this read has its own event, whose
+        # new version sends the target round again.
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
-            cells = dict(zip(skus, await pipe.execute(), strict=True))
+                pipe.hgetall(tenant_keys(tenant).allocation(sku))
+            raw = await pipe.execute()
+            cells = dict(zip(skus, raw[0::2], strict=True))
+            rules = dict(zip(skus, raw[1::2], strict=True))
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
                 value = (channel_value(self.settings, channel_name, channel, c.location,
-                                       self.engine.view(tenant, c.sku, raw_cell))
+                                       self.engine.view(tenant, c.sku, raw_cell,
+                                                        rules[c.sku]))
                          if raw_cell else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
                                   expected=known[i])
