@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +24,10 @@ from stockgate.keys import tenant_keys
 from stockgate.models import Line, event_decoder
 from stockgate.settings import Channel, ConfigError, Settings, load_settings
 from stockgate.stock import StockEngine
+from workers.adapters import adapter_for
 from workers.keys import worker_keys
 from workers.propagation import PropagationConfig, Propagator, mark_events
+from workers.reconcile import reconcile
 from workers.simulators import SimulatorServer
 
 T = "default"
@@ -275,4 +278,33 @@ async def test_every_pushed_value_is_within_the_rule_and_the_pool(
             for name in FIGURES}
     finally:
         await pusher.propagator.close()
+        engine.scripts.close()
+
+
+async def test_reconciliation_judges_a_channel_against_its_rules_value(
+        redis: Redis, tmp_path: Path, sim_factory: Callable[[str], SimulatorServer]) -> None:
+    """A channel showing the whole pool under a 50% rule has drifted (alerted, re-pushed to
+    the rule's value); one showing the rule's value has not."""
+    sim = sim_factory("standard")
+    cfg = Settings(data_dir=str(tmp_path), channels={"mkt": Channel(
+        kind="standard", secret="s", api_url=sim.url, rate_limit_per_s=0,
+        allocation=AllocationRule(percent=50))})
+    engine = StockEngine(redis, cfg)
+    await engine.load_scripts()
+    try:
+        for sku in ("A", "B"):
+            await engine.adjust(T, sku, reason="r", idempotency_key=sku, delta=10)
+        sim.state.counts["A", "main"] = 10  # the pool, not the rule's value
+        sim.state.counts["B", "main"] = 5  # the rule's value
+        async with httpx.AsyncClient() as client:
+            adapters = {"mkt": adapter_for("mkt", cfg.channels["mkt"], client)}
+            drifts = await reconcile(redis, engine, cfg, adapters)
+        assert [(d.sku, d.channel_count, d.canonical) for d in drifts] == [("A", 10, 5)]
+        pusher = Pusher(redis, engine, cfg)
+        try:
+            await pusher.propagator.push_due(T, "mkt")
+        finally:
+            await pusher.propagator.close()
+        assert sim.state.count("A", "main") == 5
+    finally:
         engine.scripts.close()
