@@ -49,6 +49,8 @@ HOT = {"DROP-SNKR-RED": 60, "DROP-SNKR-BLK": 120, "DROP-HOODIE": 250, "DROP-CAP"
        "DROP-POSTER": 800}
 TAIL_SKUS = 50
 TAIL_UNITS = 2000
+# The marketplace channel's allocation rule (README, "Per-channel allocation").
+MARKETPLACE_ALLOCATION = "{percent = 50, hide_below = 5}"
 
 
 class DemoOptions(Struct, frozen=True):
@@ -214,10 +216,12 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
     channels = [
         SimulatedChannel("shopify-main", "shopify", new_secret(), opts.channel_rate_per_s),
         SimulatedChannel("woo-main", "woocommerce", new_secret(), opts.channel_rate_per_s),
-        # A marketplace bridge on Standard Webhooks: it only receives pushes in this demo.
+        # A marketplace bridge on Standard Webhooks: it only receives pushes in this demo, and
+        # is shown half of each SKU, delisted when fewer than 5 remain (an allocation rule).
         SimulatedChannel("marketplace", "standard",
                          "whsec_" + base64.b64encode(os.urandom(24)).decode(),
-                         opts.channel_rate_per_s),
+                         opts.channel_rate_per_s,
+                         allocation=MARKETPLACE_ALLOCATION),
     ]
     cfg = StackConfig(data_dir=data_dir, storefront_key=new_secret(),
                       operator_key=new_secret(), channels=[c.spec for c in channels],

@@ -134,9 +134,21 @@ async def test_the_script_writes_once_and_refuses_what_python_would(
                                   msgspec.Raw)
         assert await redis.hget(k.allocation("A"), "mkt") == b'{"percent":50}'
         assert await redis.xlen(k.outbox) == len(events)
-        # The checker sees rule events as moving nothing, and the view within its rules.
-        report = invariants.check(await invariants.collect(redis, engine, T))
+        # The checker sees rule events as moving nothing, and the view within its rules...
+        observed = await invariants.collect(redis, engine, T)
+        report = invariants.check(observed)
         assert report.ok, report.violations
+        # ...and catches a channel shown more than its rule gives, or a channel not shown it.
+        view = observed.views["A"]
+        alloc = view.allocation["mkt"]
+        bad = msgspec.structs.replace(alloc, figures={"main": msgspec.structs.replace(
+            alloc.figures["main"], value=alloc.figures["main"].value + 1)})
+        observed.views["A"] = msgspec.structs.replace(view, allocation={"mkt": bad})
+        assert [v.check for v in invariants.check(observed).violations] == ["allocation"]
+        observed.views["A"] = view
+        observed.channel_counts = {"mkt": {"A": 10}}  # the pool, not the rule's 5
+        assert [(v.check, v.channel) for v in invariants.check(observed).violations] == [
+            ("channel", "mkt")]
     finally:
         engine.scripts.close()
 

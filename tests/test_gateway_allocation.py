@@ -133,3 +133,11 @@ async def test_a_channel_default_from_the_config_and_a_sku_rule_over_it(
         assert (detail["value"], detail["source"]) == (7, "sku")
         await client.delete(PATH.format("woo"), headers=OP)
         assert (await view(client))["allocation"]["woo"]["value"] == 3
+
+
+async def test_the_audit_trail_can_be_filtered_on_allocation_events(
+        client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/events?type=allocation", headers=OP)
+    assert r.status_code == 200, r.text
+    r = await client.get("/v1/events?type=allocations", headers=OP)
+    assert r.status_code == 400
