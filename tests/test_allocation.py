@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from loadtests import invariants
 from stockgate import errors
-from stockgate.allocation import AllocationRule, shown
+from stockgate.allocation import AllocationRule, figure_pool, shown
 from stockgate.keys import tenant_keys
 from stockgate.models import Line, event_decoder
 from stockgate.settings import Channel, ConfigError, Settings, load_settings
@@ -87,6 +87,16 @@ def test_a_fixed_allocation_is_clamped_to_the_pool() -> None:
     assert shown(AllocationRule(percent=33), 10) == 3  # rounded down
     assert shown(AllocationRule(hide_below=5, fixed=2), 4) == 0
     assert shown(AllocationRule(hide_below=5, fixed=2), 5) == 2
+
+
+def test_a_location_below_zero_takes_nothing_from_another() -> None:
+    """A count that leaves one location's available negative shows 0 there, and never eats
+    the units of another location in a channel's one figure."""
+    both = ("main", "east")
+    assert figure_pool({"main": -2, "east": 5}, both, (), "main") == 5
+    assert figure_pool({"main": -2, "east": 5}, both, both, "main") == 0
+    assert figure_pool({"main": -2, "east": 5}, both, both, "east") == 5
+    assert figure_pool({}, both, (), "main") == 0
 
 
 def test_the_channel_default_is_typed_and_validated_at_load(tmp_path: Path) -> None:
