@@ -25,8 +25,16 @@ from stockgate.models import Line, event_decoder
 from stockgate.settings import Channel, ConfigError, Settings, load_settings
 from stockgate.stock import StockEngine
 from workers.adapters import adapter_for
+from workers.audit import audit_store
+from workers.channel_counts import judge_channel_count
 from workers.keys import worker_keys
-from workers.propagation import PropagationConfig, Propagator, mark_events
+from workers.propagation import (
+    PropagationConfig,
+    Propagator,
+    mark_events,
+    now_ms,
+    record_push,
+)
 from workers.reconcile import reconcile
 from workers.simulators import SimulatorServer
 
@@ -329,4 +337,27 @@ async def test_reconciliation_judges_a_channel_against_its_rules_value(
             await pusher.propagator.close()
         assert sim.state.count("A", "main") == 5
     finally:
+        engine.scripts.close()
+
+
+async def test_an_admin_edit_under_a_rule_is_measured_from_the_rules_value(
+        redis: Redis, tmp_path: Path) -> None:
+    """The marketplace is shown 5 of 10 (50%); a person sets it to 8 in its admin: 3 more
+    units, not -2 (8 against the pool), and the rule then shows half of the new 13."""
+    cfg = Settings(data_dir=str(tmp_path), channels={"mkt": Channel(
+        kind="standard", secret="s", allocation=AllocationRule(percent=50))})
+    engine = StockEngine(redis, cfg)
+    await engine.load_scripts()
+    audit = audit_store(cfg)
+    await audit.open()
+    try:
+        await engine.adjust(T, "A", reason="r", idempotency_key="r", delta=10)
+        await record_push(redis, T, "mkt", "A|main", 5)
+        outcome = await judge_channel_count(redis, engine, audit, cfg, T, "mkt", "A", "main",
+                                            8, "f1", now_ms() + 1)
+        assert outcome == "applied"
+        view = await engine.stock(T, "A")
+        assert (view.locations["main"].on_hand, view.channels["mkt"]) == (13, 6)
+    finally:
+        await audit.close()
         engine.scripts.close()
