@@ -252,9 +252,11 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
         receipts = [Receipt(c.name, sku, value, t) for c in channels
                     for t, sku, value in c.receipts()]
         locations = {c.name: (LOCATION,) for c in channels}
-        lag = propagation(observed.events, receipts, locations, since_ms=load_started_ms)
+        rules = {c.name: stack_settings.channels[c.name].allocation for c in channels}
+        lag = propagation(observed.events, receipts, locations, since_ms=load_started_ms,
+                          rules=rules)
         lags = propagation_by_channel(observed.events, receipts, locations,
-                                      since_ms=load_started_ms)
+                                      since_ms=load_started_ms, rules=rules)
         calls = [ChannelCalls(c.name, c.kind, changes=lags[c.name].changes,
                               values=traffic[c.name][2],
                               unchanged=_unchanged(c.receipts(), load_started_ms),
