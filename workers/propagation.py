@@ -618,9 +618,9 @@ class Propagator:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
                 pipe.hgetall(tenant_keys(tenant).allocation(sku))
-            raw = await pipe.execute()
-            cells = dict(zip(skus, raw[0::2], strict=True))
-            rules = dict(zip(skus, raw[1::2], strict=True))
+            reads = await pipe.execute()
+            cells = dict(zip(skus, reads[0::2], strict=True))
+            rules = dict(zip(skus, reads[1::2], strict=True))
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
