@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import bundles, health, holds, incoming, openapi, operator, stock, webhooks
+from gateway import allocation, bundles, health, holds, incoming, openapi, operator, stock, webhooks
 from gateway.auth import KeyRing
 from gateway.batch import Commands
 from gateway.errors import MethodNotAllowed, NotFound
@@ -107,7 +107,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
 
     app = Starlette(
         routes=[*holds.routes, *stock.routes, *webhooks.routes, *operator.routes,
-                *health.routes, *openapi.routes, *bundles.routes, *incoming.routes],
+                *health.routes, *openapi.routes, *bundles.routes, *incoming.routes,
+                *allocation.routes],
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={StockgateError: _stock_error, HTTPException: _http_error,
                             RedisConnectionError: _store_down, RedisTimeoutError: _store_down,

@@ -15,10 +15,12 @@ from gateway.channels import bigcommerce, shopify, standard, woocommerce
 from gateway.operator import EVENT_TYPES, AlertsReply, DeliveriesReply, EventsReply, RetryReply
 from gateway.replies import BulkReply, HoldCreated, HoldExtended
 from gateway.webhooks import WebhookReply
+from stockgate.allocation import AllocationRule
 from stockgate.models import (
     MAX_PAGE,
     AdjustReply,
     AdjustRequest,
+    AllocationReply,
     BulkAdjustRequest,
     BundleReply,
     BundleRequest,
@@ -284,8 +286,9 @@ def build() -> dict[str, Any]:
         [HoldRequest, HoldCreated, CommitRequest, Committed, ReleaseReply, StockView,
          AdjustRequest, AdjustReply, BulkAdjustRequest, BulkReply, PolicyRequest, PolicyReply,
          EventsReply, AlertsReply, DeliveriesReply, RetryReply, WebhookReply, Error,
-         BundleRequest, BundleReply, BundleView, ExtendRequest, HoldExtended, IncomingRequest, IncomingRecord, IncomingList,
-         ReceiptRequest, ReceiptReply],
+         BundleRequest, BundleReply, BundleView, ExtendRequest, HoldExtended,
+         IncomingRequest, IncomingRecord, IncomingList, ReceiptRequest, ReceiptReply,
+         AllocationRule, AllocationReply],
         ref_template=_REF)
     components.update(_webhook_components())
     limit = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
@@ -346,6 +349,17 @@ def build() -> dict[str, Any]:
             {"404": "no failed delivery with this id"}, ["delivery_id"])},
         "/webhooks/{channel_id}": {"post": _webhook_operation()},
         **_incoming_paths(),
+        "/v1/stock/{sku}/channels/{channel_id}": {
+            "put": _op("Set what one channel is shown of the SKU (its allocation rule)",
+                       "operator", ("200", "AllocationReply", "rule set (changed: false when "
+                                    "it was already the rule)"), "AllocationRule",
+                       {"404": "unknown SKU, or no such channel for this key's tenant"},
+                       ["sku", "channel_id"]),
+            "delete": _op("Remove the SKU's rule for the channel: its default applies",
+                          "operator", ("200", "AllocationReply", "rule removed (changed: "
+                                       "false when there was none)"), None,
+                          {"404": "unknown SKU, or no such channel for this key's tenant"},
+                          ["sku", "channel_id"])},
         **_health_paths(),
         **_bundle_paths(),
     }

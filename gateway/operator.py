@@ -31,7 +31,8 @@ from workers.audit import (
 from workers.propagation import FailedDelivery, failed_deliveries, retry_delivery
 
 EVENT_TYPES = {"hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
-               "oversell_rejected", "bundle", "extend", "incoming", "receive"}
+               "oversell_rejected", "bundle", "extend", "incoming", "receive",
+               "allocation"}
 
 
 class EventsReply(msgspec.Struct, frozen=True):

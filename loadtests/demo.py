@@ -53,6 +53,8 @@ TAIL_UNITS = 2000
 # A kit on sale next to its parts: carts and channel orders mix it with the parts, so the
 # parts' units are shared between lines (README "Bundles and kits").
 BUNDLES = {"DROP-KIT": {"DROP-SNKR-RED": 1, "DROP-CAP": 2}}
+# The marketplace channel's allocation rule (README, "Per-channel allocation").
+MARKETPLACE_ALLOCATION = "{percent = 50, hide_below = 5}"
 
 
 class DemoOptions(Struct, frozen=True):
@@ -229,10 +231,12 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
     channels = [
         SimulatedChannel("shopify-main", "shopify", new_secret(), opts.channel_rate_per_s),
         SimulatedChannel("woo-main", "woocommerce", new_secret(), opts.channel_rate_per_s),
-        # A marketplace bridge on Standard Webhooks: it only receives pushes in this demo.
+        # A marketplace bridge on Standard Webhooks: it only receives pushes in this demo, and
+        # is shown half of each SKU, delisted when fewer than 5 remain (an allocation rule).
         SimulatedChannel("marketplace", "standard",
                          "whsec_" + base64.b64encode(os.urandom(24)).decode(),
-                         opts.channel_rate_per_s),
+                         opts.channel_rate_per_s,
+                         allocation=MARKETPLACE_ALLOCATION),
     ]
     cfg = StackConfig(data_dir=data_dir, storefront_key=new_secret(),
                       operator_key=new_secret(), channels=[c.spec for c in channels],
@@ -264,9 +268,11 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
         receipts = [Receipt(c.name, sku, value, t) for c in channels
                     for t, sku, value in c.receipts()]
         locations = {c.name: (LOCATION,) for c in channels}
-        lag = propagation(observed.events, receipts, locations, since_ms=load_started_ms)
+        rules = {c.name: stack_settings.channels[c.name].allocation for c in channels}
+        lag = propagation(observed.events, receipts, locations, since_ms=load_started_ms,
+                          rules=rules)
         lags = propagation_by_channel(observed.events, receipts, locations,
-                                      since_ms=load_started_ms)
+                                      since_ms=load_started_ms, rules=rules)
         calls = [ChannelCalls(c.name, c.kind, changes=lags[c.name].changes,
                               values=traffic[c.name][2],
                               unchanged=_unchanged(c.receipts(), load_started_ms),

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Struct
 from redis.asyncio import Redis
 
+from stockgate.allocation import shown as rule_value
 from stockgate.bundles import Bundles, derive
 from stockgate.keys import tenant_keys
 from stockgate.models import CellState, Event, StockView, event_decoder
@@ -26,7 +27,7 @@ STOREFRONT = "storefront"
 
 class Violation(Struct, frozen=True):
     """One broken invariant. `check` names the rule: negative, formula, oversell,
-    conservation, last_state, audit, channel, pending, bundle."""
+    conservation, last_state, audit, channel, allocation, pending, bundle."""
 
     check: str
     detail: str
@@ -129,6 +130,8 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
     for ev in obs.events:
         if ev.type == "bundle":
             continue  # a definition change moves no unit: the bundle has no cells
+        if ev.type == "allocation":
+            continue  # a rule change moves no cell: nothing to conserve
         ledger = ledgers.setdefault(ev.sku, SkuLedger(ev.sku, sold={}))
         cell = (ev.sku, ev.location)
         acc = sums.setdefault(cell, {})
@@ -230,13 +233,25 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
             fail("audit", f"{len(extra)} audit rows with no outbox event, e.g. "
                           f"{sorted(extra)[:3]}")
 
+    # What each channel is shown never exceeds its rule or its pool, and is the rule's value.
+    for sku, view in sorted(obs.views.items()):
+        for channel, alloc in sorted(view.allocation.items()):
+            for loc, fig in sorted(alloc.figures.items()):
+                want = rule_value(alloc.rule, fig.pool)
+                if not 0 <= fig.value <= max(fig.pool, 0) or fig.value != want:
+                    fail("allocation", f"{loc}: shown {fig.value} of pool {fig.pool}, the "
+                                       f"rule {alloc.rule} gives {want}", sku, channel)
+            if view.channels.get(channel) != alloc.value:
+                fail("allocation", f"channels says {view.channels.get(channel)}, the "
+                                   f"allocation {alloc.value}", sku, channel)
+
     if obs.channel_counts is not None:
         for sku, view in sorted(obs.views.items()):
             for channel, expected in sorted(view.channels.items()):
                 shown = obs.channel_counts.get(channel, {}).get(sku)
                 if shown != expected:
-                    fail("channel", f"channel shows {shown}, Stockgate says {expected}", sku,
-                         channel)
+                    fail("channel", f"channel shows {shown}, Stockgate's rule says {expected}",
+                         sku, channel)
 
     # A bundle's stock is derived from its components' cells (conservation is checked on
     # those above): what Stockgate pushes and each channel shows is that derived value.

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from msgspec import Struct
 
+from stockgate.allocation import AllocationRule, shown
 from stockgate.models import Event
 
 
@@ -45,11 +46,13 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def channel_series(events: Iterable[Event], channel_locations: Mapping[str, Sequence[str]]
+def channel_series(events: Iterable[Event], channel_locations: Mapping[str, Sequence[str]],
+                   rules: Mapping[str, AllocationRule | None] | None = None
                    ) -> dict[tuple[str, str], list[tuple[int, int]]]:
     """(channel, sku) -> [(event ts, the channel's value after it)] for every event that
     changed that value. A channel's value is the sum of max(available, 0) over its locations,
-    as StockView.channels computes it."""
+    under the channel's default allocation rule (`rules`), as StockView.channels computes it
+    (SKU rules are not followed: the demo sets none)."""
     cells: dict[str, dict[str, int]] = {}
     series: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for ev in events:
@@ -60,7 +63,8 @@ def channel_series(events: Iterable[Event], channel_locations: Mapping[str, Sequ
         for channel, locations in channel_locations.items():
             if ev.location not in locations:
                 continue
-            value = sum(max(by_loc.get(loc, 0), 0) for loc in locations)
+            value = shown((rules or {}).get(channel),
+                          sum(max(by_loc.get(loc, 0), 0) for loc in locations))
             points = series.setdefault((channel, ev.sku), [])
             if not points or points[-1][1] != value:
                 points.append((ev.ts, value))
@@ -90,9 +94,10 @@ def lag_ms(points: Sequence[tuple[int, int]], receipts: Sequence[tuple[float, in
 
 def propagation(events: Sequence[Event], receipts: Iterable[Receipt],
                 channel_locations: Mapping[str, Sequence[str]],
-                since_ms: float = 0) -> LagStats:
+                since_ms: float = 0,
+                rules: Mapping[str, AllocationRule | None] | None = None) -> LagStats:
     """Lag statistics over every channel and SKU, for changes at or after `since_ms`."""
-    series = channel_series(events, channel_locations)
+    series = channel_series(events, channel_locations, rules)
     by_target: dict[tuple[str, str], list[tuple[float, int]]] = {}
     for r in receipts:
         by_target.setdefault((r.channel, r.sku), []).append((r.t_ms, r.value))
@@ -114,11 +119,13 @@ def propagation(events: Sequence[Event], receipts: Iterable[Receipt],
 
 def propagation_by_channel(events: Sequence[Event], receipts: Iterable[Receipt],
                            channel_locations: Mapping[str, Sequence[str]],
-                           since_ms: float = 0) -> dict[str, LagStats]:
+                           since_ms: float = 0,
+                           rules: Mapping[str, AllocationRule | None] | None = None
+                           ) -> dict[str, LagStats]:
     """`propagation` for each channel alone."""
     mine: dict[str, list[Receipt]] = {channel: [] for channel in channel_locations}
     for r in receipts:
         if r.channel in mine:
             mine[r.channel].append(r)
-    return {channel: propagation(events, mine[channel], {channel: locations}, since_ms)
+    return {channel: propagation(events, mine[channel], {channel: locations}, since_ms, rules)
             for channel, locations in channel_locations.items()}

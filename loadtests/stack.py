@@ -36,6 +36,8 @@ class ChannelSpec(Struct, frozen=True):
     # Pushes per second Stockgate may send. Real Shopify REST allows 2/s (Plus: 20/s); the
     # local simulators take more so the demo's catalogue converges within seconds.
     rate_limit_per_s: float = 50.0
+    # The channel's default allocation rule as a TOML inline table ("": none).
+    allocation: str = ""
 
 
 class StackConfig(Struct, frozen=True):
@@ -87,6 +89,8 @@ def render_config(cfg: StackConfig) -> str:
             f'access_token = "{ch.access_token}"',
             f"rate_limit_per_s = {ch.rate_limit_per_s}",
         ]
+        if ch.allocation:
+            out.append(f"allocation = {ch.allocation}")
     return "\n".join(out) + "\n"
 
 
@@ -203,8 +207,8 @@ class Stack:
 class SimulatedChannel:
     """One channel of the demo: its simulator (a thread of this process) and its config."""
 
-    def __init__(self, name: str, kind: str, secret: str, rate_limit_per_s: float = 50.0
-                 ) -> None:
+    def __init__(self, name: str, kind: str, secret: str, rate_limit_per_s: float = 50.0,
+                 allocation: str = "") -> None:
         from workers.simulators import SimulatorServer
 
         self.name = name
@@ -214,7 +218,7 @@ class SimulatedChannel:
         self.spec = ChannelSpec(name=name, kind=kind, secret=secret, api_url=self.server.url,
                                 access_token="demo-token" if kind != "woocommerce"
                                 else "ck_demo:cs_demo",
-                                rate_limit_per_s=rate_limit_per_s)
+                                rate_limit_per_s=rate_limit_per_s, allocation=allocation)
 
     def start(self) -> None:
         self.server.start()

@@ -116,12 +116,15 @@ class Bundles:
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in parts:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
-            raws = await pipe.execute()
+            for sku in defs:  # a bundle's own per-channel allocation rules
+                pipe.hgetall(tenant_keys(tenant).allocation(sku))
+            reads = await pipe.execute()
+        raws, rules = reads[:len(parts)], dict(zip(defs, reads[len(parts):], strict=True))
         component_views = {sku: self.engine.view(tenant, sku, raw)
                            for sku, raw in zip(parts, raws, strict=True) if raw}
         views = {}
         for sku, comps in defs.items():
             raw_cells = {f"{loc}|on_hand".encode(): str(n).encode()
                          for loc, n in derive(comps, component_views).items()}
-            views[sku] = self.engine.view(tenant, sku, raw_cells)
+            views[sku] = self.engine.view(tenant, sku, raw_cells, rules=rules[sku])
         return defs, views

@@ -78,6 +78,13 @@ class IncomingClosed(StockgateError):
     status = 409
 
 
+class UnknownChannel(StockgateError):
+    """No channel of this name, or one of another tenant (never told apart)."""
+
+    code = "unknown_channel"
+    status = 404
+
+
 class StoreUnavailable(StockgateError):
     """Redis is unreachable: callers should retry (webhooks get 503 + Retry-After)."""
 

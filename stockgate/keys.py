@@ -18,6 +18,10 @@ class TenantKeys:
     def stock(self, sku: str) -> str:
         return self.prefix + "stock:" + sku
 
+    def allocation(self, sku: str) -> str:
+        """Hash channel -> the SKU's allocation rule for that channel (lua/allocation.lua)."""
+        return self.prefix + "alloc:" + sku
+
     def hold(self, hold_id: str) -> str:
         return self.prefix + "hold:" + hold_id
 

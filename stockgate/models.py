@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from stockgate.allocation import AllocationRule, RuleSource
 from stockgate.settings import NAME_PATTERN
 
 MAX_QTY = 1_000_000_000
@@ -31,7 +32,7 @@ SignedCount = Annotated[int, Meta(ge=-MAX_QTY, le=MAX_QTY)]
 
 EventType = Literal[
     "hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
-    "oversell_rejected", "bundle",
+    "oversell_rejected", "bundle", "allocation",
     "extend",  # a hold's expiry moved later (delta {}: no field changes)
     "incoming", "receive",  # expected units opened/closed; a receipt into on_hand
 ]
@@ -235,6 +236,26 @@ class HoldRecord(Struct, frozen=True):
     order_id: str = ""
 
 
+class ChannelFigure(Struct, frozen=True):
+    """One figure a channel is pushed: its pool and the value its rule shows of it."""
+
+    pool: int
+    value: int
+
+
+class ChannelAllocation(Struct, frozen=True):
+    """What a channel is shown of a SKU and why: `value` (= StockView.channels) of `pool`
+    under `rule`, which comes from the SKU ("sku"), the channel's default ("channel") or
+    nowhere ("none"). `figures`: per location the channel keeps a figure under (one for a
+    channel that shows one figure; one per mapped location otherwise), each ruled alone."""
+
+    value: int
+    pool: int
+    source: RuleSource
+    rule: AllocationRule | None = None
+    figures: dict[str, ChannelFigure] = {}
+
+
 class StockView(Struct, frozen=True):
     sku: str
     locations: dict[str, CellState]
@@ -246,12 +267,30 @@ class StockView(Struct, frozen=True):
     # still take against them (stockgate/incoming.py); absent where nothing is expected.
     incoming: dict[str, IncomingAt] = {}
     preorder_limit: int = 0
+    allocation: dict[str, ChannelAllocation] = {}
 
 
 class IncomingAt(Struct, frozen=True):
     expected: int  # open units of open incoming records at this location
     next_expected_at_ms: int  # the earliest expected date among them
     preorderable: int  # units pre-order selling may still take (shown to opted-in channels)
+
+
+class AllocationScriptReply(Struct, frozen=True):
+    sku: str
+    channel: str
+    changed: bool
+
+
+class AllocationReply(Struct, frozen=True):
+    """PUT/DELETE /v1/stock/{sku}/channels/{channel}: whether the stored rule changed (a
+    change is one `allocation` event, pushed like any stock change) and what the channel is
+    shown now."""
+
+    sku: str
+    channel: str
+    changed: bool
+    allocation: ChannelAllocation
 
 
 # ---- outbox events --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ OPERATIONS = (
     "hold", "release", "commit", "order", "fulfil", "cancel", "restock", "adjust", "policy",
     "expire", "moved", "bundle",
     "extend", "incoming", "receive", "incoming_cancel",
+    "allocation",
 )
 # Upper bound on one pipeline, so a burst does not become one giant reply to parse.
 MAX_BATCH = 256

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from stockgate.allocation import AllocationRule
+
 ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -63,6 +65,9 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Show this channel the units pre-order selling may still take against incoming stock
     # on top of available (StockView.incoming[...].preorderable); off: available only.
     show_preorders: bool = False
+    # What this channel is shown of each SKU unless the SKU sets its own rule
+    # (stockgate/allocation.py); none: the whole pool.
+    allocation: AllocationRule | None = None
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

@@ -15,12 +15,16 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from stockgate import errors, incoming
+from stockgate import allocation, errors, incoming
 from stockgate.keys import tenant_keys
 from stockgate.models import (
     AdjustReply,
+    AllocationReply,
+    AllocationScriptReply,
     CancelReply,
     CellState,
+    ChannelAllocation,
+    ChannelFigure,
     CommitReply,
     ExpireReply,
     ExtendReply,
@@ -249,18 +253,44 @@ class StockEngine:
                                    PolicyReply)
         return reply
 
+    async def set_allocation(self, tenant: str, sku: str, channel: str,
+                             rule: allocation.AllocationRule | None) -> AllocationReply:
+        """Set (or, with None, remove) the SKU's allocation rule for one of the tenant's
+        channels; the channel then falls back to its default. A change is one `allocation`
+        event, so it is pushed like any stock change."""
+        found = self.settings.channels.get(channel)
+        if found is None or found.tenant != tenant:
+            raise errors.UnknownChannel(f"no channel {channel!r}", channel=channel)
+        k = tenant_keys(tenant)
+        request = {"sku": sku, "channel": channel,
+                   "rule": None if rule is None else allocation.encode_rule(rule).decode()}
+        reply, _ = await self._run("allocation", tenant,
+                                   [k.outbox, k.stock(sku), k.allocation(sku)], request, "",
+                                   AllocationScriptReply)
+        # A bundle's figure is derived from its components (stockgate.bundles, which builds
+        # on this engine: imported here, not at the top, to avoid a cycle).
+        from stockgate.bundles import Bundles
+
+        view = ((await Bundles(self).views(tenant, [sku])).get(sku)
+                or await self.stock(tenant, sku))
+        return AllocationReply(sku=sku, channel=channel, changed=reply.changed,
+                               allocation=view.allocation[channel])
+
     # ---- reads -------------------------------------------------------------------------------
 
     async def stock(self, tenant: str, sku: str) -> StockView:
         """Every state per location, available overall and as each channel should show it."""
         k = tenant_keys(tenant)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # One MULTI: the cells, the rules and the units expected as of one moment (the keys
+        # share the tenant's slot).
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(k.stock(sku))
+            pipe.hgetall(k.allocation(sku))
             pipe.hgetall(k.incoming_sku(sku))  # units expected by incoming records
-            raw, expected = await pipe.execute()
+            raw, rules, expected = await pipe.execute()
         if not raw:
             raise errors.UnknownSku(sku=sku)
-        return self.view(tenant, sku, raw, expected)
+        return self.view(tenant, sku, raw, rules=rules, incoming_raw=expected)
 
     async def hold_lines(self, tenant: str, hold_id: str) -> HoldRecord | None:
         """A hold's status, reserved lines ([sku, location, qty] as hold.lua stored them) and
@@ -275,44 +305,67 @@ class StockEngine:
                           order_id=order_id.decode() if order_id else "")
 
     def view(self, tenant: str, sku: str, raw: dict[bytes, bytes],
+             *, rules: dict[bytes, bytes] | None = None,
              incoming_raw: dict[bytes, bytes] | None = None) -> StockView:
+        """The SKU's stock from its raw hash, and each channel's value under its allocation
+        rule (`rules`: the SKU's allocation hash; None: channel defaults only), with pre-order
+        units for the channels that show them (`incoming_raw`: the SKU's incoming hash)."""
         cells: dict[str, dict[str, int]] = {}
-        rules: dict[str, int] = {}
+        sku_policy: dict[str, int] = {}
         for field, value in raw.items():
             name = field.decode()
             loc, sep, attr = name.partition("|")
             if sep:
                 cells.setdefault(loc, {})[attr] = int(value)
             else:
-                rules[name] = int(value)
+                sku_policy[name] = int(value)
         locations = {}
         for loc, f in sorted(cells.items()):
             values = {name: f.get(name, 0) for name in _CELL_FIELDS}
             avail = (values["on_hand"] - values["reserved"] - values["committed"]
                      - values["unavailable"] - values["safety"])
             locations[loc] = CellState(**values, available=avail)
-        channels = {}
+        channels: dict[str, int] = {}
+        detail: dict[str, ChannelAllocation] = {}
+        available = {loc: c.available for loc, c in locations.items()}
+        sku_rules = {k.decode(): v for k, v in (rules or {}).items()}
+        expected = incoming.view(incoming_raw or {}, locations,
+                                 sku_policy.get("preorder_limit", 0))
+        # preorderable is counted on top of max(available, 0) (stockgate/incoming.py).
+        with_preorders = {loc: max(avail, 0) + (expected[loc].preorderable
+                                                if loc in expected else 0)
+                          for loc, avail in available.items()}
         for name, channel in self.settings.channels.items():
             if channel.tenant != tenant:
                 continue
             sells_from = channel.locations or (self.default_location(tenant),)
-            channels[name] = sum(max(locations[loc].available, 0)
-                                 for loc in sells_from if loc in locations)
-        expected = incoming.view(incoming_raw or {}, locations,
-                                 rules.get("preorder_limit", 0))
-        for name, channel in self.settings.channels.items():
-            # Pre-order units are shown only to channels that opt in (show_preorders).
-            if channel.tenant == tenant and channel.show_preorders and name in channels:
-                sells_from = channel.locations or (self.default_location(tenant),)
-                channels[name] += sum(expected[loc].preorderable for loc in sells_from
-                                      if loc in expected)
+            mapped = tuple(channel.location_map.values())
+            rule: allocation.AllocationRule | None = None
+            source: allocation.RuleSource = "none"
+            if name in sku_rules and (rule := allocation.decode_rule(sku_rules[name])):
+                source = "sku"
+            elif channel.allocation is not None:
+                rule, source = channel.allocation, "channel"
+            # Pre-order units are shown only to channels that opt in (show_preorders), and
+            # the channel's rule shares them out like any other unit of its pool.
+            sellable = with_preorders if channel.show_preorders else available
+            figures = {}
+            for spot in allocation.push_spots(sells_from, mapped):
+                pool = allocation.figure_pool(sellable, sells_from, mapped, spot)
+                figures[spot] = ChannelFigure(pool=pool, value=allocation.shown(rule, pool))
+            value = sum(f.value for f in figures.values())
+            channels[name] = value
+            detail[name] = ChannelAllocation(
+                value=value, pool=sum(f.pool for f in figures.values()), source=source,
+                rule=rule, figures=figures)
         return StockView(
             sku=sku, locations=locations,
             available=sum(max(c.available, 0) for c in locations.values()),
             channels=channels,
-            low_stock_threshold=rules.get("low_stock_threshold", 0),
-            max_per_customer=rules.get("max_per_customer", 0),
-            incoming=expected, preorder_limit=rules.get("preorder_limit", 0),
+            low_stock_threshold=sku_policy.get("low_stock_threshold", 0),
+            max_per_customer=sku_policy.get("max_per_customer", 0),
+            incoming=expected, preorder_limit=sku_policy.get("preorder_limit", 0),
+            allocation=detail,
         )
 
     async def skus(self, tenant: str) -> list[str]:

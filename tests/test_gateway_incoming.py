@@ -14,14 +14,12 @@ from loadtests.invariants import check as check_invariants
 from loadtests.invariants import collect
 from stockgate.keys import tenant_keys
 from stockgate.models import (
-    CellState,
     Event,
     EventSource,
-    IncomingAt,
-    StockView,
     event_decoder,
 )
 from stockgate.settings import Settings
+from stockgate.stock import StockEngine
 from workers import preorders
 from workers.propagation import channel_value, targets
 
@@ -219,17 +217,21 @@ async def test_preorders_sell_against_incoming_and_alert_when_cancelled(
     assert (await cell(client, "TEE"))["available"] == 0
 
 
-def test_channel_value_adds_preorder_units_only_when_opted_in(gw_settings: Settings) -> None:
+async def test_channel_value_adds_preorder_units_only_when_opted_in(gw_settings: Settings,
+                                                                    redis: Redis) -> None:
     """What the push worker sends a location-mapped channel: its cell's available, plus the
-    pre-order room only for a channel with show_preorders."""
-    view = StockView(sku="TEE", locations={"main": CellState(on_hand=2, available=2)},
-                     available=2, channels={},
-                     incoming={"main": IncomingAt(expected=9, next_expected_at_ms=0,
-                                                  preorderable=5)})
+    pre-order room only for a channel with show_preorders (the view the engine builds from
+    the stock and incoming hashes, as the push path reads them)."""
     shop, woo = gw_settings.channels["shop"], gw_settings.channels["woo"]
     woo = msgspec.structs.replace(woo, location_map={"1": "main"})
-    assert channel_value(gw_settings, "shop", shop, "main", view) == 7
-    assert channel_value(gw_settings, "woo", woo, "main", view) == 2
+    settings = msgspec.structs.replace(gw_settings, channels={**gw_settings.channels,
+                                                              "woo": woo})
+    view = StockEngine(redis, settings).view(
+        "acme", "TEE", {b"main|on_hand": b"2", b"preorder_limit": b"5"},
+        incoming_raw={b"main|po-1": b"9|0"})
+    assert view.incoming["main"].preorderable == 5
+    assert channel_value(settings, "shop", shop, "main", view) == 7
+    assert channel_value(settings, "woo", woo, "main", view) == 2
 
 
 def test_incoming_events_push_only_to_opted_in_channels(gw_settings: Settings) -> None:

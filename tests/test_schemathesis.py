@@ -82,6 +82,8 @@ def _steer(case: schemathesis.Case) -> None:
     params = case.path_parameters or {}
     if "sku" in params:
         params["sku"] = "SKU-1"
+        if "channel_id" in params:  # an allocation rule: a channel of the key's tenant
+            params["channel_id"] = "shop"
     if "delivery_id" in params:
         # A push the workers parked as failed, so that the retry answers its 202.
         parked.hset(worker_keys("acme").failed, params["delivery_id"], msgspec.json.encode(
@@ -165,5 +167,7 @@ def test_replies_with_bodies_were_validated() -> None:
     assert {"POST /v1/holds", "POST /v1/holds/{hold_id}/commit", "DELETE /v1/holds/{hold_id}",
             "GET /v1/stock/{sku}", "POST /v1/stock/{sku}/adjust", "PUT /v1/stock/{sku}/policy",
             "POST /v1/stock/bulk", "GET /v1/events", "GET /v1/alerts", "GET /v1/deliveries",
-            "POST /v1/deliveries/{delivery_id}/retry", "POST /webhooks/{channel_id}"} <= ok, \
+            "POST /v1/deliveries/{delivery_id}/retry", "POST /webhooks/{channel_id}",
+            "PUT /v1/stock/{sku}/channels/{channel_id}",
+            "DELETE /v1/stock/{sku}/channels/{channel_id}"} <= ok, \
         statuses

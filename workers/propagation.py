@@ -323,16 +323,14 @@ def push_location(settings: Settings, channel: Channel, location: str) -> str:
 
 def channel_value(settings: Settings, channel_name: str, channel: Channel, location: str,
                   view: StockView) -> int:
-    """The count the channel should show: a mapped location shows its own available; the
-    channel's single figure is the sum over its locations (StockView.channels)."""
-    if location in channel.location_map.values():
-        cell = view.locations.get(location)
-        expected = view.incoming.get(location)
-        if channel.show_preorders and expected is not None:
-            # Opted in to pre-order selling: the room left against incoming stock on top.
-            return (max(cell.available, 0) if cell else 0) + expected.preorderable
-        return max(cell.available, 0) if cell else 0
-    return view.channels.get(channel_name, 0)
+    """The count the channel should show at `location` (a push spot, push_location): the
+    figure the view resolved there, the channel's allocation rule (the SKU's, else the
+    channel's default) applied to a mapped location's own available or to the channel's one
+    figure summed over its locations, pre-order units included for channels that show them
+    (StockEngine.view)."""
+    detail = view.allocation.get(channel_name)
+    figure = detail.figures.get(location) if detail else None
+    return figure.value if figure is not None else 0
 
 
 def shown_change(delta: dict[str, int]) -> int:
@@ -355,6 +353,8 @@ def targets(settings: Settings, event: Event) -> list[str]:
                 for name, channel in settings.channels.items()
                 if channel.tenant == event.tenant and channel.api_url
                 and event.location in selling_locations(settings, channel)]
+    if event.type == "allocation":
+        return allocation_targets(settings, event)
     if event.type == "oversell_rejected" or not any(event.delta.values()):
         return []
     # A change that moves no available (its order took units held for it) still moved the
@@ -374,6 +374,17 @@ def targets(settings: Settings, event: Event) -> list[str]:
             found.append(member_of(name, push_location(settings, channel, event.location),
                                    event.sku))
     return found
+
+
+def allocation_targets(settings: Settings, event: Event) -> list[str]:
+    """A rule change (lua/allocation.lua) moves no cell, only what one channel is shown: every
+    figure that channel keeps of the SKU is pushed, and no other channel."""
+    name = event.source.channel
+    channel = settings.channels.get(name)
+    if channel is None or channel.tenant != event.tenant or not channel.api_url:
+        return []
+    spots = {push_location(settings, channel, loc) for loc in selling_locations(settings, channel)}
+    return [member_of(name, spot, event.sku) for spot in sorted(spots)]
 
 
 # How many recent pushes still count as echoes of ours, and for how long they are kept.
@@ -618,23 +629,25 @@ class Propagator:
                 c.own = int(own or 0)
                 c.doubts = [int(v) for v in doubts.split(b",")] if doubts else []
         skus = sorted({c.sku for c in claimed})
+        # Not one MULTI: a rule or a cell that changes after this read has its own event, whose
+        # new version sends the target round again.
         async with self.redis.pipeline(transaction=False) as pipe:
             for sku in skus:
                 pipe.hgetall(tenant_keys(tenant).stock(sku))
-            cells = dict(zip(skus, await pipe.execute(), strict=True))
-        expected: dict[str, dict[bytes, bytes]] = {}
-        if channel.show_preorders:  # its value adds pre-order units against incoming stock
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sku in skus:
-                    pipe.hgetall(tenant_keys(tenant).incoming_sku(sku))
-                expected = dict(zip(skus, await pipe.execute(), strict=True))
+                pipe.hgetall(tenant_keys(tenant).allocation(sku))
+                pipe.hgetall(tenant_keys(tenant).incoming_sku(sku))
+            reads = await pipe.execute()
+            cells = dict(zip(skus, reads[0::3], strict=True))
+            rules = dict(zip(skus, reads[1::3], strict=True))
+            expected = dict(zip(skus, reads[2::3], strict=True))
         # A bundle has no cells: its value is derived from its components' cells now.
         derived = await Bundles(self.engine).views(tenant, [s for s in skus if not cells[s]])
         stamp = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, c in enumerate(claimed):
                 raw_cell = cells[c.sku]
-                view = (self.engine.view(tenant, c.sku, raw_cell, expected.get(c.sku))
+                view = (self.engine.view(tenant, c.sku, raw_cell, rules=rules[c.sku],
+                                         incoming_raw=expected[c.sku])
                         if raw_cell else derived.get(c.sku))
                 value = (channel_value(self.settings, channel_name, channel, c.location, view)
                          if view else 0)
