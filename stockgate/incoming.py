@@ -120,3 +120,11 @@ def view(raw: Mapping[bytes, bytes], locations: Mapping[str, CellState],
         out[loc] = IncomingAt(expected=units, next_expected_at_ms=earliest[loc],
                               preorderable=max(avail + room, 0) - max(avail, 0))
     return out
+
+
+def sellable(available: Mapping[str, int], expected: Mapping[str, IncomingAt]
+             ) -> dict[str, int]:
+    """Per location, what a channel that shows pre-orders may be shown: available (never
+    below zero) plus the pre-order room still left against incoming stock there."""
+    return {loc: max(avail, 0) + (expected[loc].preorderable if loc in expected else 0)
+            for loc, avail in available.items()}

@@ -331,10 +331,7 @@ class StockEngine:
         sku_rules = {k.decode(): v for k, v in (rules or {}).items()}
         expected = incoming.view(incoming_raw or {}, locations,
                                  sku_policy.get("preorder_limit", 0))
-        # preorderable is counted on top of max(available, 0) (stockgate/incoming.py).
-        with_preorders = {loc: max(avail, 0) + (expected[loc].preorderable
-                                                if loc in expected else 0)
-                          for loc, avail in available.items()}
+        with_preorders = incoming.sellable(available, expected)
         for name, channel in self.settings.channels.items():
             if channel.tenant != tenant:
                 continue

@@ -46,6 +46,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from stockgate import allocation, incoming
 from stockgate.bundles import Bundles, bundles_using
 from stockgate.errors import StockgateError
 from stockgate.keys import tenant_keys
@@ -330,7 +331,15 @@ def channel_value(settings: Settings, channel_name: str, channel: Channel, locat
     (StockEngine.view)."""
     detail = view.allocation.get(channel_name)
     figure = detail.figures.get(location) if detail else None
-    return figure.value if figure is not None else 0
+    if figure is not None:
+        return figure.value
+    # A view built under other settings (a tool's, a test's) has no figure for this channel:
+    # resolved here the same way, with the channel's default rule.
+    available = {loc: c.available for loc, c in view.locations.items()}
+    pool = allocation.figure_pool(
+        incoming.sellable(available, view.incoming) if channel.show_preorders else available,
+        selling_locations(settings, channel), tuple(channel.location_map.values()), location)
+    return allocation.shown(channel.allocation, pool)
 
 
 def shown_change(delta: dict[str, int]) -> int:
