@@ -292,7 +292,14 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
             tail_units=opts.tail_units * opts.tail_skus, tail_skus=opts.tail_skus,
             outcomes=record.outcomes, latency=latency, lag=lag, invariants=report,
             channels=checks,
-            final_counts={c.name: c.snapshot(list(opts.hot)) for c in channels},
+            final_counts={c.name: c.snapshot([*opts.hot, *opts.bundles]) for c in channels},
+            bundles=dict(opts.bundles),
+            kits_left={sku: v.available for sku, v in observed.bundle_views.items()},
+            expected_counts={c.name: {sku: v.channels.get(c.name, 0) for sku, v in
+                                      {**observed.views, **observed.bundle_views}.items()
+                                      if sku in opts.hot or sku in opts.bundles}
+                             for c in channels},
+            rules={c.name: c.spec.allocation for c in channels},
             http_errors=http_errors, settled=settled, settle_s=settle_s,
             durability=cfg.durability, channel_rate_per_s=opts.channel_rate_per_s,
             channel_calls=calls,

@@ -166,6 +166,14 @@ class DemoResult(Struct):
     channel_rate_per_s: float = 0.0
     channel_calls: list[ChannelCalls] = []
     data_dir: str = ""
+    # Kits on sale: SKU -> {component: per-kit qty}; their rows show the derived count.
+    bundles: dict[str, dict[str, int]] = {}
+    kits_left: dict[str, int] = {}  # kit SKU -> kits its parts still make at the end
+    # channel -> sku -> what Stockgate says the channel should show (its allocation rule
+    # applied), for the hot SKUs and kits; the table's "ok" compares against it.
+    expected_counts: dict[str, dict[str, int]] = {}
+    # channel -> its allocation rule, as configured ("" or absent: shown the whole pool).
+    rules: dict[str, str] = {}
 
 
 def _ms(v: float | None) -> str:
@@ -206,16 +214,31 @@ def summary(r: DemoResult) -> str:
         "Hot SKU           on sale   sold   left   " + "  ".join(
             f"{c.channel:>13}" for c in r.channels),
     ]
+    def shown_cells(sku: str, left: int) -> str:
+        cells = []
+        for c in r.channels:
+            shown = r.final_counts.get(c.channel, {}).get(sku)
+            expected = r.expected_counts.get(c.channel, {}).get(sku, max(left, 0))
+            cells.append(f"{shown if shown is not None else '-':>11} "
+                         f"{'ok' if shown == expected else '!!'}")
+        return "  ".join(cells)
+
     for sku, units in r.hot.items():
         led = by_sku.get(sku)
         left = led.available if led else 0
         sold_sku = sum(led.sold.values()) if led else 0
-        cells = []
-        for c in r.channels:
-            shown = r.final_counts.get(c.channel, {}).get(sku)
-            cells.append(f"{shown if shown is not None else '-':>11} "
-                         f"{'ok' if shown == max(left, 0) else '!!'}")
-        out.append(f"{sku:<16} {units:>8} {sold_sku:>6} {left:>6}   " + "  ".join(cells))
+        out.append(f"{sku:<16} {units:>8} {sold_sku:>6} {left:>6}   " + shown_cells(sku, left))
+    for sku in r.bundles:
+        # A kit has no units of its own: what is left is what its parts still make.
+        left = r.kits_left.get(sku, 0)
+        out.append(f"{sku:<16} {'kit':>8} {'-':>6} {left:>6}   " + shown_cells(sku, left))
+    if r.bundles:
+        out += [f"  {sku} is a kit of " + " + ".join(f"{q} {p}" for p, q in parts.items())
+                + ", sold in the same carts and orders as its parts"
+                for sku, parts in r.bundles.items()]
+    out += [f"  {channel} is shown what its allocation rule {rule} leaves of each SKU; ok means "
+            "a channel shows exactly what its rule says" for channel, rule in r.rules.items()
+            if rule]
     out.append("")
     out.append("Channels vs Stockgate   " + ", ".join(
         f"{c.channel} {c.matching}/{c.skus} SKUs match" for c in r.channels))
