@@ -2,7 +2,10 @@
 a receipt that closed a short delivery), the units promised beyond physical stock at that
 cell may no longer be covered by what is still expected. The alert names the orders (and
 live holds) most recently promised, newest first, until their units reach the shortfall:
-the oldest promises are the ones the stock still on its way will serve first."""
+the oldest promises are the ones the stock still on its way will serve first. A promise's
+units are what its holder still has open at the cell (read from the order's or hold's
+record, never more than the promise recorded): a promise is noted once, at its size then,
+and an edit, a smaller claiming order or a refund before shipping shrinks it later."""
 
 from __future__ import annotations
 
