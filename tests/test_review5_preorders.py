@@ -426,20 +426,22 @@ async def test_preorder_alert_counts_a_partly_refunded_order_by_its_open_units(
 async def test_preorder_alert_counts_one_order_behind_two_promises_once(
         engine: StockEngine, redis: Redis) -> None:
     """An order that claimed a pre-ordered hold and took more beyond it stands behind two
-    promises: its open units are counted once, not once per promise."""
+    promises: its open units are counted once, not once per promise, so the older order's
+    units at risk are still named."""
     await expect_tee(engine)
-    await engine.order(T, "shop:old", [Line("TEE", 3)], channel="shop")
+    await engine.order(T, "shop:old", [Line("TEE", 2)], channel="shop", state_ms=1)
     await asyncio.sleep(0.01)
-    await engine.hold(T, [Line("TEE", 2)], hold_id="h2")
+    await engine.hold(T, [Line("TEE", 3)], hold_id="h3")
     await asyncio.sleep(0.01)
-    # Claims the hold's 2 and takes 2 more: two promises (hold:h2 2, order:shop:new 2).
-    await engine.order(T, "shop:new", [Line("TEE", 4)], channel="shop", hold_id="h2")
-    # Edited down to 2 open units: 2 at risk for it, 3 for the older order.
-    await engine.order(T, "shop:new", [Line("TEE", 2)], channel="shop", state_ms=5,
-                       hold_id="h2")
+    # Claims the hold's 3 and takes 3 more: two promises (hold:h3 3, order:shop:new 3).
+    await engine.order(T, "shop:new", [Line("TEE", 6)], channel="shop", hold_id="h3",
+                       state_ms=1)
+    # Edited down to 3 open units: 3 at risk for it, 2 for the older order.
+    await engine.order(T, "shop:new", [Line("TEE", 3)], channel="shop", state_ms=2)
     assert await ecell(engine, "TEE") == (0, 0, 5, -5)
     mark = (await redis.xrevrange(tenant_keys(T).outbox, count=1))[0][0]
     await incoming.cancel(engine, T, "po-1")
     [detail] = await _run_preorder_alerts(redis, T, mark)
+    assert "5 promised units" in detail
     assert "order shop:new" in detail and "order shop:old" in detail, detail
     assert detail.count("shop:new") == 1
