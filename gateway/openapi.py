@@ -295,7 +295,9 @@ def build() -> dict[str, Any]:
     paths = {
         "/v1/holds": {"post": _op(
             "Reserve every line of a cart, or none", "storefront",
-            ("201", "HoldCreated", "held (a repeat of the same hold_id answers the same)"),
+            ("201", "HoldCreated", "held (a repeat of the same hold_id answers the same); "
+                                   "ttl_s is clamped at hold_max_total_s, expires_at is "
+                                   "the real expiry"),
             "HoldRequest", {"404": "unknown SKU or location",
                             "409": "insufficient_stock {sku, location, available}, "
                                    "limit_exceeded, or idempotency_conflict"})},

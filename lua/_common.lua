@@ -66,6 +66,8 @@ local function cell_read(cells, prefix, sku, loc)
   c = {key = key, sku = sku, loc = loc, on_hand = tonumber(v[1]), reserved = tonumber(v[2]) or 0,
     committed = tonumber(v[3]) or 0, unavailable = tonumber(v[4]) or 0,
     safety = tonumber(v[5]) or 0, backorder_limit = tonumber(v[6]) or 0}
+  -- The script's cells, so that preorder_room sees its siblings' in-memory state.
+  c.cells = cells
   cells[id] = c
   return c
 end
@@ -80,26 +82,59 @@ local function incoming_key(prefix, sku)
   return prefix .. 'incoming:sku:' .. sku
 end
 
--- Pre-order room of a cell: min(the SKU's preorder_limit, open incoming units at the cell's
--- location). Read only when a take goes past the backorder limit, so a sale within stock
--- pays nothing for it; cached on the cell for the rest of the script.
+-- Units a cell has pre-sold: taken beyond its available and its backorder limit (what only
+-- the pre-order room allowed, see can_take).
+local function presold(c)
+  return math.max(0, -(available(c) + c.backorder_limit))
+end
+
+-- Pre-order room of a cell: how far past its backorder limit it may go. The SKU's
+-- preorder_limit is one budget for all its locations (the issue's "per-SKU limit"), so the
+-- room is min(open incoming units at the cell's location, preorder_limit minus what the
+-- SKU's other locations have pre-sold). Read only when a take goes past the backorder limit,
+-- so a sale within stock pays nothing for it. The limit and the location's incoming units
+-- are cached on the cell (no script changes them); the other locations are read each time,
+-- from the script's in-memory cells where it has them (a cart or an order with lines at two
+-- locations of one SKU spends the budget once, not once per location).
 local function preorder_room(c)
-  if c.preorder_room then return c.preorder_room end
-  local room = 0
-  local limit = tonumber(redis.call('HGET', c.key, 'preorder_limit') or '0')
-  if limit > 0 then
-    local prefix = string.sub(c.key, 1, #c.key - #c.sku - #'stock:')
-    local flat = redis.call('HGETALL', incoming_key(prefix, c.sku))
-    local mine = c.loc .. '|'
-    for i = 1, #flat, 2 do
-      if string.sub(flat[i], 1, #mine) == mine then
-        room = room + tonumber(string.match(flat[i + 1], '^%d+'))
+  if not c.preorder_in then
+    local limit = tonumber(redis.call('HGET', c.key, 'preorder_limit') or '0')
+    local incoming = 0
+    if limit > 0 then
+      local prefix = string.sub(c.key, 1, #c.key - #c.sku - #'stock:')
+      local flat = redis.call('HGETALL', incoming_key(prefix, c.sku))
+      local mine = c.loc .. '|'
+      for i = 1, #flat, 2 do
+        if string.sub(flat[i], 1, #mine) == mine then
+          incoming = incoming + tonumber(string.match(flat[i + 1], '^%d+'))
+        end
       end
     end
-    room = math.min(room, limit)
+    c.preorder_in = {limit = limit, incoming = incoming}
   end
-  c.preorder_room = room
-  return room
+  local limit, incoming = c.preorder_in.limit, c.preorder_in.incoming
+  if limit <= 0 or incoming <= 0 then return 0 end
+  local others = 0
+  local stored = {}
+  local flat = redis.call('HGETALL', c.key)
+  for i = 1, #flat, 2 do
+    local loc, name = string.match(flat[i], '^(.*)|([%a_]+)$')
+    if loc and loc ~= c.loc then
+      stored[loc] = stored[loc] or {}
+      stored[loc][name] = tonumber(flat[i + 1])
+    end
+  end
+  for loc, v in pairs(stored) do
+    -- This script's copy of a sibling cell is newer than the stored one (it writes back last).
+    local s = c.cells and c.cells[c.sku .. '\0' .. loc]
+    if not s then
+      s = {on_hand = v.on_hand or 0, reserved = v.reserved or 0, committed = v.committed or 0,
+        unavailable = v.unavailable or 0, safety = v.safety or 0,
+        backorder_limit = v.backorder_limit or 0}
+    end
+    others = others + presold(s)
+  end
+  return math.max(0, math.min(incoming, limit - others))
 end
 
 -- May `qty` more units leave this cell's available (honouring the backorder limit, and

@@ -7,14 +7,14 @@
 -- hold_not_found, and a hold past its TTL is expired here first (its units go back to sale,
 -- as commit.lua does) and then answers hold_not_found too.
 -- KEYS[1] outbox stream, KEYS[2] hold record, KEYS[3] expiry index
--- ARGV: common; request = {hold_id, ttl_ms, max_total_ms, default_ttl_ms}
+-- ARGV: common; request = {hold_id, ttl_ms, max_total_ms, longest_ttl_ms}
 -- Reply: {"ok", {hold_id, expires_at_ms, max_expires_at_ms, capped}, 0}
 -- Errors: invalid, hold_not_found {hold_id, status}
 local outbox, hold_key, expiry_key = KEYS[1], KEYS[2], KEYS[3]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
 if not is_count(req.ttl_ms, 1) or not is_count(req.max_total_ms, 1)
-  or not is_count(req.default_ttl_ms, 1) then
+  or not is_count(req.longest_ttl_ms, 1) then
   return fail('invalid', {detail = 'extend needs a ttl and a maximum total'})
 end
 local status, lines_json, expires_at, customer, created_at = unpack(redis.call('HMGET',
@@ -28,8 +28,11 @@ if status == 'held' and expires_at <= ts then
 end
 if status ~= 'held' then return fail('hold_not_found', {hold_id = req.hold_id, status = status}) end
 
--- A hold made before holds recorded their creation: assume it was made with the default TTL.
-local created = tonumber(created_at) or (expires_at - req.default_ttl_ms)
+-- A hold made before holds recorded their creation (and before extensions, so its expiry is
+-- its creation + its TTL): assume the longest TTL a hold could be made with. Its true
+-- creation is then never earlier than this estimate, so the cap is never later than the true
+-- one (the default TTL would overshoot it for a hold made with a longer ttl_s).
+local created = tonumber(created_at) or (expires_at - req.longest_ttl_ms)
 local cap = created + req.max_total_ms
 local wanted = ts + req.ttl_ms
 local new_expiry = math.max(math.min(wanted, cap), expires_at)
@@ -51,4 +54,6 @@ if new_expiry ~= expires_at then
   end
 end
 return {'ok', cjson.encode({hold_id = req.hold_id, expires_at_ms = new_expiry,
-  max_expires_at_ms = cap, capped = wanted > cap}), 0}
+  -- A legacy hold may already live past its estimated cap (it is never shortened): the
+  -- latest it can live is then its own expiry.
+  max_expires_at_ms = math.max(cap, new_expiry), capped = wanted > cap}), 0}

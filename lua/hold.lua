@@ -51,6 +51,9 @@ for _, c in ipairs(order) do
     return fail('insufficient_stock', {sku = c.sku, location = c.loc,
       available = math.max(available(c), 0)})
   end
+  -- Taken in memory at once (written only once every check passed): the next cell of the
+  -- same SKU then sees this one's pre-sold units against the SKU's one pre-order budget.
+  c.reserved = c.reserved + wanted[c]
 end
 local customer = req.customer
 if customer ~= nil and customer ~= cjson.null and customer ~= '' then
@@ -72,7 +75,6 @@ local expires_at = ts + req.ttl_ms
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.hold_id,
   key = 'hold:' .. req.hold_id, reason = 'cart hold' .. bundle_note}
 for _, c in ipairs(order) do
-  c.reserved = c.reserved + wanted[c]
   cell_write(c, 'reserved')
   emit(outbox, ctx, 'hold', c, {reserved = wanted[c]})
   preorder_note(prefix, c, 'hold:' .. req.hold_id, wanted[c])

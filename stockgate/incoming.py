@@ -1,8 +1,9 @@
 """Incoming stock: purchase orders and transfers expected at locations, their receipts and
 cancellation (lua/incoming.lua, receive.lua, incoming_cancel.lua), and what the stock view
 shows of them. Pre-order selling against incoming units is a rule of can_take
-(lua/_common.lua): a take may go past the backorder limit by min(preorder_limit, open
-incoming units at the location)."""
+(lua/_common.lua): a take may go past the backorder limit by min(open incoming units at the
+location, preorder_limit minus what the SKU's other locations have pre-sold): the limit is
+one budget per SKU."""
 
 from __future__ import annotations
 
@@ -112,11 +113,16 @@ def view(raw: Mapping[bytes, bytes], locations: Mapping[str, CellState],
         units, _, when = value.decode().partition("|")
         expected[loc] = expected.get(loc, 0) + int(units)
         earliest[loc] = min(earliest.get(loc, int(when)), int(when))
+    # Pre-sold units per location, as lua presold() counts them: beyond available and the
+    # backorder limit. The limit is the SKU's, so each location's room is what the others
+    # have left of it (never more than its own incoming units).
+    presold = {loc: max(0, -(c.available + c.backorder_limit)) for loc, c in locations.items()}
+    total = sum(presold.values())
     out = {}
     for loc, units in sorted(expected.items()):
         cell = locations.get(loc)
         avail = cell.available if cell else 0
-        room = min(preorder_limit, units)
+        room = max(0, min(units, preorder_limit - (total - presold.get(loc, 0))))
         out[loc] = IncomingAt(expected=units, next_expected_at_ms=earliest[loc],
                               preorderable=max(avail + room, 0) - max(avail, 0))
     return out

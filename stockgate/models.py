@@ -18,6 +18,10 @@ MAX_QTY = 1_000_000_000
 # A SKU is at most this many UTF-8 bytes: the Lua scripts count bytes (lua/_common.lua
 # is_name), so Python counts them too, or a line Python accepts would void a whole order.
 MAX_SKU_BYTES = 128
+# The longest ttl_s a hold request may ask (and hold_ttl_s may be). The hold is then clamped
+# to hold_max_total_s (StockEngine.hold), and an extension estimates a legacy hold's creation
+# from it (lua/extend.lua): no hold was ever made longer than this.
+MAX_HOLD_TTL_S = 86_400
 
 Sku = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -68,7 +72,9 @@ class HoldRequest(Struct, frozen=True, forbid_unknown_fields=True):
     hold_id: Ident | None = None
     channel: Location | None = None
     location: Location | None = None
-    ttl_s: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+    # Clamped to hold_max_total_s, as PATCH clamps an extension: the reply's expires_at is
+    # the real expiry.
+    ttl_s: Annotated[int, Meta(ge=1, le=MAX_HOLD_TTL_S)] | None = None
     # Shopper id for per-customer purchase limits on a drop.
     customer: Location | None = None
 
@@ -362,7 +368,7 @@ json_encoder = msgspec.json.Encoder()
 class ExtendRequest(Struct, frozen=True, forbid_unknown_fields=True):
     # The hold should live this long from now (default: the configured hold_ttl_s), capped
     # by hold_max_total_s from its creation.
-    ttl_s: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+    ttl_s: Annotated[int, Meta(ge=1, le=MAX_HOLD_TTL_S)] | None = None
 
 
 class ExtendReply(Struct, frozen=True):

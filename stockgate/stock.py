@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from stockgate import allocation, errors, incoming
 from stockgate.keys import tenant_keys
 from stockgate.models import (
+    MAX_HOLD_TTL_S,
     AdjustReply,
     AllocationReply,
     AllocationScriptReply,
@@ -102,7 +103,11 @@ class StockEngine:
         k = tenant_keys(tenant)
         hold_id = hold_id or uuid.uuid4().hex
         script_lines = self._lines(tenant, lines, location)
-        ttl_ms = (ttl_s or self.settings.hold_ttl_s) * 1000
+        # hold_max_total_s is the longest a hold may live, extensions included: a longer
+        # ttl_s is clamped to it, as an extension is (lua/extend.lua), and the reply's
+        # expires_at says the real expiry. Clamped here, so that the fingerprint is the
+        # hold as made (a retry asking 86400 or the cap itself is the same hold).
+        ttl_ms = min(ttl_s or self.settings.hold_ttl_s, self.settings.hold_max_total_s) * 1000
         request = {
             "hold_id": hold_id, "ttl_ms": ttl_ms, "idem_ttl_ms": self._idem_ttl_ms,
             "customer": customer or "", "lines": script_lines,
@@ -133,7 +138,9 @@ class StockEngine:
         request = {"hold_id": hold_id,
                    "ttl_ms": (ttl_s or self.settings.hold_ttl_s) * 1000,
                    "max_total_ms": self.settings.hold_max_total_s * 1000,
-                   "default_ttl_ms": self.settings.hold_ttl_s * 1000}
+                   # A hold older than created_at is estimated as made with the longest
+                   # TTL any hold could have: its estimated cap is never past the true one.
+                   "longest_ttl_ms": MAX_HOLD_TTL_S * 1000}
         reply, _ = await self._run("extend", tenant, [k.outbox, k.hold(hold_id), k.expiry],
                                    request, channel, ExtendReply)
         return reply

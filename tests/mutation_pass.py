@@ -216,6 +216,22 @@ MUTATIONS = (
              "    if uncovered <= 0:\n        return", "    if True:\n        return",
              ("tests/test_gateway_incoming.py",),
              "a cancel that strands pre-ordered units names no order"),
+    # --- review 5: pre-order budget, alert sizes, hold lifetime ---------------------------
+    Mutation("preorder-limit-per-location", "lua/_common.lua",
+             "  return math.max(0, math.min(incoming, limit - others))",
+             "  return math.max(0, math.min(incoming, limit))",
+             ("tests/test_review5_preorders.py", "tests/test_incoming_property.py"),
+             "a SKU pre-sells its preorder_limit once per location"),
+    Mutation("preorder-alert-recorded-size", "workers/preorders.py",
+             "at_risk = min(int(qty), left.setdefault(who, open_units))",
+             "at_risk = int(qty); left.setdefault(who, open_units)",
+             ("tests/test_review5_preorders.py",),
+             "an order edited down hides older orders whose pre-ordered units are at risk"),
+    Mutation("hold-ttl-unclamped", "stockgate/stock.py",
+             "ttl_ms = min(ttl_s or self.settings.hold_ttl_s, self.settings.hold_max_total_s)",
+             "ttl_ms = (ttl_s or self.settings.hold_ttl_s)",
+             ("tests/test_review5_preorders.py",),
+             "a hold made with a long ttl_s lives past hold_max_total_s"),
 )
 
 

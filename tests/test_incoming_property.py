@@ -271,7 +271,9 @@ class IncomingMachine(RuleBasedStateMachine):
         order_id = f"o{next(self.order_ids)}"
         m = self.model
         available = m.on_hand(cell) - m.committed.get(cell, 0)
-        room = min(m.preorder_limit, m.expected(cell))
+        # The limit is one budget per SKU: what its other locations pre-sold is spent.
+        others = sum(max(0, m.short(o)) for o in CELLS if o[0] == cell[0] and o != cell)
+        room = max(0, min(m.expected(cell), m.preorder_limit - others))
         known = cell in m.seeded or any(cell in r.qty for r in m.records.values())
         reply = self.call(self.engine.order(T, order_id, [Line(cell[0], qty, cell[1])]), "")
         status = reply[0].lines[0].status
