@@ -8,7 +8,7 @@ one budget per SKU."""
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -116,21 +116,36 @@ def view(raw: Mapping[bytes, bytes], locations: Mapping[str, CellState],
     # Pre-sold units per location, as lua presold() counts them: beyond available and the
     # backorder limit. The limit is the SKU's, so each location's room is what the others
     # have left of it (never more than its own incoming units).
-    presold = {loc: max(0, -(c.available + c.backorder_limit)) for loc, c in locations.items()}
-    total = sum(presold.values())
+    sold = {loc: presold(c) for loc, c in locations.items()}
+    total = sum(sold.values())
     out = {}
     for loc, units in sorted(expected.items()):
         cell = locations.get(loc)
         avail = cell.available if cell else 0
-        room = max(0, min(units, preorder_limit - (total - presold.get(loc, 0))))
+        room = max(0, min(units, preorder_limit - (total - sold.get(loc, 0))))
         out[loc] = IncomingAt(expected=units, next_expected_at_ms=earliest[loc],
                               preorderable=max(avail + room, 0) - max(avail, 0))
     return out
 
 
-def sellable(available: Mapping[str, int], expected: Mapping[str, IncomingAt]
-             ) -> dict[str, int]:
-    """Per location, what a channel that shows pre-orders may be shown: available (never
-    below zero) plus the pre-order room still left against incoming stock there."""
-    return {loc: max(avail, 0) + (expected[loc].preorderable if loc in expected else 0)
-            for loc, avail in available.items()}
+def presold(cell: CellState) -> int:
+    """Units of a cell sold beyond its stock and backorder limit (lua presold()): what it took
+    of the SKU's pre-order budget."""
+    return max(0, -(cell.available + cell.backorder_limit))
+
+
+def sellable(locations: Mapping[str, CellState], expected: Mapping[str, IncomingAt],
+             preorder_limit: int, among: Sequence[str]) -> dict[str, int]:
+    """Per location, what a channel that shows pre-orders and sells from the locations
+    `among` may be shown: available (never below zero) plus pre-order room against incoming
+    stock there. The budget is the SKU's, shared by its locations (lua preorder_room), so it
+    is shared out over the channel's locations in its order: a channel that sums several
+    locations (or lists each) is never shown more of it than is left."""
+    budget = max(0, preorder_limit - sum(presold(c) for c in locations.values()))
+    out = {loc: max(cell.available, 0) for loc, cell in locations.items()}
+    for loc in among:
+        if loc in out and loc in expected:
+            extra = min(expected[loc].preorderable, budget)
+            budget -= extra
+            out[loc] += extra
+    return out

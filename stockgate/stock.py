@@ -338,7 +338,6 @@ class StockEngine:
         sku_rules = {k.decode(): v for k, v in (rules or {}).items()}
         expected = incoming.view(incoming_raw or {}, locations,
                                  sku_policy.get("preorder_limit", 0))
-        with_preorders = incoming.sellable(available, expected)
         for name, channel in self.settings.channels.items():
             if channel.tenant != tenant:
                 continue
@@ -352,7 +351,9 @@ class StockEngine:
                 rule, source = channel.allocation, "channel"
             # Pre-order units are shown only to channels that opt in (show_preorders), and
             # the channel's rule shares them out like any other unit of its pool.
-            sellable = with_preorders if channel.show_preorders else available
+            sellable = (incoming.sellable(locations, expected,
+                                          sku_policy.get("preorder_limit", 0), sells_from)
+                        if channel.show_preorders else available)
             figures = {}
             for spot in allocation.push_spots(sells_from, mapped):
                 pool = allocation.figure_pool(sellable, sells_from, mapped, spot)

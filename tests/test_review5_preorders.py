@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from stockgate import incoming
 from stockgate.keys import tenant_keys
-from stockgate.models import IncomingRequest, Line
+from stockgate.models import CellState, IncomingRequest, Line
 from stockgate.stock import StockEngine
 
 pytest_plugins = ["gateway_fixtures"]  # app, client
@@ -445,3 +445,17 @@ async def test_preorder_alert_counts_one_order_behind_two_promises_once(
     assert "5 promised units" in detail
     assert "order shop:new" in detail and "order shop:old" in detail, detail
     assert detail.count("shop:new") == 1
+
+
+def test_a_channel_summing_locations_is_shown_the_preorder_budget_once() -> None:
+    """Each location alone could pre-sell the SKU's whole budget of 3; a channel that shows
+    both as one figure must be shown 3, not 6 (the scripts would refuse the other 3)."""
+    cells = {"main": CellState(on_hand=0, available=0), "east": CellState(on_hand=0, available=0)}
+    expected = incoming.view({b"main|po-1": b"10|0", b"east|po-1": b"10|0"}, cells, 3)
+    assert {loc: at.preorderable for loc, at in expected.items()} == {"main": 3, "east": 3}
+    assert sum(incoming.sellable(cells, expected, 3, ("main", "east")).values()) == 3
+    assert incoming.sellable(cells, expected, 3, ("east",)) == {"main": 0, "east": 3}
+    # One unit pre-sold at east already: 2 left of the budget, shown once.
+    cells["east"] = CellState(on_hand=0, committed=1, available=-1)
+    expected = incoming.view({b"main|po-1": b"10|0", b"east|po-1": b"10|0"}, cells, 3)
+    assert sum(incoming.sellable(cells, expected, 3, ("main", "east")).values()) == 2

@@ -335,10 +335,13 @@ def channel_value(settings: Settings, channel_name: str, channel: Channel, locat
         return figure.value
     # A view built under other settings (a tool's, a test's) has no figure for this channel:
     # resolved here the same way, with the channel's default rule.
-    available = {loc: c.available for loc, c in view.locations.items()}
-    pool = allocation.figure_pool(
-        incoming.sellable(available, view.incoming) if channel.show_preorders else available,
-        selling_locations(settings, channel), tuple(channel.location_map.values()), location)
+    sells_from = selling_locations(settings, channel)
+    available = ({loc: c.available for loc, c in view.locations.items()}
+                 if not channel.show_preorders else
+                 incoming.sellable(view.locations, view.incoming, view.preorder_limit,
+                                   sells_from))
+    pool = allocation.figure_pool(available, sells_from, tuple(channel.location_map.values()),
+                                  location)
     return allocation.shown(channel.allocation, pool)
 
 
