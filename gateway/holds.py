@@ -6,20 +6,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth import authenticate
-from gateway.errors import MalformedRequest
-from gateway.http import Endpoint, JSONReply, read_json
+from gateway.http import Endpoint, JSONReply, path_id, read_json
 from gateway.replies import HoldCreated, HoldExtended, replay_headers
 from stockgate import errors
 from stockgate.models import CommitRequest, ExtendRequest, HoldRequest
-
-_HOLD_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
-
-
-def _hold_id(request: Request) -> str:
-    hold_id: str = request.path_params["hold_id"]
-    if not 0 < len(hold_id) <= 128 or not set(hold_id) <= _HOLD_ID_CHARS:
-        raise MalformedRequest("hold_id: expected 1-128 of A-Z a-z 0-9 _ . : -")
-    return hold_id
 
 
 async def create_hold(request: Request) -> JSONReply:
@@ -44,7 +34,7 @@ async def create_hold(request: Request) -> JSONReply:
 
 async def commit_hold(request: Request) -> JSONReply:
     principal = authenticate(request, "storefront")
-    hold_id = _hold_id(request)
+    hold_id = path_id(request, "hold_id")
     body = await read_json(request, CommitRequest)
     state = request.app.state
     with state.metrics.script("commit"):
@@ -57,7 +47,7 @@ async def commit_hold(request: Request) -> JSONReply:
 
 async def release_hold(request: Request) -> JSONReply:
     principal = authenticate(request, "storefront")
-    hold_id = _hold_id(request)
+    hold_id = path_id(request, "hold_id")
     state = request.app.state
     with state.metrics.script("release"):
         reply, replayed = await state.engine.release(principal.tenant, hold_id)
@@ -69,7 +59,7 @@ async def extend_hold(request: Request) -> JSONReply:
     """Not keyed for idempotency: the call means "live until at least now + ttl_s, within
     the cap", so a retry lands on the same or a slightly later expiry, never a new hold."""
     principal = authenticate(request, "storefront")
-    hold_id = _hold_id(request)
+    hold_id = path_id(request, "hold_id")
     body = await read_json(request, ExtendRequest)
     state = request.app.state
     with state.metrics.script("extend"):

@@ -196,6 +196,18 @@ def decode(raw: bytes, kind: type[T]) -> T:
         raise MalformedRequest(f"malformed JSON: {exc}") from None
 
 
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def path_id(request: Request, name: str) -> str:
+    """An id from the path (a hold's, an incoming record's): checked before it becomes part
+    of a Redis key, with the error naming it."""
+    value: str = request.path_params[name]
+    if not 0 < len(value) <= 128 or not set(value) <= _ID_CHARS:
+        raise MalformedRequest(f"{name}: expected 1-128 of A-Z a-z 0-9 _ . : -")
+    return value
+
+
 async def read_json(request: Request, kind: type[T]) -> T:
     """A JSON route's body as a `kind` Struct: 415, 413 and 400 before anything changes."""
     if not is_json(request):

@@ -8,20 +8,12 @@ from starlette.routing import Route
 
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest
-from gateway.http import JSONReply, read_json
+from gateway.http import JSONReply, path_id, read_json
 from gateway.replies import replay_headers
 from stockgate import errors, incoming
 from stockgate.models import IncomingRequest, ReceiptRequest
 
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 _STATUSES = ("open", "received", "closed", "cancelled")
-
-
-def _incoming_id(request: Request) -> str:
-    incoming_id: str = request.path_params["incoming_id"]
-    if not 0 < len(incoming_id) <= 128 or not set(incoming_id) <= _ID_CHARS:
-        raise MalformedRequest("incoming_id: expected 1-128 of A-Z a-z 0-9 _ . : -")
-    return incoming_id
 
 
 async def create_incoming(request: Request) -> JSONReply:
@@ -50,7 +42,7 @@ async def list_incoming(request: Request) -> JSONReply:
 
 async def read_incoming(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    incoming_id = _incoming_id(request)
+    incoming_id = path_id(request, "incoming_id")
     record = await incoming.get(request.app.state.engine, principal.tenant, incoming_id)
     if record is None:
         raise errors.IncomingNotFound(incoming_id=incoming_id)
@@ -59,7 +51,7 @@ async def read_incoming(request: Request) -> JSONReply:
 
 async def receive(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    incoming_id = _incoming_id(request)
+    incoming_id = path_id(request, "incoming_id")
     body = await read_json(request, ReceiptRequest)
     state = request.app.state
     with state.metrics.script("receive"):
@@ -70,7 +62,7 @@ async def receive(request: Request) -> JSONReply:
 
 async def cancel_incoming(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    incoming_id = _incoming_id(request)
+    incoming_id = path_id(request, "incoming_id")
     state = request.app.state
     with state.metrics.script("incoming_cancel"):
         record, replayed = await incoming.cancel(state.engine, principal.tenant, incoming_id)

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import multiple, rule
@@ -23,17 +21,14 @@ from test_property import (
     customers,
     hold_ids,
     locations,
-    machine_engine,  # noqa: F401 (fixture)
     order_ids,
     qtys,
 )
 
 from stockgate import errors
 from stockgate.bundles import Bundles
-from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import BundleComponent, Line, event_decoder
-from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 
 T = "default"
@@ -54,22 +49,8 @@ async def define_all(engine: StockEngine) -> None:
 # ---- 1,000 concurrent carts ---------------------------------------------------------------
 
 SHOPPERS = 1_000
-CLIENTS = 50
 LIMITS = {"A": 4, "B": 0}  # A may go 4 below zero (backorder), B not at all
 UNITS = {"A": 150, "B": 60}
-
-
-@pytest.fixture
-async def engines(redis: Redis, redis_server: EmbeddedRedis,
-                  settings: Settings) -> AsyncIterator[list[StockEngine]]:
-    clients = [Redis.from_url(redis_server.url, max_connections=50) for _ in range(CLIENTS)]
-    engines = [StockEngine(client, settings) for client in clients]
-    await engines[0].load_scripts()
-    yield engines
-    for engine in engines:
-        engine.scripts.close()
-    for client in clients:
-        await client.aclose()
 
 
 async def test_thousand_mixed_carts_never_take_a_component_below_its_limit(
@@ -85,7 +66,7 @@ async def test_thousand_mixed_carts_never_take_a_component_below_its_limit(
 
     async def shopper(n: int) -> bool:
         try:
-            await engines[n % CLIENTS].hold(T, [Line(s, q, loc) for s, loc, q in carts[n]],
+            await engines[n % len(engines)].hold(T, [Line(s, q, loc) for s, loc, q in carts[n]],
                                             hold_id=f"cart-{n}")
         except errors.InsufficientStock:
             return False
@@ -244,7 +225,7 @@ class BundleMachine(StockMachine):
 
 
 def test_bundle_lines_agree_with_the_model(
-        machine_engine: tuple[asyncio.AbstractEventLoop, StockEngine]) -> None:  # noqa: F811
+        machine_engine: tuple[asyncio.AbstractEventLoop, StockEngine]) -> None:
     BundleMachine.loop, BundleMachine.engine = machine_engine
     BundleMachine.TestCase.settings = settings(
         max_examples=100, stateful_step_count=40, deadline=None,

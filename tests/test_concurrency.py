@@ -8,38 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from stockgate import errors
-from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import Line, event_decoder
-from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 
 T = "default"
 SKU = "DROP-1"
 UNITS = 100
 SHOPPERS = 1_000
-# Gateway processes each have their own pool; 50 clients make 50 separate connections at least.
-CLIENTS = 50
-
-
-@pytest.fixture
-async def engines(redis: Redis, redis_server: EmbeddedRedis,
-                  settings: Settings) -> AsyncIterator[list[StockEngine]]:
-    """One engine per simulated gateway process, each with its own connection pool."""
-    clients = [Redis.from_url(redis_server.url, max_connections=50) for _ in range(CLIENTS)]
-    engines = [StockEngine(client, settings) for client in clients]
-    await engines[0].load_scripts()
-    yield engines
-    for engine in engines:
-        engine.scripts.close()
-    for client in clients:
-        await client.aclose()
 
 
 async def test_thousand_holds_for_a_hundred_units(engines: list[StockEngine],
@@ -47,7 +27,7 @@ async def test_thousand_holds_for_a_hundred_units(engines: list[StockEngine],
     await engines[0].adjust(T, SKU, reason="drop", idempotency_key="drop", delta=UNITS)
 
     async def shopper(n: int) -> str:
-        engine = engines[n % CLIENTS]
+        engine = engines[n % len(engines)]
         try:
             await engine.hold(T, [Line(SKU, 1)], hold_id=f"shopper-{n}")
         except errors.InsufficientStock:
@@ -57,7 +37,7 @@ async def test_thousand_holds_for_a_hundred_units(engines: list[StockEngine],
     outcomes = Counter(await asyncio.gather(*(shopper(n) for n in range(SHOPPERS))))
     # Any other exception would have failed the gather: only these two outcomes exist.
     assert outcomes == {"held": UNITS, "sold out": SHOPPERS - UNITS}
-    assert (await redis.info("clients"))["connected_clients"] > CLIENTS
+    assert (await redis.info("clients"))["connected_clients"] > len(engines)
 
     cell = (await engines[0].stock(T, SKU)).locations["main"]
     assert (cell.on_hand, cell.reserved, cell.available) == (UNITS, UNITS, 0)

@@ -12,26 +12,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
-from redis.asyncio import Redis
 
 from loadtests.invariants import check as check_invariants
 from loadtests.invariants import collect
 from stockgate import errors, incoming
-from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import IncomingRequest, Line, ReceiptRequest, event_decoder
-from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers import preorders
 from workers.alerts import list_alerts
@@ -334,19 +329,6 @@ class IncomingMachine(RuleBasedStateMachine):
         assert not problems, problems
         if not self.ever_uncovered:
             assert report.ok, report.violations
-
-
-@pytest.fixture
-def machine_engine(redis_server: EmbeddedRedis, tmp_path: Path
-                   ) -> Iterator[tuple[asyncio.AbstractEventLoop, StockEngine]]:
-    loop = asyncio.new_event_loop()
-    redis = Redis.from_url(redis_server.url)
-    engine = StockEngine(redis, Settings(data_dir=str(tmp_path)))
-    loop.run_until_complete(engine.load_scripts())
-    yield loop, engine
-    loop.run_until_complete(redis.flushall())
-    loop.run_until_complete(redis.aclose())
-    loop.close()
 
 
 def test_incoming_agrees_with_the_model(

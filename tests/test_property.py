@@ -13,12 +13,10 @@ import asyncio
 import copy
 import json
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,10 +30,8 @@ from hypothesis.stateful import (
 from redis.asyncio import Redis
 
 from stockgate import errors
-from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import Line, event_decoder
-from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 
 T = "default"
@@ -542,21 +538,6 @@ class StockMachine(RuleBasedStateMachine):
 
     async def _read_all(self, redis: Redis, pattern: str) -> dict[bytes, dict[bytes, bytes]]:
         return {key: await redis.hgetall(key) for key in await self._keys(redis, pattern)}
-
-
-@pytest.fixture
-def machine_engine(redis_server: EmbeddedRedis, tmp_path: Path
-                   ) -> Iterator[tuple[asyncio.AbstractEventLoop, StockEngine]]:
-    # The machine's steps are synchronous, so it drives its own loop rather than the
-    # session loop that pytest-asyncio runs async tests on.
-    loop = asyncio.new_event_loop()
-    redis = Redis.from_url(redis_server.url)
-    engine = StockEngine(redis, Settings(data_dir=str(tmp_path)))
-    loop.run_until_complete(engine.load_scripts())
-    yield loop, engine
-    loop.run_until_complete(redis.flushall())
-    loop.run_until_complete(redis.aclose())
-    loop.close()
 
 
 def test_scripts_agree_with_the_model(

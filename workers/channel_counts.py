@@ -155,6 +155,17 @@ async def record_report(redis: Redis, tenant: str, channel_id: str, ref: str,
         await pipe.execute()
 
 
+async def _push_back(redis: Redis, tenant: str, channel_id: str, sku: str, location: str,
+                     available: int, fingerprint: str, received_ms: int, why: str) -> None:
+    """A count that moves no stock: the canonical figure is pushed back over it, the operator
+    is told why (once per report), and the report is logged as what the channel showed."""
+    await mark_dirty(redis, tenant, [member_of(channel_id, location, sku)])
+    await raise_alert(redis, tenant, "channel_count_ignored", why, sku=sku, location=location,
+                      channel=channel_id, ref=fingerprint,
+                      once=f"count:{channel_id}:{fingerprint}")
+    await record_report(redis, tenant, channel_id, f"{sku}|{location}", received_ms, available)
+
+
 async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditStore,
                               settings: Settings, tenant: str, channel_id: str, sku: str,
                               location: str, available: int, fingerprint: str,
@@ -165,14 +176,10 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
     if await redis.hexists(tenant_keys(tenant).bundles, sku):
         # A bundle has no stock of its own: a count set on its listing cannot say which
         # component changed, so it moves nothing; the derived count is pushed back over it.
-        await mark_dirty(redis, tenant, [member_of(channel_id, location, sku)])
-        await raise_alert(
-            redis, tenant, "channel_count_ignored",
-            f"{channel_id} reported {available} for a bundle; a bundle's count is derived "
-            "from its components (change those in Stockgate)",
-            sku=sku, location=location, channel=channel_id, ref=fingerprint,
-            once=f"count:{channel_id}:{fingerprint}")
-        await record_report(redis, tenant, channel_id, ref, received_ms, available)
+        await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
+                         received_ms, f"{channel_id} reported {available} for a bundle; a "
+                         "bundle's count is derived from its components (change those in "
+                         "Stockgate)")
         return "bundle"
     shown = await shown_log(redis, tenant, channel_id, ref)
     if any(s.kind == SHOWN_REPORT and s.ms > received_ms for s in shown):
@@ -187,14 +194,10 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
     if await own_sale_near(audit, tenant, channel_id, sku, location, received_ms):
         # Overwrite the channel's figure with the canonical one; an edit a person made in
         # the middle of the channel's own sales is not told apart, so say so.
-        await mark_dirty(redis, tenant, [member_of(channel_id, location, sku)])
-        await raise_alert(
-            redis, tenant, "channel_count_ignored",
-            f"{channel_id} reported {available} during its own sales of the SKU; the "
-            "canonical count is pushed back (make stock edits in Stockgate during a sale)",
-            sku=sku, location=location, channel=channel_id, ref=fingerprint,
-            once=f"count:{channel_id}:{fingerprint}")
-        await record_report(redis, tenant, channel_id, ref, received_ms, available)
+        await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
+                         received_ms, f"{channel_id} reported {available} during its own "
+                         "sales of the SKU; the canonical count is pushed back (make stock "
+                         "edits in Stockgate during a sale)")
         return "own_sale"
     channel = settings.channels[channel_id]
     try:
