@@ -15,8 +15,8 @@
 local outbox, hold_key, expiry_key, order_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
-local status, lines_json, expires_at, order_id, customer =
-  unpack(redis.call('HMGET', hold_key, 'status', 'lines', 'expires_at', 'order_id', 'customer'))
+local status, lines_json, expires_at, order_id, customer, tags_json = unpack(redis.call(
+  'HMGET', hold_key, 'status', 'lines', 'expires_at', 'order_id', 'customer', 'tags'))
 if not is_id(req.order_id) then return fail('invalid', {detail = 'order_id is required'}) end
 if status == 'committed' then
   if order_id ~= req.order_id then
@@ -33,13 +33,17 @@ end
 if status ~= 'held' then
   return fail('hold_not_found', {hold_id = req.hold_id, status = status or 'unknown'})
 end
-local rec_fp, rec_channel, rec_status, rec_reply, rec_lines, rec_linked = unpack(redis.call(
-  'HMGET', order_key, 'fp', 'channel', 'status', 'reply', 'lines', 'linked'))
+local rec_fp, rec_channel, rec_status, rec_reply, rec_lines, rec_linked, rec_kits = unpack(
+  redis.call('HMGET', order_key, 'fp', 'channel', 'status', 'reply', 'lines', 'linked', 'kits'))
 if rec_fp and (rec_channel == nil or rec_channel == '') then
   return fail('idempotency_conflict', {detail = 'order_id already used by another order'})
 end
 
 local lines = cjson.decode(lines_json)
+-- The hold's bundle tags go onto the order's entries (a record written before tags existed
+-- keeps untagged entries: its bundle lines match untagged units, see expand_for_record).
+local tagged = not rec_fp or rec_kits == '1'
+local tagged_lines = hold_tagged(cjson.decode(lines_json), tagged and tags_json or nil)
 local cells = {}
 for _, line in ipairs(lines) do
   local c = cell_read(cells, prefix, line[1], line[2])
@@ -61,7 +65,7 @@ if rec_fp then
   local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
     key = 'commit:' .. req.hold_id, reason = 'hold linked to its channel order'}
   local entries = cjson.decode(rec_lines)
-  for _, line in ipairs(lines) do
+  for i, line in ipairs(lines) do
     local c = cell_read(cells, prefix, line[1], line[2])
     local x = math.min(line[3], refused[line[1]] or 0)
     local r = math.min(line[3], c.reserved)
@@ -70,8 +74,8 @@ if rec_fp then
       refused[line[1]] = refused[line[1]] - x
       linked[line[1]] = (linked[line[1]] or 0) + x
       c.committed = c.committed + x
-      entries[#entries + 1] = {sku = line[1], location = line[2], qty = x, open = x,
-        fulfilled = 0, restocked = 0}
+      entries[#entries + 1] = tag_entry({sku = line[1], location = line[2], qty = x, open = x,
+        fulfilled = 0, restocked = 0}, tagged_lines[i])
       emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x})
     else
       emit(outbox, ctx, 'release', c, {reserved = -r})
@@ -87,7 +91,7 @@ end
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
   key = 'commit:' .. req.hold_id, reason = 'order placed from hold'}
 local order_lines = {}
-for _, line in ipairs(lines) do
+for i, line in ipairs(lines) do
   local c = cell_read(cells, prefix, line[1], line[2])
   local q = line[3]
   local from_reserved = math.min(q, c.reserved)
@@ -95,10 +99,10 @@ for _, line in ipairs(lines) do
   c.committed = c.committed + q
   cell_write(c, 'reserved', 'committed')
   emit(outbox, ctx, 'commit', c, {reserved = -from_reserved, committed = q})
-  order_lines[#order_lines + 1] = {sku = line[1], location = line[2], qty = q, open = q,
-    fulfilled = 0, restocked = 0}
+  order_lines[#order_lines + 1] = tag_entry({sku = line[1], location = line[2], qty = q,
+    open = q, fulfilled = 0, restocked = 0}, tagged_lines[i])
 end
 redis.call('HSET', order_key, 'status', 'open', 'reply', reply, 'fp', 'hold:' .. req.hold_id,
-  'lines', cjson.encode(order_lines), 'channel', channel, 'hold_id', req.hold_id)
+  'lines', cjson.encode(order_lines), 'channel', channel, 'hold_id', req.hold_id, 'kits', 1)
 order_keep(order_key, order_lines, req.window_ms)
 return {'ok', reply, 0}
