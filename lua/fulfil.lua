@@ -3,6 +3,8 @@
 -- ARGV: common; request = {order_id, fulfilment_id, fp, idem_ttl_ms, window_ms,
 --   lines = [[sku, location or "", qty], ...]}; no lines means every open unit of the order.
 -- Reply: {"ok", {order_id, fulfilment_id, lines = [{sku, location, qty}]}, replayed}
+-- A line naming a bundle ships the units the order's kits took (expand_for_record); a plain
+-- line ships loose units only (entry_matches).
 -- Errors: order_not_found, invalid (more than the order has open), idempotency_conflict
 local outbox, order_key, idem_key = KEYS[1], KEYS[2], KEYS[3]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]

@@ -16,6 +16,7 @@
 -- report was judged and applied to stock as an edit of -n: that explains the drop).
 -- Units are set aside only from available: a drop beyond it was sold twice already, and the
 -- channel's order for it is refused as an oversell when it lands (and alerted there).
+-- A bundle listing's count is kits: its drop sets whole kits' components aside (below).
 -- KEYS[1] outbox stream, KEYS[2] the channel's compare-and-set hash
 -- ARGV: common; request = {lines = [[sku, location, actual, null, doubts, spread]]
 --   | [[sku, location, null, n]]}; spread: the locations the channel's figure sums.

@@ -1,6 +1,8 @@
 -- order: a channel order. The sale already happened on the channel, so lines are judged one
 -- by one: a line that can be covered commits; one that cannot is refused as an
 -- oversell_rejected event (never as negative stock) and reported in the reply for an alert.
+-- A kit line is judged whole: all its components or none (see kit_part). Changes are summed
+-- per cell: one event per changed cell; the reply keeps one result per line.
 --
 -- A hold the order names is only a hint (it travels in a field the shopper controls). It is
 -- claimed when it is live (held, TTL not passed), was made for no channel or for this one, and
