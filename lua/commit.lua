@@ -64,7 +64,7 @@ if rec_fp then
   for sku, n in pairs(linked) do refused[sku] = (refused[sku] or 0) - n end
   local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
     key = 'commit:' .. req.hold_id, reason = 'hold linked to its channel order'}
-  local entries = cjson.decode(rec_lines)
+  local entries, moves = cjson.decode(rec_lines), {by = {}}
   for i, line in ipairs(lines) do
     local c = cell_read(cells, prefix, line[1], line[2])
     local x = math.min(line[3], refused[line[1]] or 0)
@@ -76,12 +76,13 @@ if rec_fp then
       c.committed = c.committed + x
       entries[#entries + 1] = tag_entry({sku = line[1], location = line[2], qty = x, open = x,
         fulfilled = 0, restocked = 0}, tagged_lines[i])
-      emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x})
+      moves_add(moves, c, {reserved = -r, committed = x}, 'commit')
     else
-      emit(outbox, ctx, 'release', c, {reserved = -r})
+      moves_add(moves, c, {reserved = -r}, 'release')
     end
     cell_write(c, 'reserved', 'committed')
   end
+  moves_emit(outbox, ctx, moves)
   redis.call('HSET', order_key, 'lines', cjson.encode(entries))
   if next(linked) then redis.call('HSET', order_key, 'linked', cjson.encode(linked)) end
   order_keep(order_key, entries, req.window_ms)
@@ -90,7 +91,8 @@ end
 
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
   key = 'commit:' .. req.hold_id, reason = 'order placed from hold'}
-local order_lines = {}
+-- A hold's kit and loose lines of one cell are one event (one per changed cell).
+local order_lines, moves = {}, {by = {}}
 for i, line in ipairs(lines) do
   local c = cell_read(cells, prefix, line[1], line[2])
   local q = line[3]
@@ -98,10 +100,11 @@ for i, line in ipairs(lines) do
   c.reserved = c.reserved - from_reserved
   c.committed = c.committed + q
   cell_write(c, 'reserved', 'committed')
-  emit(outbox, ctx, 'commit', c, {reserved = -from_reserved, committed = q})
+  moves_add(moves, c, {reserved = -from_reserved, committed = q}, 'commit')
   order_lines[#order_lines + 1] = tag_entry({sku = line[1], location = line[2], qty = q,
     open = q, fulfilled = 0, restocked = 0}, tagged_lines[i])
 end
+moves_emit(outbox, ctx, moves)
 redis.call('HSET', order_key, 'status', 'open', 'reply', reply, 'fp', 'hold:' .. req.hold_id,
   'lines', cjson.encode(order_lines), 'channel', channel, 'hold_id', req.hold_id, 'kits', 1)
 order_keep(order_key, order_lines, req.window_ms)

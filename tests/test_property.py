@@ -171,7 +171,7 @@ class Model:
                                 "fulfilled": 0, "restocked": 0})
         self.orders[order_id] = Order(("hold", hold_id), order_lines)
         h.status, h.order_id = "committed", order_id
-        return "", len(h.lines)
+        return "", len({self.cell_id(sku, loc) for sku, loc, _ in h.lines})
 
     def order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
         fp = ("order", order_lines)

@@ -348,14 +348,20 @@ async def test_a_refund_of_more_kits_than_were_sold_never_takes_loose_parts(
 
 
 async def test_a_committed_bundle_hold_keeps_its_kit_through_redefinition(
-        engine: StockEngine) -> None:
+        engine: StockEngine, redis: Redis) -> None:
     """A storefront hold of KIT (= A + B), committed after the kit became A + C: its order's
     fulfilment and refund naming the kit act on A and B."""
     await stock(engine, A=10, B=10, C=10)
     await define(engine, "KIT", A=1, B=1)
     await engine.hold(T, [Line("KIT", 1), Line("B", 1)], hold_id="h1")
     await define(engine, "KIT", A=1, C=1)
+    from stockgate.models import event_decoder
+    mark = (await redis.xrevrange(tenant_keys(T).outbox, count=1))[0][0]
     await engine.commit(T, "h1", "web:1")
+    evs = [event_decoder.decode(f[b"e"]) for _, f in
+           await redis.xrange(tenant_keys(T).outbox, min=b"(" + mark)]
+    # The kit's B and the loose B are one cell: one event.
+    assert sorted((e.type, e.sku) for e in evs) == [("commit", "A"), ("commit", "B")]
     await engine.fulfil(T, "web:1", "f1", [Line("KIT", 1)])
     assert await ecell(engine, "B") == (9, 0, 1, 8)
     await engine.restock(T, "r1", [Line("KIT", 1)], order_id="web:1")
