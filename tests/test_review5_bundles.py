@@ -391,3 +391,21 @@ async def test_an_order_record_without_tags_keeps_working(
     await engine.restock(T, "r1", [Line("KIT", 1)], order_id="shop:1")
     assert await ecell(engine, "A") == (10, 0, 0, 10)
     assert await ecell(engine, "B") == (10, 0, 0, 10)
+
+
+async def test_a_channel_order_claiming_a_bundle_hold_takes_the_kit_the_hold_took(
+        engine: StockEngine) -> None:
+    """A hold of KIT (= A + B), the kit redefined (A + C), then the channel order naming the
+    hold: the kit commits from the hold's units (A and B), C is untouched, nothing is left
+    reserved; a second kit in the order is today's kit."""
+    await stock(engine, A=10, B=10, C=10)
+    await define(engine, "KIT", A=1, B=1)
+    await engine.hold(T, [Line("KIT", 1)], hold_id="h1")
+    await define(engine, "KIT", A=1, C=1)
+    order, _ = await engine.order(T, "shop:1", [Line("KIT", 2)], hold_id="h1",
+                                  channel="shop")
+    assert sorted((ln.sku, ln.qty, ln.status) for ln in order.lines) == [
+        ("A", 1, "committed"), ("A", 1, "held"), ("B", 1, "held"), ("C", 1, "committed")]
+    assert await ecell(engine, "A") == (10, 0, 2, 8)
+    assert await ecell(engine, "B") == (10, 0, 1, 9)
+    assert await ecell(engine, "C") == (10, 0, 1, 9)
