@@ -366,7 +366,10 @@ end
 -- per-bundle qty, same location), so that the callers' checks sum a component's units over
 -- all the lines that need it: a cart with a kit and one of its parts, or two kits sharing a
 -- part, is judged on the sum, never line by line (Medusa issue 16502 oversold exactly that).
--- An expanded line carries its bundle as line[4], for reasons; scripts store only [1..3].
+-- An expanded line carries its bundle as line[4], the per-bundle qty as line[5] and the
+-- definition it was expanded with (the raw JSON) as line[6]: the records keep that tag, so
+-- that a later fulfilment, refund or edit naming the bundle acts on the units the sale took,
+-- whatever the definition has become since (kit_groups, expand_recorded).
 -- One HMGET per call: a cart without bundles pays one lookup of an absent field each.
 -- Returns the lines and a note naming the bundles ("" when none).
 local function expand_bundles(prefix, lines)
@@ -391,7 +394,7 @@ local function expand_bundles(prefix, lines)
       for _, comp in ipairs(cjson.decode(raw)) do
         -- A qty that is not a number stays as it is, for the caller's check to refuse.
         local q = type(qty) == 'number' and qty * comp[2] or qty
-        out[#out + 1] = {comp[1], loc, q, line[1]}
+        out[#out + 1] = {comp[1], loc, q, line[1], comp[2], raw, nil, i}
       end
       if not seen[line[1]] then
         seen[line[1]] = true
@@ -410,4 +413,214 @@ local function plain_lines(lines)
   local out = {}
   for i, line in ipairs(lines) do out[i] = {line[1], line[2], line[3]} end
   return out
+end
+
+-- The bundle tag of a record's entry or an expanded line: '' for a plain line, else the
+-- bundle and the definition it was sold under. Units match only units of the same tag: kit
+-- units and loose units of one SKU are never confused (a refund of the kit never takes the
+-- loose parts the customer kept), nor are kits sold under two definitions.
+local function kit_key(bundle, def)
+  if type(bundle) ~= 'string' or type(def) ~= 'string' then return '' end
+  return bundle .. '\0' .. def
+end
+
+-- An order entry's fields for a tagged line (nothing for a plain one).
+local function tag_entry(e, line)
+  if kit_key(line[4], line[6]) ~= '' then
+    e.bundle, e.per, e.def = line[4], line[5], line[6]
+  end
+  return e
+end
+
+-- A hold record keeps [sku, location, qty] lines (what release, expiry and readers expect)
+-- and, for a bundle hold, a parallel "tags" list: false or [bundle, per, definition].
+local function hold_tags(lines)
+  local tags, any = {}, false
+  for i, line in ipairs(lines) do
+    if kit_key(line[4], line[6]) ~= '' then
+      tags[i], any = {line[4], line[5], line[6]}, true
+    else
+      tags[i] = false
+    end
+  end
+  return any and tags or nil
+end
+
+-- A hold's lines with their tags back as line[4..6].
+local function hold_tagged(lines, tags_json)
+  local tags = tags_json and cjson.decode(tags_json) or {}
+  for i, line in ipairs(lines) do
+    local t = tags[i]
+    if type(t) == 'table' then line[4], line[5], line[6] = t[1], t[2], t[3] end
+  end
+  return lines
+end
+
+-- A record's kits per bundle, in the order first sold: groups of the entries one bundle
+-- definition took, with `units(entry)` as each entry offers to the operation (its open units
+-- for a fulfilment; open, cancelled or shipped ones for a refund; all for an edit).
+-- entries: {sku, location, bundle, per, def}. Untagged entries are plain lines.
+local function kit_groups(entries, units)
+  local groups, by = {}, {}
+  for _, e in ipairs(entries) do
+    local key = kit_key(e.bundle, e.def)
+    if key ~= '' then
+      local g = by[key]
+      if not g then
+        g = {bundle = e.bundle, def = e.def, comps = {}, per = {}, have = {}}
+        by[key] = g
+        groups[e.bundle] = groups[e.bundle] or {}
+        table.insert(groups[e.bundle], g)
+      end
+      if not g.per[e.sku] then
+        g.per[e.sku] = e.per
+        g.comps[#g.comps + 1] = e.sku
+      end
+      g.have[#g.have + 1] = {e.sku, e.location, units(e)}
+    end
+  end
+  return groups
+end
+
+-- Whole kits a group can give at `loc` ("" any): the fewest over its components.
+local function kit_cap(g, loc)
+  local sum = {}
+  for _, h in ipairs(g.have) do
+    if loc == '' or loc == h[2] then sum[h[1]] = (sum[h[1]] or 0) + h[3] end
+  end
+  local cap = MAX_QTY
+  for _, sku in ipairs(g.comps) do
+    cap = math.min(cap, math.floor((sum[sku] or 0) / g.per[sku]))
+  end
+  return cap
+end
+
+-- Request lines with every bundle line the record sold expanded from the record's own kits
+-- (kit_groups), oldest first, never from the bundles hash: a redefined or deleted bundle
+-- still ships, returns and merges exactly what was sold. Kits beyond what the record holds:
+-- `rest` 'current' leaves them to expand_bundles (an edit adding kits: today's definition);
+-- 'first' puts them on the first group (a fulfilment then fails, a refund restocks only
+-- what is there). Other lines pass through as they are. Each kit chunk's lines share a
+-- part number (line[7]) so that order.lua judges a kit whole. Returns out, rest lines, note.
+local function expand_recorded(lines, groups, rest)
+  local out, left_over, note, seen, part = {}, {}, {}, {}, 0
+  local function put(g, loc, k)
+    part = part + 1
+    for _, sku in ipairs(g.comps) do
+      out[#out + 1] = {sku, loc, k * g.per[sku], g.bundle, g.per[sku], g.def, part}
+    end
+  end
+  for _, line in ipairs(lines) do
+    local sku, loc, qty = line_parts(line)
+    local gs = type(sku) == 'string' and groups[sku]
+    if gs and type(loc) == 'string' and is_count(qty, 1) then
+      local left, take = qty, {}
+      for i, g in ipairs(gs) do
+        -- Kits an earlier line of the request took from this group are not there twice.
+        take[i] = math.max(math.min(left, kit_cap(g, loc) - (g.used or 0)), 0)
+        g.used = (g.used or 0) + take[i]
+        left = left - take[i]
+      end
+      if left > 0 and rest == 'first' then take[1], left = take[1] + left, 0 end
+      for i, g in ipairs(gs) do
+        if take[i] > 0 then put(g, loc, take[i]) end
+      end
+      if left > 0 then left_over[#left_over + 1] = {sku, loc, left} end
+      if not seen[sku] then
+        seen[sku] = true
+        note[#note + 1] = sku
+      end
+    else
+      left_over[#left_over + 1] = line
+    end
+  end
+  return out, left_over, #note > 0 and (' (bundles ' .. table.concat(note, ', ') .. ')') or ''
+end
+
+-- Lines judged together: one part per plain line, one per kit chunk (line[7], or the
+-- request line a current expansion came from, line[8]).
+local function line_parts_grouped(lines)
+  local parts, by = {}, {}
+  for _, line in ipairs(lines) do
+    local id = type(line) == 'table' and (line[7] and ('r' .. line[7])
+      or line[8] and ('c' .. line[8])) or nil
+    if id and by[id] then
+      table.insert(by[id], line)
+    else
+      local p = {line}
+      parts[#parts + 1] = p
+      if id then by[id] = p end
+    end
+  end
+  return parts
+end
+
+-- A compare-and-set channel's set-aside for a bundle listing (moved.lua): "p|<bundle>|<t>"
+-- kits, "S|<bundle>" {target: {"<component>\0<cell location>": units}} (aside_read/write).
+local function kit_aside_key(comp, loc)
+  return comp .. '\0' .. loc
+end
+
+local function kit_aside_split(key)
+  local i = string.find(key, '\0', 1, true)
+  return string.sub(key, 1, i - 1), string.sub(key, i + 1)
+end
+
+-- The lines a fulfilment or refund acts on: a record written since entries carry bundle tags
+-- ("kits" = 1) expands bundle lines from its own kits only, and a line naming a bundle it
+-- never sold (or a deleted one) stays a line of that SKU, matching nothing; an older record
+-- (untagged component entries) expands with today's definition and matches untagged units,
+-- as it always did. Returns the lines and the note for reasons.
+local function expand_for_record(prefix, lines, entries, tagged, units)
+  if not tagged then
+    local out, note = expand_bundles(prefix, lines)
+    return note == '' and out or plain_lines(out), note
+  end
+  local out, rest, note = expand_recorded(lines, kit_groups(entries, units), 'first')
+  for _, line in ipairs(rest) do out[#out + 1] = line end
+  return out, note
+end
+
+-- Does a record's entry hold units of this line (same SKU, location when named, same tag)?
+local function entry_matches(ol, sku, loc, line)
+  return ol.sku == sku and (loc == '' or loc == ol.location)
+    and kit_key(ol.bundle, ol.def) == kit_key(line[4], line[6])
+end
+
+-- A compare-and-set channel's own moves of kits: a kit line moved the channel's bundle
+-- listing, never its component listings (channel_own). Units per component are gathered
+-- per bundle, location and `group` (a part or a definition), then booked once as whole
+-- kits (the most any component moved: a kit partly shipped still moved one listing unit).
+local function kit_own_add(acc, line_or_entry, comp, loc, units, group)
+  local k = line_or_entry.bundle .. '\0' .. loc .. '\0' .. (group or '')
+  local a = acc[k]
+  if not a then
+    a = {bundle = line_or_entry.bundle, loc = loc, comps = {}}
+    acc[k] = a
+  end
+  a.comps[comp] = (a.comps[comp] or 0) + units / line_or_entry.per
+end
+
+local function kit_own_book(prefix, channel, acc, sign)
+  for _, a in pairs(acc) do
+    local kits = 0
+    for _, n in pairs(a.comps) do kits = math.max(kits, n) end
+    channel_own(prefix, channel, a.bundle, a.loc, sign * math.ceil(kits))
+  end
+end
+
+-- One outbox event per changed cell: deltas gathered per cell in the script's order, then
+-- emitted once each (a kit and a loose part, or two entries of one cell, are one event).
+local function moves_add(moves, c, delta, ev_type, reason)
+  local m = moves.by[c]
+  if not m then
+    m = {c = c, delta = {}, type = ev_type, reason = reason}
+    moves.by[c] = m
+    moves[#moves + 1] = m
+  end
+  for f, v in pairs(delta) do m.delta[f] = (m.delta[f] or 0) + v end
+end
+
+local function moves_emit(outbox, ctx, moves)
+  for _, m in ipairs(moves) do emit(outbox, ctx, m.type, m.c, m.delta, m.reason) end
 end

@@ -15,7 +15,7 @@ local state_ms = tonumber(req.state_ms) or 0
 if not status and req.tombstone == true and is_id(req.order_id) then
   local reply = cjson.encode({order_id = req.order_id})
   redis.call('HSET', order_key, 'status', 'cancelled', 'fp', 'cancelled', 'reply', reply,
-    'cancel_reply', reply, 'lines', '[]', 'channel', channel, 'state_ms', state_ms)
+    'cancel_reply', reply, 'lines', '[]', 'channel', channel, 'state_ms', state_ms, 'kits', 1)
   redis.call('PEXPIRE', order_key, req.window_ms)
   return {'ok', reply, 0}
 end
@@ -30,15 +30,19 @@ end
 local order_lines = cjson.decode(lines_json)
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.order_id,
   key = 'cancel:' .. req.order_id, reason = 'order cancelled'}
-local cells, returned = {}, {}
+local cells, returned, moves, kit_own = {}, {}, {by = {}}, {}
 for _, ol in ipairs(order_lines) do
   if ol.open > 0 then
     local c = cell_read(cells, prefix, ol.sku, ol.location)
     local x = math.min(ol.open, c.committed)
     c.committed = c.committed - x
-    cell_write(c)
-    emit(outbox, ctx, 'cancel', c, {committed = -x})
-    channel_own(prefix, channel, ol.sku, ol.location, -x)
+    moves_add(moves, c, {committed = -x}, 'cancel')
+    -- A kit's units were sold on the channel's bundle listing: its own move is there.
+    if kit_key(ol.bundle, ol.def) ~= '' then
+      kit_own_add(kit_own, ol, ol.sku, ol.location, x, ol.def)
+    else
+      channel_own(prefix, channel, ol.sku, ol.location, -x)
+    end
     returned[#returned + 1] = {sku = ol.sku, location = ol.location, qty = ol.open}
     -- Remembered so that the channel's cancel-type refund of these units (Shopify sends one
     -- with its orders/cancelled) finds them already back on sale instead of taking shipped ones.
@@ -46,6 +50,9 @@ for _, ol in ipairs(order_lines) do
     ol.open = 0
   end
 end
+kit_own_book(prefix, channel, kit_own, -1)
+for _, m in ipairs(moves) do cell_write(m.c, 'committed') end
+moves_emit(outbox, ctx, moves)
 -- cjson encodes an empty table as {}: leave the field out and let the reader default it.
 local reply = cjson.encode({order_id = req.order_id, lines = #returned > 0 and returned or nil})
 redis.call('HSET', order_key, 'status', 'cancelled', 'cancel_reply', reply,

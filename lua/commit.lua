@@ -15,8 +15,8 @@
 local outbox, hold_key, expiry_key, order_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tenant, prefix, req, channel = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 
-local status, lines_json, expires_at, order_id, customer =
-  unpack(redis.call('HMGET', hold_key, 'status', 'lines', 'expires_at', 'order_id', 'customer'))
+local status, lines_json, expires_at, order_id, customer, tags_json = unpack(redis.call(
+  'HMGET', hold_key, 'status', 'lines', 'expires_at', 'order_id', 'customer', 'tags'))
 if not is_id(req.order_id) then return fail('invalid', {detail = 'order_id is required'}) end
 if status == 'committed' then
   if order_id ~= req.order_id then
@@ -33,13 +33,17 @@ end
 if status ~= 'held' then
   return fail('hold_not_found', {hold_id = req.hold_id, status = status or 'unknown'})
 end
-local rec_fp, rec_channel, rec_status, rec_reply, rec_lines, rec_linked = unpack(redis.call(
-  'HMGET', order_key, 'fp', 'channel', 'status', 'reply', 'lines', 'linked'))
+local rec_fp, rec_channel, rec_status, rec_reply, rec_lines, rec_linked, rec_kits = unpack(
+  redis.call('HMGET', order_key, 'fp', 'channel', 'status', 'reply', 'lines', 'linked', 'kits'))
 if rec_fp and (rec_channel == nil or rec_channel == '') then
   return fail('idempotency_conflict', {detail = 'order_id already used by another order'})
 end
 
 local lines = cjson.decode(lines_json)
+-- The hold's bundle tags go onto the order's entries (a record written before tags existed
+-- keeps untagged entries: its bundle lines match untagged units, see expand_for_record).
+local tagged = not rec_fp or rec_kits == '1'
+local tagged_lines = hold_tagged(cjson.decode(lines_json), tagged and tags_json or nil)
 local cells = {}
 for _, line in ipairs(lines) do
   local c = cell_read(cells, prefix, line[1], line[2])
@@ -60,8 +64,8 @@ if rec_fp then
   for sku, n in pairs(linked) do refused[sku] = (refused[sku] or 0) - n end
   local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
     key = 'commit:' .. req.hold_id, reason = 'hold linked to its channel order'}
-  local entries = cjson.decode(rec_lines)
-  for _, line in ipairs(lines) do
+  local entries, moves = cjson.decode(rec_lines), {by = {}}
+  for i, line in ipairs(lines) do
     local c = cell_read(cells, prefix, line[1], line[2])
     local x = math.min(line[3], refused[line[1]] or 0)
     local r = math.min(line[3], c.reserved)
@@ -70,14 +74,15 @@ if rec_fp then
       refused[line[1]] = refused[line[1]] - x
       linked[line[1]] = (linked[line[1]] or 0) + x
       c.committed = c.committed + x
-      entries[#entries + 1] = {sku = line[1], location = line[2], qty = x, open = x,
-        fulfilled = 0, restocked = 0}
-      emit(outbox, ctx, 'commit', c, {reserved = -r, committed = x})
+      entries[#entries + 1] = tag_entry({sku = line[1], location = line[2], qty = x, open = x,
+        fulfilled = 0, restocked = 0}, tagged_lines[i])
+      moves_add(moves, c, {reserved = -r, committed = x}, 'commit')
     else
-      emit(outbox, ctx, 'release', c, {reserved = -r})
+      moves_add(moves, c, {reserved = -r}, 'release')
     end
     cell_write(c, 'reserved', 'committed')
   end
+  moves_emit(outbox, ctx, moves)
   redis.call('HSET', order_key, 'lines', cjson.encode(entries))
   if next(linked) then redis.call('HSET', order_key, 'linked', cjson.encode(linked)) end
   order_keep(order_key, entries, req.window_ms)
@@ -86,19 +91,21 @@ end
 
 local ctx = {ts = ts, tenant = tenant, channel = channel, ref = req.order_id,
   key = 'commit:' .. req.hold_id, reason = 'order placed from hold'}
-local order_lines = {}
-for _, line in ipairs(lines) do
+-- A hold's kit and loose lines of one cell are one event (one per changed cell).
+local order_lines, moves = {}, {by = {}}
+for i, line in ipairs(lines) do
   local c = cell_read(cells, prefix, line[1], line[2])
   local q = line[3]
   local from_reserved = math.min(q, c.reserved)
   c.reserved = c.reserved - from_reserved
   c.committed = c.committed + q
   cell_write(c, 'reserved', 'committed')
-  emit(outbox, ctx, 'commit', c, {reserved = -from_reserved, committed = q})
-  order_lines[#order_lines + 1] = {sku = line[1], location = line[2], qty = q, open = q,
-    fulfilled = 0, restocked = 0}
+  moves_add(moves, c, {reserved = -from_reserved, committed = q}, 'commit')
+  order_lines[#order_lines + 1] = tag_entry({sku = line[1], location = line[2], qty = q,
+    open = q, fulfilled = 0, restocked = 0}, tagged_lines[i])
 end
+moves_emit(outbox, ctx, moves)
 redis.call('HSET', order_key, 'status', 'open', 'reply', reply, 'fp', 'hold:' .. req.hold_id,
-  'lines', cjson.encode(order_lines), 'channel', channel, 'hold_id', req.hold_id)
+  'lines', cjson.encode(order_lines), 'channel', channel, 'hold_id', req.hold_id, 'kits', 1)
 order_keep(order_key, order_lines, req.window_ms)
 return {'ok', reply, 0}

@@ -5,8 +5,8 @@
 -- ARGV: common (tenant, prefix, request, channel); request =
 --   {hold_id, ttl_ms, idem_ttl_ms, fp, customer?, lines = [[sku, location, qty], ...]}
 -- A bundle line holds its components (expand_bundles): the record keeps component lines, so
--- release, expiry and commit give back or commit exactly what was taken; the reply echoes the
--- lines as asked.
+-- release, expiry and commit give back or commit exactly what was taken, and their bundle
+-- tags ("tags"); the reply echoes the lines as asked.
 -- Reply: {"ok", {hold_id, expires_at_ms, lines}, replayed}
 -- Errors: invalid, unknown_sku {sku, location}, insufficient_stock {sku, location, available},
 --   limit_exceeded {sku, limit, already}, idempotency_conflict
@@ -90,6 +90,11 @@ reply = cjson.encode({hold_id = req.hold_id, expires_at_ms = expires_at, lines =
 redis.call('HSET', hold_key, 'fp', req.fp, 'reply', reply, 'status', 'held',
   'lines', cjson.encode(bundle_note == '' and req.lines or plain_lines(lines)),
   'expires_at', expires_at, 'customer', customer, 'channel', channel, 'keep_ms', req.idem_ttl_ms)
+-- A bundle hold keeps which kit each component line came from ("tags", see hold_tags): its
+-- commit turns them into the order's tagged entries, so the order's later fulfilment, refund
+-- or edit acts on what this hold took, whatever the definition becomes.
+local tags = bundle_note ~= '' and hold_tags(lines)
+if tags then redis.call('HSET', hold_key, 'tags', cjson.encode(tags)) end
 -- When it was made: an extension (extend.lua) caps the hold's whole life from here.
 redis.call('HSET', hold_key, 'created_at', ts)
 -- No expiry while held: the record is what gives the units back, however long the sweep is

@@ -16,6 +16,7 @@
 -- report was judged and applied to stock as an edit of -n: that explains the drop).
 -- Units are set aside only from available: a drop beyond it was sold twice already, and the
 -- channel's order for it is refused as an oversell when it lands (and alerted there).
+-- A bundle listing's count is kits: its drop sets whole kits' components aside (below).
 -- KEYS[1] outbox stream, KEYS[2] the channel's compare-and-set hash
 -- ARGV: common; request = {lines = [[sku, location, actual, null, doubts, spread]]
 --   | [[sku, location, null, n]]}; spread: the locations the channel's figure sums.
@@ -60,9 +61,64 @@ for _, line in ipairs(req.lines) do
   -- Where the channel's figure comes from: this location, or every location of a channel
   -- that shows one figure for several (line[6]), this one first.
   local spread = type(line[6]) == 'table' and line[6] or {loc}
-  local m = aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
-  m[loc] = m[loc] or {}
-  if target > pending then
+  local def = redis.call('HGET', bundles_key(prefix), sku)
+  if def then
+    -- A bundle listing: its figure is kits. The kits it dropped are set aside as their
+    -- components (whole kits only, from the cells its figure covers, only what is available)
+    -- under the bundle's own "p|" (kits) and "S|" (units per component and cell); the
+    -- bundle's order takes them back (order.lua), a give-back releases them.
+    local comps = cjson.decode(def)
+    local m = aside_read(cas_key, sku)
+    m[loc] = m[loc] or {}
+    if target > pending then
+      local kits = target - pending
+      for _, comp in ipairs(comps) do
+        local room = 0
+        for _, l in ipairs(spread) do
+          local c = is_name(l) and cell_read(cells, prefix, comp[1], l)
+          if c then room = room + math.max(available(c), 0) end
+        end
+        kits = math.min(kits, math.floor(room / comp[2]))
+      end
+      for _, comp in ipairs(comps) do
+        local need = kits * comp[2]
+        for _, l in ipairs(spread) do
+          local c = need > 0 and is_name(l) and cell_read(cells, prefix, comp[1], l)
+          local x = c and math.min(need, math.max(available(c), 0)) or 0
+          if x > 0 then
+            c.reserved = c.reserved + x
+            local k = kit_aside_key(comp[1], l)
+            m[loc][k] = (m[loc][k] or 0) + x
+            need = need - x
+            emit(outbox, ctx, 'hold', c, {reserved = x},
+              channel .. ' sold ' .. sku .. ' on its own; set aside until its order arrives')
+          end
+        end
+      end
+      pending = pending + kits
+    elseif target < pending then
+      -- Units per kit as they were set aside (the definition may have changed since).
+      local give = pending - target
+      for _, k in ipairs(ordered(m[loc])) do
+        local u = m[loc][k]
+        local y = target == 0 and u or math.floor(u * give / pending)
+        local comp, l = kit_aside_split(k)
+        local c = cell_read(cells, prefix, comp, l)
+        local x = c and math.min(y, c.reserved) or 0
+        if x > 0 then
+          c.reserved = c.reserved - x
+          emit(outbox, ctx, 'release', c, {reserved = -x}, channel .. ' count explained')
+        end
+        m[loc][k] = u - y
+      end
+      pending = target
+    end
+    aside_write(cas_key, sku, m)
+  end
+  local m = not def and aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
+  if m then m[loc] = m[loc] or {} end
+  if def then  -- done above
+  elseif target > pending then
     local need = target - pending
     for _, l in ipairs(spread) do
       local c = is_name(l) and cell_read(cells, prefix, sku, l)
@@ -90,7 +146,7 @@ for _, line in ipairs(req.lines) do
       if give <= 0 then break end
     end
   end
-  aside_write(cas_key, sku, m)
+  if m then aside_write(cas_key, sku, m) end
   if pending > 0 then
     redis.call('HSET', cas_key, 'p|' .. ref, pending)
     if redis.call('HEXISTS', cas_key, 't|' .. ref) == 0 then

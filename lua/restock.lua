@@ -16,18 +16,30 @@ if replay then return replay end
 if type(req.lines) ~= 'table' or #req.lines == 0 then
   return fail('invalid', {detail = 'restock needs at least one line'})
 end
-local order_lines
+local order_lines, tagged
 if req.order_id ~= '' then
-  local lines_json, done = unpack(redis.call('HMGET', order_key, 'lines',
-    'done:' .. req.refund_id))
+  local lines_json, done, kits = unpack(redis.call('HMGET', order_key, 'lines',
+    'done:' .. req.refund_id, 'kits'))
   if not lines_json then return fail('order_not_found', {order_id = req.order_id}) end
   -- Refund ids applied to the order live as long as its record (see fulfil.lua).
   if done then return idem_match(done, req.fp) end
   order_lines = cjson.decode(lines_json)
+  tagged = kits == '1'
 end
--- A line naming a bundle restocks its components; the reply lists the component lines.
-local lines, bundle_note = expand_bundles(prefix, req.lines)
 local open_ok, shipped_ok = req.take_from ~= 'shipped', req.take_from ~= 'open'
+-- A line naming a bundle restocks the components the order's kits took, never today's
+-- definition (expand_for_record): a redefined or deleted bundle gives back what was sold,
+-- and kits beyond those sold never take loose parts. The reply lists the component lines.
+-- Without an order (a return of unknown origin), today's definition is all there is.
+local lines, bundle_note
+if order_lines then
+  lines, bundle_note = expand_for_record(prefix, req.lines, order_lines, tagged, function(ol)
+    return (open_ok and ol.open + (ol.cancelled or 0) or 0)
+      + (shipped_ok and ol.fulfilled - ol.restocked or 0)
+  end)
+else
+  lines, bundle_note = expand_bundles(prefix, req.lines)
+end
 
 -- Plan every line against the order and the cells first; write only when all are valid.
 local cells, plan = {}, {}
@@ -39,7 +51,7 @@ for _, w in ipairs(lines) do
   if order_lines then
     local left = q
     for _, ol in ipairs(order_lines) do
-      if ol.sku == sku and (loc == '' or loc == ol.location) and left > 0 then
+      if entry_matches(ol, sku, loc, w) and left > 0 then
         local from_open = open_ok and math.min(left, ol.open) or 0
         -- Units the order's cancel already put back count as restocked, changing nothing,
         -- before any shipped unit is taken for them.
@@ -55,7 +67,7 @@ for _, w in ipairs(lines) do
           ol.restocked = ol.restocked + from_shipped
           left = left - from_open - from_shipped
           plan[#plan + 1] = {sku = sku, loc = ol.location, open = from_open,
-            shipped = from_shipped, line = w}
+            shipped = from_shipped, line = w, entry = ol}
         end
       end
     end
@@ -74,17 +86,25 @@ end
 
 local ctx = {ts = now_ms(), tenant = tenant, channel = channel, ref = req.refund_id,
   key = 'restock:' .. req.refund_id, reason = 'refund restock' .. bundle_note}
+local moves, kit_own = {by = {}}, {}
 for _, p in ipairs(plan) do
   local c = cell_read(cells, prefix, p.sku, p.loc)
   if c then
     local from_committed = math.min(p.open, c.committed)
     c.committed = c.committed - from_committed
     c.on_hand = c.on_hand + p.shipped
-    cell_write(c)
-    emit(outbox, ctx, 'restock', c, {committed = -from_committed, on_hand = p.shipped})
-    channel_own(prefix, channel, p.sku, p.loc, -(from_committed + p.shipped))
+    moves_add(moves, c, {committed = -from_committed, on_hand = p.shipped}, 'restock')
+    -- Units of a kit were the channel's bundle listing's, not its component listing's.
+    if p.entry and kit_key(p.entry.bundle, p.entry.def) ~= '' then
+      kit_own_add(kit_own, p.entry, p.sku, p.loc, from_committed + p.shipped, p.line[7])
+    else
+      channel_own(prefix, channel, p.sku, p.loc, -(from_committed + p.shipped))
+    end
   end
 end
+kit_own_book(prefix, channel, kit_own, -1)
+for _, m in ipairs(moves) do cell_write(m.c) end
+moves_emit(outbox, ctx, moves)
 if order_lines then
   redis.call('HSET', order_key, 'lines', cjson.encode(order_lines))
 end

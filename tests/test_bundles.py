@@ -162,24 +162,24 @@ async def test_a_bundle_line_past_the_first_thousand_lines_expands(engine: Stock
     assert await cell(engine, "B") == (10, 0, 3, 7)
 
 
-async def test_a_stale_compare_on_a_bundle_listing_sets_nothing_aside(
+async def test_a_stale_compare_on_a_bundle_listing_sets_its_components_aside(
         engine: StockEngine, redis: Redis) -> None:
     """A compare-and-set channel's bundle listing dropped on its own (a sale whose order has
-    not landed): a bundle has no cells, so nothing is set aside; its order, when it lands, is
-    judged against the components, and a component never goes below its limit."""
+    not landed): the kits it dropped are set aside as their components (whole kits, from
+    available), so another channel cannot sell them; the kit's order, when it lands, takes
+    them back and commits."""
     from workers.keys import worker_keys
 
     await stock(engine, A=4)
     await define(engine, "KIT", A=2)
     cas = worker_keys(T).cas("shop")
     await redis.hset(cas, "k|KIT|main", 2)  # the channel was known to show 2
-    before = await events(redis)
     reply = await engine.channel_moved(T, "shop", cas, [("KIT", "main", 1, [], ["main"])])
-    assert [(ln.sku, ln.pending) for ln in reply.lines] == [("KIT", 0)]
-    assert await events(redis) == before
-    assert await cell(engine, "A") == (4, 0, 0, 4)
-    # Meanwhile another channel sells both kits' worth; the late order is refused.
-    await engine.order(T, "other:1", [Line("A", 4)], channel="other")
+    assert [(ln.sku, ln.pending) for ln in reply.lines] == [("KIT", 1)]
+    assert await cell(engine, "A") == (4, 2, 0, 2)
+    # Meanwhile another channel tries to sell all four A: the two set aside are not for sale.
+    other, _ = await engine.order(T, "other:1", [Line("A", 4)], channel="other")
+    assert [ln.status for ln in other.lines] == ["oversell_rejected"]
     order, _ = await engine.order(T, "shop:1", [Line("KIT", 1)], channel="shop")
-    assert [ln.status for ln in order.lines] == ["oversell_rejected"]
-    assert await cell(engine, "A") == (4, 0, 4, 0)
+    assert [ln.status for ln in order.lines] == ["committed"]
+    assert await cell(engine, "A") == (4, 0, 2, 2)

@@ -16,6 +16,7 @@ from hypothesis.stateful import multiple, rule
 from redis.asyncio import Redis
 from test_property import (
     Model,
+    Order,
     ScriptLine,
     StockMachine,
     customers,
@@ -122,13 +123,154 @@ wanted_line = st.tuples(bundle_skus, st.sampled_from(["", "main", "east"]), qtys
 wanted_lines = st.lists(wanted_line, max_size=2)
 
 
+def tagged(lines: list[ScriptLine]) -> list[ScriptLine]:
+    """Expanded lines whose component SKUs carry their kit ("A#KIT"): the model's way of
+    keeping an order's kit units apart from its loose units (the engine's bundle tags)."""
+    return [(f"{c}#{sku}" if sku in BUNDLES else c, loc, q * per) for sku, loc, q in lines
+            for c, per in BUNDLES.get(sku, [(sku, 1)])]
+
+
+def untag(sku: str) -> str:
+    return sku.partition("#")[0]
+
+
+class Cells(dict[tuple[str, str], Any]):
+    """Cells keyed by the plain SKU whatever kit tag a line carries."""
+
+    def __getitem__(self, key: tuple[str, str]) -> Any:
+        return super().__getitem__((untag(key[0]), key[1]))
+
+    def __setitem__(self, key: tuple[str, str], value: Any) -> None:
+        super().__setitem__((untag(key[0]), key[1]), value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and super().__contains__((untag(key[0]), key[1]))
+
+    def get(self, key: tuple[str, str], default: Any = None) -> Any:
+        return super().get((untag(key[0]), key[1]), default)
+
+
 class BundleModel(Model):
-    """The same rules on expanded lines; replays and conflicts judged on the lines as asked
-    (the engine fingerprints the request, not its expansion)."""
+    """The same rules on expanded lines, a kit's units tagged with their kit: a fulfilment,
+    refund or edit naming a kit acts on the order's kit units only, never its loose ones, and
+    a kit line of a channel order commits whole or not at all. Replays and conflicts judged
+    on the lines as asked (the engine fingerprints the request, not its expansion)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.cells = Cells()
         self.asked: dict[tuple[str, str], Any] = {}
+        self.hold_tagged: dict[str, list[ScriptLine]] = {}
+
+    def cell_id(self, sku: str, loc: str) -> tuple[str, str]:
+        return untag(sku), loc
+
+    def _from_record(self, order_id: str, lines: list[ScriptLine]) -> list[ScriptLine]:
+        """A kit line of a known order expands to the order's kit units; a kit the order
+        never sold stays a line of that SKU (matching nothing)."""
+        order = self.orders.get(order_id)
+        if order is None:
+            return expand(lines)
+        sold = {ol["sku"].partition("#")[2] for ol in order.lines}
+        out: list[ScriptLine] = []
+        for sku, loc, q in lines:
+            out += tagged([(sku, loc, q)]) if sku in BUNDLES and sku in sold else [(sku, loc, q)]
+        return out
+
+    def commit(self, hold_id: str, order_id: str) -> tuple[str, int]:
+        h = self.holds.get(hold_id)
+        fresh = h is not None and h.status == "held"
+        out = super().commit(hold_id, order_id)
+        if fresh and out[0] == "" and h is not None and h.status == "committed":
+            for ol, line in zip(self.orders[order_id].lines, self.hold_tagged[hold_id],
+                                strict=True):
+                ol["sku"] = line[0]
+        return out
+
+    def _order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
+        """lua/order.lua with kits: kits the record holds expand from it first (whole kits,
+        by the record's units), then every other line in order; a kit chunk is judged whole."""
+        record = self.orders.get(order_id)
+        sources = [ol for ol in record.lines if ol["qty"] > 0] if record is not None else []
+        left = [ol["qty"] for ol in sources]
+        first: list[tuple[bool, list[ScriptLine]]] = []
+        rest: list[tuple[bool, list[ScriptLine]]] = []
+        used: Counter[str] = Counter()
+        for sku, loc, q in order_lines:
+            if sku not in BUNDLES:
+                rest.append((False, [(sku, loc, q)]))
+                continue
+            have: Counter[str] = Counter()
+            for ol in sources:
+                if ol["location"] == loc:
+                    have[ol["sku"]] += ol["qty"]
+            cap = 0
+            if any(ol["sku"].endswith(f"#{sku}") for ol in sources):
+                cap = min(have[f"{c}#{sku}"] // per for c, per in BUNDLES[sku])
+            k = max(min(q, cap - used[sku]), 0)
+            used[sku] += k
+            if k:
+                first.append((True, tagged([(sku, loc, k)])))
+            if q - k:
+                rest.append((True, tagged([(sku, loc, q - k)])))
+        changed: set[tuple[str, str]] = set()
+        refused = 0
+        kept: list[dict[str, Any]] = []
+
+        def take_sources(sku: str, qty: int) -> int:
+            for i, ol in enumerate(sources):
+                if qty and ol["sku"] == sku and left[i] > 0:
+                    x = min(qty, left[i])
+                    left[i] -= x
+                    qty -= x
+            return qty
+
+        def commit(sku: str, loc: str, qty: int) -> None:
+            self.cells[(sku, loc)]["committed"] += qty
+            changed.add(self.cell_id(sku, loc))
+            kept.append({"sku": sku, "location": loc, "qty": qty, "open": qty,
+                         "fulfilled": 0, "restocked": 0})
+
+        for kit, lines in first + rest:
+            if not kit:
+                [(sku, loc, qty)] = lines
+                qty = take_sources(sku, qty)
+                c = self.cells.get((sku, loc))
+                if qty and c is not None:
+                    if self.can_take(c, qty):
+                        commit(sku, loc, qty)
+                    else:
+                        refused += 1
+                continue
+            rems = []
+            for sku, _, qty in lines:
+                room = sum(left[i] for i, ol in enumerate(sources) if ol["sku"] == sku)
+                rems.append(qty - min(qty, room))
+            ok = all(rem == 0 or (self.cells.get((sku, loc)) is not None
+                                  and self.can_take(self.cells[(sku, loc)], rem))
+                     for (sku, loc, _), rem in zip(lines, rems, strict=True))
+            if not ok:
+                refused += sum(1 for sku, loc, _ in lines if (sku, loc) in self.cells)
+                continue
+            for sku, loc, qty in lines:
+                qty = take_sources(sku, qty)
+                if qty:
+                    commit(sku, loc, qty)
+        for i, ol in enumerate(sources):
+            unmatched_open = min(left[i], ol["open"])
+            if unmatched_open > 0:
+                c = self.cells[(ol["sku"], ol["location"])]
+                c["committed"] -= min(unmatched_open, c["committed"])
+                ol["open"] -= unmatched_open
+                ol["qty"] -= unmatched_open
+                changed.add(self.cell_id(ol["sku"], ol["location"]))
+        fp = ("order", order_lines)
+        if record is not None:
+            record.lines += kept
+            record.channel_fp = fp
+        else:
+            self.orders[order_id] = Order(fp, kept)
+        return "", len(changed) + refused
 
     def _replay(self, kind: str, ident: str, fp: Any) -> tuple[str, int] | None:
         seen = self.asked.get((kind, ident))
@@ -143,6 +285,7 @@ class BundleModel(Model):
         out = super().hold(hold_id, expand(hold_lines), customer)
         if hold_id in self.holds:
             self.asked[("hold", hold_id)] = (hold_lines, customer)
+            self.hold_tagged[hold_id] = tagged(hold_lines)
         return out
 
     def order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
@@ -153,7 +296,7 @@ class BundleModel(Model):
                 return "", 0
             if record.fp[0] != "hold" or record.channel_fp is not None:
                 return "IdempotencyConflict", 0
-        out = super().order(order_id, expand(order_lines))
+        out = self._order(order_id, order_lines)
         self.asked.setdefault(("order", order_id), []).append(order_lines)
         return out
 
@@ -163,7 +306,7 @@ class BundleModel(Model):
         replay = self._replay("fulfil", fulfilment_id, fp)
         if replay:
             return replay
-        out = super().fulfil(order_id, fulfilment_id, expand(wanted))
+        out = super().fulfil(order_id, fulfilment_id, self._from_record(order_id, wanted))
         if out[0] == "":
             self.asked[("fulfil", fulfilment_id)] = fp
         return out
@@ -174,7 +317,7 @@ class BundleModel(Model):
         replay = self._replay("restock", refund_id, fp)
         if replay:
             return replay
-        out = super().restock(refund_id, order_id, expand(wanted))
+        out = super().restock(refund_id, order_id, self._from_record(order_id, wanted))
         if out[0] == "":
             self.asked[("restock", refund_id)] = fp
         return out
@@ -185,6 +328,20 @@ class BundleMachine(StockMachine):
         super().__init__()
         self.model = BundleModel()
         self.run(define_all(self.engine))
+
+    def record_lines(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # The engine tags a kit's entries (bundle, per-bundle qty, definition); the model
+        # tags the SKU.
+        out = []
+        for e in lines:
+            e = dict(e)
+            bundle = e.pop("bundle", None)
+            e.pop("per", None)
+            e.pop("def", None)
+            if bundle:
+                e["sku"] = f"{e['sku']}#{bundle}"
+            out.append(e)
+        return out
 
     @rule(target=StockMachine.made_holds, hold_id=hold_ids, hold_lines=bundle_lines,
           customer=customers)

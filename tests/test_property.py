@@ -82,6 +82,10 @@ class Model:
     orders: dict[str, Order] = field(default_factory=dict)
     idem: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
+    def cell_id(self, sku: str, loc: str) -> tuple[str, str]:
+        """The cell a line's units are in (a subclass may tag line SKUs)."""
+        return sku, loc
+
     @staticmethod
     def available(c: Cell) -> int:
         return c["on_hand"] - c["reserved"] - c["committed"] - c["unavailable"] - c["safety"]
@@ -163,7 +167,7 @@ class Model:
                                 "fulfilled": 0, "restocked": 0})
         self.orders[order_id] = Order(("hold", hold_id), order_lines)
         h.status, h.order_id = "committed", order_id
-        return "", len(h.lines)
+        return "", len({self.cell_id(sku, loc) for sku, loc, _ in h.lines})
 
     def order(self, order_id: str, order_lines: list[ScriptLine]) -> tuple[str, int]:
         fp = ("order", order_lines)
@@ -178,7 +182,8 @@ class Model:
             # Every unit of its lines is this sale's; units not open are matched first.
             sources = [ol for ol in record.lines if ol["qty"] > 0]
         left = [ol["qty"] for ol in sources]
-        kept, emitted = [], 0
+        # One event per changed cell (lines of one cell summed), one per refused line.
+        kept, changed, refused = [], set(), 0
         for sku, loc, qty in order_lines:
             for i, ol in enumerate(sources):
                 if qty and ol["sku"] == sku and left[i] > 0:
@@ -188,11 +193,13 @@ class Model:
             c = self.cells.get((sku, loc))
             if qty == 0 or c is None:
                 continue
-            emitted += 1  # committed, or recorded as oversell_rejected
             if self.can_take(c, qty):
+                changed.add(self.cell_id(sku, loc))
                 c["committed"] += qty
                 kept.append({"sku": sku, "location": loc, "qty": qty, "open": qty,
                              "fulfilled": 0, "restocked": 0})
+            else:
+                refused += 1
         for i, ol in enumerate(sources):
             unmatched_open = min(left[i], ol["open"])
             if unmatched_open > 0:
@@ -200,13 +207,13 @@ class Model:
                 c["committed"] -= min(unmatched_open, c["committed"])
                 ol["open"] -= unmatched_open
                 ol["qty"] -= unmatched_open
-                emitted += 1
+                changed.add(self.cell_id(ol["sku"], ol["location"]))
         if record is not None:
             record.lines += kept
             record.channel_fp = fp
         else:
             self.orders[order_id] = Order(fp, kept)
-        return "", emitted
+        return "", len(changed) + refused
 
     def fulfil(self, order_id: str, fulfilment_id: str,
                wanted: list[ScriptLine]) -> tuple[str, int]:
@@ -240,7 +247,9 @@ class Model:
             ol["open"] -= x
             ol["fulfilled"] += x
         self.idem[fulfilment_id] = fp
-        return "", len(takes)
+        # One event per changed cell: entries of one cell are summed.
+        return "", len({self.cell_id(order.lines[i]["sku"], order.lines[i]["location"])
+                        for i, _ in takes})
 
     def cancel(self, order_id: str) -> tuple[str, int]:
         order = self.orders.get(order_id)
@@ -248,16 +257,16 @@ class Model:
             return "OrderNotFound", 0
         if order.status == "cancelled":
             return "", 0
-        emitted = 0
+        changed = set()
         for ol in order.lines:
             if ol["open"] > 0:
                 c = self.cells[(ol["sku"], ol["location"])]
                 c["committed"] -= min(ol["open"], c["committed"])
                 ol["cancelled"] = ol.get("cancelled", 0) + ol["open"]
                 ol["open"] = 0
-                emitted += 1
+                changed.add(self.cell_id(ol["sku"], ol["location"]))
         order.status = "cancelled"
-        return "", emitted
+        return "", len(changed)
 
     def restock(self, refund_id: str, order_id: str,
                 wanted: list[ScriptLine]) -> tuple[str, int]:
@@ -299,7 +308,7 @@ class Model:
         if order_lines is not None:
             self.orders[order_id].lines = order_lines
         self.idem[refund_id] = fp
-        return "", len(plan)
+        return "", len({self.cell_id(sku, loc) for sku, loc, _, _ in plan})
 
     def adjust(self, key: str, sku: str, loc: str, delta: int | None, set_on_hand: int | None,
                unavailable_delta: int | None) -> tuple[str, int]:
@@ -376,6 +385,10 @@ class StockMachine(RuleBasedStateMachine):
         assert got == want, f"redis says {got or 'ok'}, the model says {want or 'ok'}"
         self.check_new_events(emitted)
         return result
+
+    def record_lines(self, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """An order record's entries as the model keeps them."""
+        return lines
 
     def check_new_events(self, expected: int) -> None:
         entries = self.run(self.engine.redis.xrange(K.outbox, min=f"({self.last_event_id}"))
@@ -522,7 +535,7 @@ class StockMachine(RuleBasedStateMachine):
 
         orders = self.run(self._read_all(redis, K.prefix + "order:*"))
         assert {key.decode().removeprefix(K.prefix + "order:"):
-                (r[b"status"].decode(), json.loads(r[b"lines"]) or [])
+                (r[b"status"].decode(), self.record_lines(json.loads(r[b"lines"]) or []))
                 for key, r in orders.items()} == {
             o: (m.status, m.lines) for o, m in self.model.orders.items()}
 
