@@ -291,6 +291,22 @@ async def test_a_replayed_key_answers_the_first_result_without_applying(
     assert (sim.state.count("101", "1"), sim.state.writes) == (6, 2)
 
 
+async def test_a_new_push_of_the_same_contents_is_applied_not_replayed(
+        sim: SimulatorServer, client: httpx.AsyncClient) -> None:
+    """Someone sets the listing by hand and reconciliation pushes the same value again within
+    minutes: that is a new operation (a new delivery version), which Shopify must apply; only
+    a retry of the same attempt replays."""
+    adapter = shop(sim, client)
+    first = PushItem("A", "main", 3, expected=None, attempt="7")
+    assert [r.status for r in await adapter.push_batch([first])] == ["ok"]
+    sim.state.counts["101", "1"] = 40  # a hand edit in Shopify's admin
+    assert [r.status for r in await adapter.push_batch([first])] == ["ok"]  # a retry
+    assert (sim.state.count("101", "1"), sim.state.replayed) == (40, 1)
+    again = PushItem("A", "main", 3, expected=None, attempt="9")  # the re-push
+    assert [r.status for r in await adapter.push_batch([again])] == ["ok"]
+    assert (sim.state.count("101", "1"), sim.state.replayed) == (3, 1)
+
+
 async def test_sell_refuses_more_than_the_channel_shows(sim: SimulatorServer) -> None:
     sim.state.counts["101", "1"] = 1
     assert not sim.state.sell("101", "1", 2)

@@ -664,7 +664,7 @@ class Propagator:
                 value = (channel_value(self.settings, channel_name, channel, c.location, view)
                          if view else 0)
                 c.item = PushItem(sku=c.sku, location=c.location, value=value,
-                                  expected=known[i])
+                                  expected=known[i], attempt=c.version)
                 # Before the push: the echo webhook can arrive before our call returns.
                 queue_push_record(pipe, tenant, channel_name, refs[i], value, stamp)
                 if cas:  # in doubt until an answer comes (lua/moved.lua), with earlier ones

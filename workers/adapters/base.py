@@ -45,6 +45,11 @@ class PushItem(msgspec.Struct, frozen=True):
     location: str
     value: int
     expected: int | None = None
+    # Which push this is: the target's delivery version. Retries of one claim (a lost answer,
+    # a lapsed lease taken over) carry the same one; a later push of the same value after the
+    # channel moved (a hand edit found by reconciliation) carries another, so a channel with
+    # idempotency keys (Shopify) applies it instead of replaying the first answer.
+    attempt: str = ""
 
 
 class ItemResult(msgspec.Struct, frozen=True):

@@ -62,11 +62,14 @@ CHANGE_FROM_SINCE = "2026-01"
 # from 2026-04; a replayed key answers the first result without applying again.
 IDEMPOTENT_SINCE = "2026-01"
 # Retries of one batch (a timeout, a lost answer, another worker taking over a lapsed lease)
-# reuse its key and replay; a batch with the same contents minutes later is a new operation
-# (https://shopify.dev/docs/api/usage/implementing-idempotency: identical variables meant as
-# a separate operation need a new key), so the key changes with this window. A retry that
-# straddles a window edge is applied again: under compare-and-set it comes back stale at the
-# value it set, which counts as done; a blind set is just set again.
+# reuse its key and replay. The same contents pushed again as a new operation (identical
+# variables meant as a separate operation need a new key:
+# https://shopify.dev/docs/api/usage/implementing-idempotency) get a new one: the key covers
+# each item's attempt (its delivery version, new with every change or re-push), so a re-push
+# of the value a hand edit overwrote is applied, not answered with the first result; and it
+# changes with this window. A retry that straddles a window edge is applied again: under
+# compare-and-set it comes back stale at the value it set, which counts as done; a blind set
+# is just set again.
 IDEMPOTENCY_WINDOW_S = 300
 # Fresh keys tried for one batch after keys whose earlier attempt failed.
 IDEMPOTENCY_SALTS = 4
@@ -328,7 +331,7 @@ class ShopifyAdapter(ChannelAdapter):
             }
         stale: list[int] = []
         for chunk in _chunks(list(quantities), self.batch_limit):
-            for n, result in (await self._apply(chunk, quantities)).items():
+            for n, result in (await self._apply(chunk, quantities, items)).items():
                 if result is None:
                     stale.append(n)
                 else:
@@ -343,15 +346,16 @@ class ShopifyAdapter(ChannelAdapter):
         return [r if r is not None else ItemResult("failed", error=f"{self.name}: no result")
                 for r in results]
 
-    async def _apply(self, batch: Sequence[int], quantities: dict[int, dict[str, Any]]
-                     ) -> dict[int, ItemResult | None]:
+    async def _apply(self, batch: Sequence[int], quantities: dict[int, dict[str, Any]],
+                     items: Sequence[PushItem]) -> dict[int, ItemResult | None]:
         """Send `batch`; None marks a stale item. A refused quantity refuses the whole call
         (the docs: the mutation "fails" with the error, and its adjustment group is null),
         so the others are sent once more without the refused ones."""
         results: dict[int, ItemResult | None] = {}
         remaining = list(batch)
         for _attempt in range(2):
-            payload = await self._mutate([quantities[n] for n in remaining])
+            payload = await self._mutate([quantities[n] for n in remaining],
+                                         [items[n].attempt for n in remaining])
             if not payload.user_errors:
                 results.update(dict.fromkeys(remaining, OK))
                 return results
@@ -384,12 +388,13 @@ class ShopifyAdapter(ChannelAdapter):
                                                     "refused twice for other items in it")
         return results
 
-    async def _mutate(self, quantities: list[dict[str, Any]]) -> SetPayload:
+    async def _mutate(self, quantities: list[dict[str, Any]], attempts: list[str]
+                      ) -> SetPayload:
         """One inventorySetQuantities call. A key whose first attempt failed cannot be used
         again: such a refusal is retried once under a fresh key."""
         salt = 0
         while True:
-            key = self._idempotency_key(quantities, salt)
+            key = self._idempotency_key(quantities, attempts, salt)
             if key in self._burned and salt < IDEMPOTENCY_SALTS:
                 salt += 1
                 continue
@@ -422,9 +427,11 @@ class ShopifyAdapter(ChannelAdapter):
                     continue
             return payload
 
-    def _idempotency_key(self, quantities: list[dict[str, Any]], salt: int) -> str:
+    def _idempotency_key(self, quantities: list[dict[str, Any]], attempts: list[str],
+                         salt: int) -> str:
         window = int(time.time() // IDEMPOTENCY_WINDOW_S)
-        contents = json.dumps([self.endpoint, self.name, REASON, window, salt, quantities],
+        contents = json.dumps([self.endpoint, self.name, REASON, window, salt, quantities,
+                               attempts],
                               sort_keys=True, separators=(",", ":"))
         return str(uuid.uuid5(_KEYS, contents))
 
