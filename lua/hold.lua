@@ -89,14 +89,14 @@ end
 reply = cjson.encode({hold_id = req.hold_id, expires_at_ms = expires_at, lines = req.lines})
 redis.call('HSET', hold_key, 'fp', req.fp, 'reply', reply, 'status', 'held',
   'lines', cjson.encode(bundle_note == '' and req.lines or plain_lines(lines)),
-  'expires_at', expires_at, 'customer', customer, 'channel', channel, 'keep_ms', req.idem_ttl_ms)
+  'expires_at', expires_at, 'customer', customer, 'channel', channel, 'keep_ms', req.idem_ttl_ms,
+  -- When it was made: an extension (extend.lua) caps the hold's whole life from here.
+  'created_at', ts)
 -- A bundle hold keeps which kit each component line came from ("tags", see hold_tags): its
 -- commit turns them into the order's tagged entries, so the order's later fulfilment, refund
 -- or edit acts on what this hold took, whatever the definition becomes.
 local tags = bundle_note ~= '' and hold_tags(lines)
 if tags then redis.call('HSET', hold_key, 'tags', cjson.encode(tags)) end
--- When it was made: an extension (extend.lua) caps the hold's whole life from here.
-redis.call('HSET', hold_key, 'created_at', ts)
 -- No expiry while held: the record is what gives the units back, however long the sweep is
 -- down. It gets one (hold_closed) when it leaves `held`, and then outlives that change by the
 -- idempotency TTL so that a retried request still gets its first answer.
