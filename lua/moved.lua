@@ -62,15 +62,28 @@ for _, line in ipairs(req.lines) do
   -- that shows one figure for several (line[6]), this one first.
   local spread = type(line[6]) == 'table' and line[6] or {loc}
   local def = redis.call('HGET', bundles_key(prefix), sku)
-  if def then
+  -- A bundle deleted since its listing dropped still has kits set aside as component units
+  -- (keys "<component>\0<location>"): they go back through the kit path, which needs no
+  -- definition to give back, or they would stay reserved with nothing left to explain them.
+  local kit_path = def
+  if not kit_path then
+    for _, locs in pairs(aside_read(cas_key, sku)) do
+      for k in pairs(locs) do
+        if string.find(k, '\0', 1, true) then kit_path = true end
+      end
+    end
+  end
+  if kit_path then
     -- A bundle listing: its figure is kits. The kits it dropped are set aside as their
     -- components (whole kits only, from the cells its figure covers, only what is available)
     -- under the bundle's own "p|" (kits) and "S|" (units per component and cell); the
     -- bundle's order takes them back (order.lua), a give-back releases them.
-    local comps = cjson.decode(def)
+    local comps = def and cjson.decode(def)
     local m = aside_read(cas_key, sku)
     m[loc] = m[loc] or {}
-    if target > pending then
+    if target > pending and not comps then
+      target = pending  -- a listing of a deleted bundle: nothing of it is on sale here
+    elseif target > pending then
       local kits = target - pending
       for _, comp in ipairs(comps) do
         local room = 0
@@ -97,12 +110,23 @@ for _, line in ipairs(req.lines) do
       end
       pending = pending + kits
     elseif target < pending then
-      -- Units per kit as they were set aside (the definition may have changed since).
+      -- Units per kit as they were set aside (the definition may have changed since): each
+      -- component's share of `give` kits over all its cells, then taken from them in order
+      -- (rounded per cell, one kit spread over two cells would give back nothing).
       local give = pending - target
+      local share = {}
+      for k, u in pairs(m[loc]) do
+        local comp = kit_aside_split(k)
+        share[comp] = (share[comp] or 0) + u
+      end
+      for comp, u in pairs(share) do
+        share[comp] = target == 0 and u or math.floor(u * give / pending)
+      end
       for _, k in ipairs(ordered(m[loc])) do
         local u = m[loc][k]
-        local y = target == 0 and u or math.floor(u * give / pending)
         local comp, l = kit_aside_split(k)
+        local y = math.min(u, share[comp])
+        share[comp] = share[comp] - y
         local c = cell_read(cells, prefix, comp, l)
         local x = c and math.min(y, c.reserved) or 0
         if x > 0 then
@@ -115,9 +139,9 @@ for _, line in ipairs(req.lines) do
     end
     aside_write(cas_key, sku, m)
   end
-  local m = not def and aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
+  local m = not kit_path and aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
   if m then m[loc] = m[loc] or {} end
-  if def then  -- done above
+  if kit_path then  -- done above
   elseif target > pending then
     local need = target - pending
     for _, l in ipairs(spread) do

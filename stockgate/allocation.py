@@ -68,16 +68,25 @@ def figure_pool(available: Mapping[str, int], sells_from: Sequence[str],
                 mapped: Sequence[str], location: str) -> int:
     """The pool of the figure a channel keeps under `location`: that location's own available
     when the channel maps it to a location of its own, else the channel's one figure, the sum
-    over the locations it sells from. `available` is per location (missing: no stock)."""
+    over the selling locations it does not list on their own (a mapped location is a figure
+    of its own: counted here too, its units would be listed twice). `available` is per
+    location (missing: no stock)."""
     if location in mapped:
         return max(available.get(location, 0), 0)
-    return sum(max(available.get(loc, 0), 0) for loc in sells_from)
+    return sum(max(available.get(loc, 0), 0) for loc in sells_from if loc not in mapped)
+
+
+def one_figure_spot(sells_from: Sequence[str], mapped: Sequence[str]) -> str:
+    """Where a channel's one figure (its unmapped selling locations) is kept: the first of
+    them (workers.propagation.push_location)."""
+    return next((loc for loc in sells_from if loc not in mapped), sells_from[0])
 
 
 def push_spots(sells_from: Sequence[str], mapped: Sequence[str]) -> list[str]:
     """Where a channel's figures are kept: each mapped selling location, and the channel's one
-    figure under its first selling location (workers.propagation.push_location)."""
-    return sorted({loc if loc in mapped else sells_from[0] for loc in sells_from})
+    figure under its first unmapped selling location."""
+    return sorted({loc if loc in mapped else one_figure_spot(sells_from, mapped)
+                   for loc in sells_from})
 
 
 _rule_decode = msgspec.json.Decoder(AllocationRule).decode

@@ -35,8 +35,8 @@ MUTATIONS = (
     # push share figure_pool and shown); each alone is covered by the other, so their own
     # tests are the unit tests that call them directly.
     Mutation("clamp-view", "stockgate/allocation.py",
-             "return sum(max(available.get(loc, 0), 0) for loc in sells_from)",
-             "return max(sum(available.get(loc, 0) for loc in sells_from), 0)",
+             "return sum(max(available.get(loc, 0), 0) for loc in sells_from if loc not in mapped)",
+             "return max(sum(available.get(loc, 0) for loc in sells_from if loc not in mapped), 0)",
              ("tests/test_allocation.py", "tests/test_promises.py"),
              "a location below zero takes units from another in a channel's one figure"),
     Mutation("clamp-push", "stockgate/allocation.py",

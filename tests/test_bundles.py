@@ -134,16 +134,24 @@ async def test_a_channel_count_for_a_bundle_moves_no_stock(engine: StockEngine,
                                                            redis: Redis) -> None:
     """A count set on a bundle listing cannot say which component changed: it is ignored,
     alerted, and the derived count pushed back over it."""
+    from gateway_support import gateway_settings
+
     from workers.alerts import list_alerts
+    from workers.audit import audit_store
     from workers.channel_counts import judge_channel_count
     from workers.keys import worker_keys
 
     await stock(engine, A=10)
     await define(engine, "KIT", A=2)
     before = await events(redis)
-    outcome = await judge_channel_count(
-        redis, engine, None, engine.settings, T, "shop", "KIT", "main", 50,  # type: ignore[arg-type]
-        "report-1", 0)
+    audit = audit_store(engine.settings)
+    await audit.open()
+    try:
+        outcome = await judge_channel_count(
+            redis, engine, audit, gateway_settings(engine.settings), T, "shop", "KIT", "main",
+            50, "report-1", 0)
+    finally:
+        await audit.close()
     assert outcome == "bundle"
     assert await events(redis) == before
     assert await cell(engine, "A") == (10, 0, 0, 10)

@@ -32,6 +32,7 @@ from arq.connections import ArqRedis
 from arq.worker import func
 from redis.asyncio import Redis
 
+from stockgate.bundles import Bundles
 from stockgate.errors import IdempotencyConflict, UnknownSku
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings
@@ -173,14 +174,7 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
     ref = f"{sku}|{location}"
     if await is_echo(redis, tenant, channel_id, ref, available):
         return "echo"
-    if await redis.hexists(tenant_keys(tenant).bundles, sku):
-        # A bundle has no stock of its own: a count set on its listing cannot say which
-        # component changed, so it moves nothing; the derived count is pushed back over it.
-        await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
-                         received_ms, f"{channel_id} reported {available} for a bundle; a "
-                         "bundle's count is derived from its components (change those in "
-                         "Stockgate)")
-        return "bundle"
+    components = await Bundles(engine).definitions(tenant, [sku])
     shown = await shown_log(redis, tenant, channel_id, ref)
     if any(s.kind == SHOWN_REPORT and s.ms > received_ms for s in shown):
         # A later count of the channel was judged already (this job ran late): it was measured
@@ -191,7 +185,10 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
         # A sale of that time may not be in the trail yet (the audit store was down, a worker
         # is catching up): judged now, it would look like a person's edit and count twice.
         raise AuditUnavailable("the audit trail has not caught up with the outbox yet")
-    if await own_sale_near(audit, tenant, channel_id, sku, location, received_ms):
+    # A kit sold on the channel is its components' sale events (their reasons name the kit).
+    sold_as = [c for c, _ in components.get(sku, [])] or [sku]
+    if any([await own_sale_near(audit, tenant, channel_id, s, location, received_ms)
+            for s in sold_as]):
         # Overwrite the channel's figure with the canonical one; an edit a person made in
         # the middle of the channel's own sales is not told apart, so say so.
         await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
@@ -200,6 +197,24 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
                          "edits in Stockgate during a sale)")
         return "own_sale"
     channel = settings.channels[channel_id]
+    if components:
+        # A bundle has no stock of its own: a count set on its listing cannot say which
+        # component changed, so it moves none; the derived count is pushed back over it. A
+        # drop the channel's compare-and-set found and set aside as kits' components
+        # (lua/moved.lua) is, up to this edit's size, explained by it: no order will come
+        # for those kits, so their components go back on sale.
+        view = (await Bundles(engine).views(tenant, [sku]))[sku]
+        shown_now = channel_value(settings, channel_id, channel, location, view)
+        kits = -edit_delta(shown, received_ms, available, shown_now, in_flight_ms)
+        if kits > 0 and channel_id in cas_channels(settings):
+            await engine.channel_explained(tenant, channel_id,
+                                           worker_keys(tenant).cas(channel_id), sku, location,
+                                           kits)
+        await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
+                         received_ms, f"{channel_id} reported {available} for a bundle; a "
+                         "bundle's count is derived from its components (change those in "
+                         "Stockgate)")
+        return "bundle"
     try:
         view = await engine.stock(tenant, sku)
     except UnknownSku:

@@ -316,10 +316,11 @@ def selling_locations(settings: Settings, channel: Channel) -> tuple[str, ...]:
 def push_location(settings: Settings, channel: Channel, location: str) -> str:
     """Where a change at `location` lands on the channel: its own location when the config
     maps it to a channel location id, else the channel's one stock figure, kept under the
-    channel's first selling location."""
-    if location in channel.location_map.values():
+    channel's first unmapped selling location."""
+    mapped = tuple(channel.location_map.values())
+    if location in mapped:
         return location
-    return selling_locations(settings, channel)[0]
+    return allocation.one_figure_spot(selling_locations(settings, channel), mapped)
 
 
 def channel_value(settings: Settings, channel_name: str, channel: Channel, location: str,
@@ -737,12 +738,13 @@ class Propagator:
 
     def _spread(self, channel_name: str, location: str) -> list[str]:
         """The locations a target's figure sums: its own when the channel maps it, else every
-        location the channel sells (its one figure), this one first."""
+        unmapped location the channel sells (its one figure), this one first."""
         channel = self.settings.channels[channel_name]
-        if location in channel.location_map.values():
+        mapped = channel.location_map.values()
+        if location in mapped:
             return [location]
         return [location, *(loc for loc in selling_locations(self.settings, channel)
-                            if loc != location)]
+                            if loc != location and loc not in mapped)]
 
     async def _channel_failed(self, tenant: str, channel: str, token: str,
                               claimed: list[Claimed], exc: PushError) -> None:
