@@ -7,14 +7,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth import authenticate
-from gateway.http import JSONReply, read_json
-from gateway.stock import _sku
+from gateway.http import JSONReply, path_sku, read_json
 from stockgate.allocation import AllocationRule
 
 
 async def put_allocation(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     rule = await read_json(request, AllocationRule)
     state = request.app.state
     with state.metrics.script("allocation"):
@@ -25,7 +24,7 @@ async def put_allocation(request: Request) -> JSONReply:
 
 async def delete_allocation(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     state = request.app.state
     with state.metrics.script("allocation"):
         reply = await state.engine.set_allocation(principal.tenant, sku,

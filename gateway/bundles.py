@@ -6,9 +6,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth import authenticate
-from gateway.http import JSONReply, read_json
+from gateway.http import JSONReply, path_sku, read_json
 from gateway.replies import replay_headers
-from gateway.stock import _sku
 from stockgate.bundles import Bundles
 from stockgate.models import BundleRequest
 
@@ -19,7 +18,7 @@ def _bundles(request: Request) -> Bundles:
 
 async def put_bundle(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     body = await read_json(request, BundleRequest)
     with request.app.state.metrics.script("bundle"):
         reply, unchanged = await _bundles(request).put(principal.tenant, sku, body.components)
@@ -28,12 +27,12 @@ async def put_bundle(request: Request) -> JSONReply:
 
 async def get_bundle(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    return JSONReply(await _bundles(request).view(principal.tenant, _sku(request)))
+    return JSONReply(await _bundles(request).view(principal.tenant, path_sku(request)))
 
 
 async def delete_bundle(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     with request.app.state.metrics.script("bundle"):
         reply = await _bundles(request).delete(principal.tenant, sku)
     return JSONReply(reply)

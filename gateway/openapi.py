@@ -88,7 +88,7 @@ _ERR = {code: _reply("Error", text) for code, text in {
     "503": "stock store unavailable (Retry-After)"}.items()}
 
 
-# What the routes accept in the path (gateway/holds.py _hold_id, gateway/stock.py _sku).
+# What the routes accept in the path (gateway/http.py path_id, path_sku).
 _PARAMS: dict[str, dict[str, Any]] = {
     "hold_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
     "sku": {"type": "string", "minLength": 1, "maxLength": 128,

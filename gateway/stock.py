@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth import authenticate
-from gateway.errors import MalformedRequest
-from gateway.http import JSONReply, read_json
+from gateway.http import JSONReply, path_sku, read_json
 from gateway.replies import BulkLineResult, BulkReply, replay_headers
 from stockgate import errors
 from stockgate.bundles import Bundles
@@ -22,34 +20,10 @@ from stockgate.stock import StockEngine
 _encode = msgspec.json.Encoder().encode
 
 
-class SkuConvertor(Convertor[str]):
-    """Any characters, slashes and control characters included: "TEE/XL" is a common SKU
-    (clients percent-encode the slash), and a bad one must reach _sku for a clear 400 rather
-    than fall through to "no such route"."""
-
-    regex = r"[\s\S]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("sku", SkuConvertor())
-
-
-def _sku(request: Request) -> str:
-    sku: str = request.path_params["sku"]
-    if not 0 < len(sku) <= 128 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in sku):
-        raise MalformedRequest("sku: expected 1-128 printable characters")
-    return sku
-
-
 async def read_stock(request: Request) -> JSONReply:
     principal = authenticate(request, "storefront")
     engine = request.app.state.engine
-    sku = _sku(request)
+    sku = path_sku(request)
     try:
         view = await engine.stock(principal.tenant, sku)
     except errors.UnknownSku:
@@ -68,7 +42,7 @@ async def _adjust(engine: StockEngine, tenant: str, sku: str,
 
 async def adjust_stock(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     body = await read_json(request, AdjustRequest)
     state = request.app.state
     with state.metrics.script("adjust"):
@@ -106,7 +80,7 @@ async def bulk_adjust(request: Request) -> JSONReply:
 
 async def set_policy(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
-    sku = _sku(request)
+    sku = path_sku(request)
     body = await read_json(request, PolicyRequest)
     state = request.app.state
     with state.metrics.script("policy"):
