@@ -18,9 +18,8 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest, NotFound
 from gateway.http import JSONReply
-from stockgate.models import MAX_PAGE, Event
-from workers.alerts import Alert, list_alerts
-from workers.audit import (
+from stockgate.alerts import Alert, list_alerts
+from stockgate.audit import (
     AuditUnavailable,
     EventPage,
     EventQuery,
@@ -28,7 +27,8 @@ from workers.audit import (
     audit_unreachable,
     split_id,
 )
-from workers.propagation import FailedDelivery, failed_deliveries, retry_delivery
+from stockgate.deliveries import FailedDelivery, failed_deliveries, retry_delivery
+from stockgate.models import MAX_PAGE, Event
 
 EVENT_TYPES = {"hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
                "oversell_rejected", "bundle", "extend", "incoming", "receive",

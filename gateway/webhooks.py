@@ -40,9 +40,11 @@ from gateway.channels.base import (
 from gateway.errors import NotFound, OrderNotYetKnown, UnsupportedMediaType
 from gateway.http import JSONReply, is_json, read_body
 from stockgate import errors
+from stockgate.alerts import check_refund, raise_alert
+from stockgate.deliveries import is_echo
+from stockgate.jobs import enqueue_channel_count, enqueue_fetch_order
 from stockgate.keys import tenant_keys
 from stockgate.settings import Channel
-from workers.alerts import check_refund, raise_alert
 
 log = logging.getLogger("stockgate.webhooks")
 
@@ -213,8 +215,6 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
             f"back, nothing was restocked; review: {named}", channel=channel_id,
             ref=op.order_id, once=f"review:{op.order_id}:{op.reason}")
         return Applied("refund_review", op.order_id, "applied")
-    from workers.queue import enqueue_fetch_order  # imported late: arq is a worker concern
-
     await enqueue_fetch_order(state.redis, tenant, channel_id, op.channel_order_id, delivery.id)
     return Applied("fetch_order", op.channel_order_id, "queued")
 
@@ -326,8 +326,6 @@ async def _inventory_set(request: Request, channel_id: str, channel: Channel,
     at once; anything else may be the channel's own bookkeeping of a sale whose order webhook
     has not landed yet, so a worker judges it after a settle time (workers/channel_counts.py)
     and only a person's edit in the channel's admin becomes an adjust."""
-    from workers.channel_counts import enqueue_channel_count, is_echo
-
     state = request.app.state
     tenant = channel.tenant
     location = op.location or state.engine.default_location(tenant)

@@ -136,8 +136,8 @@ def _locust_failures(path: Path) -> int:
 
 async def _backlog(redis: Redis) -> dict[str, int]:
     """Work still in flight: holds not yet resolved, outbox entries, channel deliveries."""
-    from workers.keys import worker_keys
-    from workers.propagation import pending_deliveries
+    from stockgate.deliveries import pending_deliveries
+    from stockgate.keys import worker_keys
 
     keys = worker_keys(TENANT)
     backlog = await invariants.outbox_backlog(redis, TENANT)
@@ -171,7 +171,7 @@ async def _settle(redis: Redis, engine: StockEngine, channels: list[SimulatedCha
 
 
 async def _audit_ids(settings: Settings) -> list[str]:
-    from workers.audit import EventQuery, audit_store
+    from stockgate.audit import EventQuery, audit_store
 
     store = audit_store(settings)
     await store.open()

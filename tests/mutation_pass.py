@@ -131,7 +131,7 @@ MUTATIONS = (
              "    redis.call('PEXPIRE', k, 60000)",
              ("tests/test_promises.py",),
              "max_per_customer stops counting a customer's units after a minute"),
-    Mutation("alert-dedupe-one-minute", "workers/alerts.py",
+    Mutation("alert-dedupe-one-minute", "stockgate/alerts.py",
              "_MARKER_TTL_S = 86_400", "_MARKER_TTL_S = 60",
              ("tests/test_promises.py",),
              "the same alert is raised again every minute"),

@@ -15,12 +15,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from stockgate.deliveries import delivery_id, member_of
 from stockgate.errors import StockgateError
-from stockgate.keys import tenant_keys
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.models import Line, event_decoder
 from stockgate.stock import StockEngine
-from workers.keys import worker_keys
-from workers.propagation import delivery_id, member_of
 from workers.simulators import SimulatorServer
 
 REPO = Path(__file__).parent.parent

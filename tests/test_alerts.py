@@ -11,9 +11,9 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from stockgate.alerts import MAX_ALERTS, list_alerts, raise_alert
 from stockgate.embedded import EmbeddedRedis
-from workers.alerts import MAX_ALERTS, list_alerts, raise_alert
-from workers.keys import worker_keys
+from stockgate.keys import worker_keys
 
 T = "acme"
 

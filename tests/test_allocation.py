@@ -20,14 +20,13 @@ from redis.asyncio import Redis
 from loadtests import invariants
 from stockgate import errors
 from stockgate.allocation import AllocationRule, figure_pool, shown
-from stockgate.keys import tenant_keys
+from stockgate.audit import audit_store
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.models import Line, event_decoder
 from stockgate.settings import Channel, ConfigError, Settings, load_settings
 from stockgate.stock import StockEngine
 from workers.adapters import adapter_for
-from workers.audit import audit_store
 from workers.channel_counts import judge_channel_count
-from workers.keys import worker_keys
 from workers.propagation import (
     PropagationConfig,
     Propagator,

@@ -26,9 +26,9 @@ from workers_helpers import (
 from loadtests import invariants
 from stockgate.allocation import AllocationRule
 from stockgate.embedded import EmbeddedRedis
+from stockgate.keys import worker_keys
 from stockgate.models import Line
 from stockgate.stock import StockEngine
-from workers.keys import worker_keys
 from workers.propagation import pending_drops
 from workers.simulators import SimulatorServer
 

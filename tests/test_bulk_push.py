@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from workers_helpers import running_worker, settings_with, settled, wait_for
 
 from loadtests import bulk
+from stockgate.deliveries import failed_deliveries
 from stockgate.embedded import EmbeddedRedis
 from stockgate.stock import StockEngine
-from workers.propagation import failed_deliveries
 from workers.runtime import WorkerConfig
 from workers.simulators import SimulatorServer
 

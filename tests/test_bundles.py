@@ -136,10 +136,10 @@ async def test_a_channel_count_for_a_bundle_moves_no_stock(engine: StockEngine,
     alerted, and the derived count pushed back over it."""
     from gateway_support import gateway_settings
 
-    from workers.alerts import list_alerts
-    from workers.audit import audit_store
+    from stockgate.alerts import list_alerts
+    from stockgate.audit import audit_store
+    from stockgate.keys import worker_keys
     from workers.channel_counts import judge_channel_count
-    from workers.keys import worker_keys
 
     await stock(engine, A=10)
     await define(engine, "KIT", A=2)
@@ -176,7 +176,7 @@ async def test_a_stale_compare_on_a_bundle_listing_sets_its_components_aside(
     not landed): the kits it dropped are set aside as their components (whole kits, from
     available), so another channel cannot sell them; the kit's order, when it lands, takes
     them back and commits."""
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
 
     await stock(engine, A=4)
     await define(engine, "KIT", A=2)

@@ -19,13 +19,13 @@ from test_workers_audit import PG_BASE, _pg_or_skip
 from workers_helpers import running_worker, wait_for
 
 from gateway.app import create_app
+from stockgate.alerts import list_alerts
+from stockgate.audit import AuditStore, audit_store
 from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
-from workers.alerts import list_alerts
-from workers.audit import AuditStore, audit_store
 from workers.channel_counts import judge_channel_count
 from workers.outbox import OutboxConsumer
 from workers.propagation import SHOWN_PUSH, log_shown, now_ms, record_push

@@ -31,10 +31,10 @@ from workers_helpers import (
 )
 
 from stockgate.embedded import EmbeddedRedis
+from stockgate.keys import worker_keys
 from stockgate.models import Line
 from stockgate.stock import StockEngine
 from workers.adapters.shopify import ShopifyAdapter
-from workers.keys import worker_keys
 from workers.propagation import pending_drops
 from workers.simulators import SimulatorServer
 

@@ -442,7 +442,7 @@ async def test_operator_key_is_not_a_webhook_credential(client: httpx.AsyncClien
 
 async def test_refund_that_restores_too_little_raises_an_alert(client: httpx.AsyncClient,
                                                                redis: Redis) -> None:
-    from workers.alerts import list_alerts
+    from stockgate.alerts import list_alerts
 
     await receive(client, "SKU-1", 10)
     await post(client, "shop", shopify("orders/create", shopify_order(
@@ -613,7 +613,7 @@ async def test_expired_or_unknown_hold_takes_the_order_from_available(
                                  {"sku": "SKU-2", "quantity": 2_000_000}])
 async def test_one_bad_line_does_not_void_the_order(client: httpx.AsyncClient, redis: Redis,
                                                     bad: dict[str, Any]) -> None:
-    from workers.alerts import list_alerts
+    from stockgate.alerts import list_alerts
 
     await receive(client, "SKU-1", 5)
     order = shopify_order(6501, [("SKU-1", 111, 2)])
@@ -632,7 +632,7 @@ async def test_one_bad_line_does_not_void_the_order(client: httpx.AsyncClient, r
 
 async def test_unmapped_line_is_reported_and_alerted_once(client: httpx.AsyncClient,
                                                           redis: Redis) -> None:
-    from workers.alerts import list_alerts
+    from stockgate.alerts import list_alerts
 
     await receive(client, "SKU-1", 5)
     signed = shopify("orders/create", shopify_order(
@@ -658,7 +658,7 @@ async def test_unmapped_line_is_reported_and_alerted_once(client: httpx.AsyncCli
 
 async def test_order_of_only_unmapped_lines_is_reported(client: httpx.AsyncClient,
                                                         redis: Redis) -> None:
-    from workers.alerts import list_alerts
+    from stockgate.alerts import list_alerts
 
     r = await post(client, "woo", woo("order.created", woo_order(
         6701, "processing", [("", 4242, 1)])))

@@ -33,18 +33,17 @@ from workers_helpers import (
     wait_for,
 )
 
+from stockgate.alerts import list_alerts
+from stockgate.audit import RECONNECT_EVERY_S
+from stockgate.deliveries import failed_deliveries
 from stockgate.embedded import EmbeddedRedis, free_port
 from stockgate.errors import StoreUnavailable
-from stockgate.keys import tenant_keys
+from stockgate.jobs import enqueue_channel_count
+from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
-from workers.alerts import list_alerts
-from workers.audit import RECONNECT_EVERY_S
-from workers.channel_counts import enqueue_channel_count
-from workers.keys import CONSUMER_GROUP
 from workers.outbox import OutboxConfig, pending_entries, unread_entries
-from workers.propagation import failed_deliveries
 from workers.queue import RetryConfig
 from workers.runtime import RedisTimeouts, WorkerConfig, WorkerRuntime
 from workers.settings import StockgateWorker, build_worker

@@ -25,11 +25,11 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from loadtests.invariants import check as check_invariants
 from loadtests.invariants import collect
 from stockgate import errors, incoming
+from stockgate.alerts import list_alerts
 from stockgate.keys import tenant_keys
 from stockgate.models import IncomingRequest, Line, ReceiptRequest, event_decoder
 from stockgate.stock import StockEngine
 from workers import preorders
-from workers.alerts import list_alerts
 
 T = "default"
 K = tenant_keys(T)

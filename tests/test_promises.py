@@ -424,8 +424,8 @@ async def test_fulfilment_restock_and_customer_records_live_the_configured_ttl(
 async def test_an_alert_is_deduplicated_for_a_day(redis: Redis) -> None:
     """README: one alert per observed value a day. The dedupe marker lives a day: a second
     alert with the same marker is dropped within it."""
-    from workers.alerts import list_alerts, raise_alert
-    from workers.keys import worker_keys
+    from stockgate.alerts import list_alerts, raise_alert
+    from stockgate.keys import worker_keys
 
     for _ in range(2):
         await raise_alert(redis, "acme", "drift", "shop shows 3", sku="SKU-D", channel="shop",

@@ -18,21 +18,15 @@ import pytest
 from redis.asyncio import Redis
 from workers_helpers import wait_for
 
+from stockgate.alerts import list_alerts
+from stockgate.deliveries import failed_deliveries, mark_dirty, member_of, pending_deliveries
+from stockgate.keys import worker_keys
 from stockgate.settings import Channel, Settings, Tenant
 from stockgate.stock import StockEngine
 from workers import propagation
 from workers.adapters import ChannelAdapter, adapter_for
 from workers.adapters.base import RETRY_AFTER_MAX_S, ItemResult, PushItem
-from workers.alerts import list_alerts
-from workers.keys import worker_keys
-from workers.propagation import (
-    PropagationConfig,
-    Propagator,
-    failed_deliveries,
-    mark_dirty,
-    member_of,
-    pending_deliveries,
-)
+from workers.propagation import PropagationConfig, Propagator
 from workers.reconcile import reconcile
 from workers.simulators import SimulatorServer
 

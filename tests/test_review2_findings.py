@@ -23,11 +23,11 @@ from test_gateway_webhooks import post, shopify, shopify_order, standard, woo, w
 from test_review_findings import commit, fulfillment, hold, refund, shop
 
 from gateway.app import create_app
+from stockgate.audit import audit_store
+from stockgate.jobs import job_deserializer
 from stockgate.settings import Settings
-from workers.audit import audit_store
 from workers.channel_counts import judge_channel_count
 from workers.propagation import record_push
-from workers.serializer import job_deserializer
 
 pytest_plugins = ["gateway_fixtures"]  # gw_settings, app, client
 

@@ -20,19 +20,13 @@ import pytest
 from redis.asyncio import Redis
 from workers_helpers import wait_for
 
+from stockgate.alerts import list_alerts
+from stockgate.deliveries import failed_deliveries, mark_dirty, member_of
+from stockgate.keys import worker_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
-from workers.alerts import list_alerts
-from workers.keys import worker_keys
-from workers.propagation import (
-    PropagationConfig,
-    Propagator,
-    failed_deliveries,
-    mark_dirty,
-    member_of,
-    pending_drops,
-)
+from workers.propagation import PropagationConfig, Propagator, pending_drops
 from workers.simulators import SimulatorServer
 
 SKU = "TEE"
@@ -514,7 +508,7 @@ async def test_a_judged_restock_in_shopify_gives_back_units_of_pending_sales(
     At fault: workers/channel_counts.py judge_channel_count, the
     `engine.channel_moved(..., [(sku, location, None)])` clear after any non-zero delta
     (it should give back at most the part of a *negative* edit that the set-aside covers)."""
-    from workers.audit import audit_store
+    from stockgate.audit import audit_store
     from workers.channel_counts import judge_channel_count
 
     async with world(redis, tmp_path, sim, {"main": 10}) as (engine, propagator, _):

@@ -15,9 +15,10 @@ import pytest
 from redis.asyncio import Redis
 from test_review3_findings import MEMBER, SKU, cell, push, shown, world
 
+from stockgate.deliveries import mark_dirty
+from stockgate.keys import worker_keys
 from stockgate.models import Line
-from workers.keys import worker_keys
-from workers.propagation import mark_dirty, pending_drops
+from workers.propagation import pending_drops
 from workers.simulators import SimulatorServer
 
 

@@ -110,7 +110,7 @@ async def test_a_bundle_order_is_the_channels_own_sale_of_the_bundle_listing_not
     """A compare-and-set channel lists KIT (= 2 A) and A. Its KIT order moved its KIT
     listing, not its A listing: the order books one KIT as the channel's own sale, nothing
     on A; so its own later sale of 1 A (count 10 -> 9, order not landed) is set aside."""
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
 
     await stock(engine, A=20)
     await define(engine, "KIT", A=2)
@@ -128,7 +128,7 @@ async def test_a_channel_cancel_of_a_bundle_order_books_no_component_restock(
     """The other direction: the channel's cancel of its KIT order is its own restock of the
     KIT listing (o|KIT -1), never of A: its own later sale of 1 A sets exactly 1 A aside
     (booking -2 on A would set 3 aside and withhold 2 units from every channel)."""
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
 
     await stock(engine, A=20)
     await define(engine, "KIT", A=2)
@@ -287,7 +287,7 @@ async def test_a_stale_compare_on_a_bundle_listing_sets_its_components_aside(
     The drop of its KIT listing sets the kit's components aside (2 A, under the bundle's own
     p|/S| bookkeeping), so another channel cannot sell them, and the kit's order takes them
     back when it lands."""
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
 
     await stock(engine, A=4)
     await define(engine, "KIT", A=2)
@@ -312,7 +312,7 @@ async def test_a_bundle_listing_whose_drop_is_explained_gives_its_components_bac
         engine: StockEngine, redis: Redis) -> None:
     """Only whole kits, only what is available, are set aside; a count report judged for
     the kit listing (a give-back) releases its components."""
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
 
     await stock(engine, A=5, B=1)
     await define(engine, "KIT", A=2, B=1)

@@ -312,9 +312,9 @@ async def test_a_legacy_hold_made_long_is_never_extended_past_its_true_cap(
 async def _run_preorder_alerts(redis: Redis, tenant: str, mark: bytes) -> list[str]:
     import msgspec
 
+    from stockgate.alerts import list_alerts
     from stockgate.models import event_decoder
     from workers import preorders
-    from workers.alerts import list_alerts
 
     k = tenant_keys(tenant)
     for entry_id, fields in await redis.xrange(k.outbox, min=b"(" + mark):

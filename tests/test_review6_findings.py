@@ -8,9 +8,9 @@ from redis.asyncio import Redis
 from stockgate import errors
 from stockgate.allocation import AllocationRule, shown
 from stockgate.bundles import Bundles
+from stockgate.keys import worker_keys
 from stockgate.models import BundleComponent, Line
 from stockgate.stock import StockEngine
-from workers.keys import worker_keys
 
 T = "default"
 
@@ -442,7 +442,7 @@ async def test_a_persons_edit_of_a_cas_bundle_listing_does_not_strand_its_compon
     report is then judged ('bundle': moves nothing, pushes the derived count back). Nothing
     else can ever explain the drop, so judging it must give the 2 A back (as a plain SKU's
     judged count does), or they are off sale forever."""
-    from workers.audit import audit_store
+    from stockgate.audit import audit_store
     from workers.channel_counts import judge_channel_count
     from workers.propagation import pending_drops
 

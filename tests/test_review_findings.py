@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from test_gateway_webhooks import post, shopify, shopify_order, standard, woo, woo_order
 
 from gateway.app import create_app
+from stockgate.audit import audit_store
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings
-from workers.audit import audit_store
 from workers.channel_counts import judge_channel_count
 from workers.propagation import record_push
 

@@ -35,10 +35,10 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from stockgate.deliveries import FailedDelivery
 from stockgate.embedded import EmbeddedRedis
+from stockgate.keys import worker_keys
 from stockgate.settings import Settings
-from workers.keys import worker_keys
-from workers.propagation import FailedDelivery
 
 EXAMPLES = 60  # per operation and mode: 15 operations positive, 12 negative:
 #                1,620 cases

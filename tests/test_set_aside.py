@@ -13,20 +13,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from stockgate.alerts import list_alerts
+from stockgate.audit import audit_store
+from stockgate.deliveries import mark_dirty, member_of
+from stockgate.keys import worker_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
-from workers.alerts import list_alerts
-from workers.audit import audit_store
 from workers.channel_counts import judge_channel_count
-from workers.keys import worker_keys
-from workers.propagation import (
-    PropagationConfig,
-    Propagator,
-    mark_dirty,
-    member_of,
-    pending_drops,
-)
+from workers.propagation import PropagationConfig, Propagator, pending_drops
 from workers.reconcile import alert_unexplained
 from workers.simulators import SimulatorServer
 

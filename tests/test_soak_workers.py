@@ -37,12 +37,11 @@ from soak_support import (
 )
 from workers_helpers import audit_ids, gateway_client, settled, wait_for
 
+from stockgate.alerts import list_alerts
 from stockgate.embedded import EmbeddedRedis
-from stockgate.keys import tenant_keys
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.settings import load_settings
 from stockgate.stock import StockEngine
-from workers.alerts import list_alerts
-from workers.keys import worker_keys
 from workers.outbox import OutboxConfig
 from workers.propagation import PropagationConfig
 from workers.runtime import WorkerConfig

@@ -22,25 +22,17 @@ from workers_helpers import (
     wait_for,
 )
 
+from stockgate.alerts import list_alerts
+from stockgate.deliveries import failed_deliveries, mark_dirty, member_of
 from stockgate.embedded import EmbeddedRedis
-from stockgate.keys import tenant_keys
+from stockgate.jobs import enqueue_fetch_order, job_deserializer, job_serializer
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.models import Line
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, PushError, adapter_for
-from workers.alerts import list_alerts
-from workers.keys import worker_keys
-from workers.propagation import (
-    PropagationConfig,
-    Propagator,
-    failed_deliveries,
-    mark_dirty,
-    member_of,
-    now_ms,
-)
-from workers.queue import enqueue_fetch_order
+from workers.propagation import PropagationConfig, Propagator, now_ms
 from workers.reconcile import ReconcileConfig, reconcile
-from workers.serializer import job_deserializer, job_serializer
 from workers.settings import JOB_TIMEOUT_S, WorkerSettings
 
 
@@ -370,7 +362,7 @@ async def test_adapters_read_back_what_they_set(tmp_path: Path, sim_factory: obj
 
 
 async def test_a_429_never_moves_booked_slots_earlier(redis: Redis) -> None:
-    from workers.keys import worker_keys
+    from stockgate.keys import worker_keys
     from workers.propagation import book_slot, hold_channel
 
     # Pushes have booked the channel 5 s ahead; a 429 asking for 1 s must not shorten that.

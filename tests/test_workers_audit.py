@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from stockgate.audit import AuditStore, EventQuery, audit_store
 from stockgate.models import CellState, Event, EventSource
 from stockgate.settings import Settings
-from workers.audit import AuditStore, EventQuery, audit_store
 
 # The development and CI machines run PostgreSQL here; TEST_PG_DSN points elsewhere.
 PG_BASE = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

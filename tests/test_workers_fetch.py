@@ -15,13 +15,14 @@ import pytest
 from redis.asyncio import Redis
 from workers_helpers import FAST, channel_for, running_worker, settings_with, wait_for
 
+from stockgate.alerts import list_alerts
 from stockgate.embedded import EmbeddedRedis
+from stockgate.jobs import enqueue_fetch_order
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
 from workers.adapters.bigcommerce import BigCommerceAdapter
-from workers.alerts import list_alerts
-from workers.queue import FetchConfig, apply_channel_order, enqueue_fetch_order, retry_delay
+from workers.queue import FetchConfig, apply_channel_order, retry_delay
 from workers.runtime import WorkerConfig
 from workers.simulators import SimulatorServer
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from stockgate.keys import tenant_keys
+from stockgate.audit import audit_store
+from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
-from workers.audit import audit_store
-from workers.keys import CONSUMER_GROUP
 from workers.outbox import OutboxConfig, OutboxConsumer
 
 

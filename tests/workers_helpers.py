@@ -13,11 +13,12 @@ import httpx
 from arq.worker import create_worker
 from redis.asyncio import Redis
 
+from stockgate.audit import audit_store
+from stockgate.deliveries import pending_deliveries
 from stockgate.settings import ApiKey, Channel, Settings
 from stockgate.stock import StockEngine
-from workers.audit import audit_store
 from workers.outbox import OutboxConfig, pending_entries, unread_entries
-from workers.propagation import PropagationConfig, pending_deliveries
+from workers.propagation import PropagationConfig
 from workers.runtime import WorkerConfig
 from workers.settings import WorkerSettings, worker_kwargs
 from workers.simulators import SimulatorServer
@@ -94,7 +95,7 @@ async def audit_ids(settings: Settings, tenant: str = "default") -> list[str]:
     store = audit_store(settings)
     await store.open()
     try:
-        from workers.audit import EventQuery
+        from stockgate.audit import EventQuery
 
         ids, cursor = [], None
         while True:

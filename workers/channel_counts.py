@@ -28,18 +28,18 @@ import logging
 from typing import Any, NamedTuple
 
 import msgspec
-from arq.connections import ArqRedis
 from arq.worker import func
 from redis.asyncio import Redis
 
+from stockgate.alerts import raise_alert
+from stockgate.audit import AuditStore, AuditUnavailable, EventQuery
 from stockgate.bundles import Bundles
+from stockgate.deliveries import is_echo, mark_dirty, member_of
 from stockgate.errors import IdempotencyConflict, UnknownSku
-from stockgate.keys import tenant_keys
+from stockgate.jobs import APPLY_CHANNEL_COUNT
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
-from workers.alerts import raise_alert
-from workers.audit import AuditStore, AuditUnavailable, EventQuery
-from workers.keys import worker_keys
 from workers.outbox import audited_through
 from workers.propagation import (
     SHOWN_PUSH,
@@ -48,15 +48,11 @@ from workers.propagation import (
     cas_channels,
     channel_value,
     log_shown,
-    mark_dirty,
-    member_of,
 )
 from workers.queue import ARQ_MAX_TRIES, Acknowledged, run_acknowledged
-from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.channel_counts")
 
-APPLY_CHANNEL_COUNT = "apply_channel_count"
 # A count update this close to one of the channel's own sales of the SKU (before or after
 # it) is the channel's bookkeeping of that sale, not a person's edit.
 SALE_WINDOW_MS = 60_000
@@ -74,23 +70,6 @@ class Shown(NamedTuple):
     ms: int
     kind: str
     value: int
-
-
-async def is_echo(redis: Redis, tenant: str, channel: str, ref: str, value: int) -> bool:
-    recent = await redis.lrange(tenant_keys(tenant).pushed_recent(channel, ref), 0, -1)
-    return str(value).encode() in recent
-
-
-async def enqueue_channel_count(redis: Redis, tenant: str, channel_id: str, sku: str,
-                                location: str, available: int, fingerprint: str,
-                                received_ms: int, settle_s: float) -> None:
-    """Judge a reported count after `settle_s`. The job id is a digest of the webhook body,
-    so a replayed body (even under a new delivery id) is judged once."""
-    arq = ArqRedis(connection_pool=redis.connection_pool, job_serializer=job_serializer,
-                   job_deserializer=job_deserializer)
-    await arq.enqueue_job(APPLY_CHANNEL_COUNT, tenant, channel_id, sku, location, available,
-                          fingerprint, received_ms, _job_id=f"count:{channel_id}:{fingerprint}",
-                          _defer_by=settle_s)
 
 
 async def own_sale_near(audit: AuditStore, tenant: str, channel_id: str, sku: str,

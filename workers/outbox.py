@@ -28,13 +28,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from stockgate.keys import tenant_keys
+from stockgate.alerts import raise_alert
+from stockgate.audit import AuditStore, audit_unreachable
+from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Event, event_decoder
 from stockgate.settings import Settings
 from workers import preorders
-from workers.alerts import raise_alert
-from workers.audit import AuditStore, audit_unreachable
-from workers.keys import CONSUMER_GROUP
 from workers.propagation import mark_events
 
 log = logging.getLogger("stockgate.outbox")

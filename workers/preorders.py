@@ -13,9 +13,9 @@ import json
 
 from redis.asyncio import Redis
 
+from stockgate.alerts import raise_alert
 from stockgate.keys import tenant_keys
 from stockgate.models import Event
-from workers.alerts import raise_alert
 
 
 def closes_incoming(event: Event) -> bool:

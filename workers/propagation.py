@@ -1,6 +1,7 @@
 """Channel propagation: every stock change reaches every channel that sells the location.
 
-Bookkeeping lives in Redis, per tenant (see workers.keys):
+Bookkeeping lives in Redis, per tenant (see stockgate.keys.WorkerKeys; what the gateway reads
+of it, stockgate.deliveries):
 - the outbox consumer marks a delivery target "<channel>|<location>|<sku>" dirty: it gives the
   target a new version from the tenant's sequence (versions only ever rise, so a version seen
   by a lapsed claim is never seen again) and adds it to its channel's due zset. That is all it
@@ -34,7 +35,6 @@ pushes them. Pushing twice is harmless: the value is absolute, not a delta.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -47,16 +47,25 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from stockgate import allocation, incoming
+from stockgate.alerts import raise_alert
 from stockgate.bundles import Bundles, bundles_using
+from stockgate.deliveries import (
+    REDIS_NOW,
+    FailedDelivery,
+    delivery_id,
+    encode_failed,
+    lane_wakers,
+    mark_dirty,
+    member_of,
+    parse_member,
+)
 from stockgate.errors import StockgateError
-from stockgate.keys import tenant_keys
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.models import Event, StockView
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 from workers.adapters import ADAPTERS, ChannelAdapter, PushError, adapter_for
 from workers.adapters.base import RETRY_AFTER_MAX_S, ItemResult, PushItem
-from workers.alerts import raise_alert
-from workers.keys import worker_keys
 
 log = logging.getLogger("stockgate.propagation")
 
@@ -84,39 +93,9 @@ class PropagationConfig(msgspec.Struct, frozen=True):
     retry_after_alert_s: float = 60.0
 
 
-class FailedDelivery(msgspec.Struct, frozen=True):
-    id: str
-    tenant: str
-    channel: str
-    sku: str
-    location: str
-    attempts: int
-    last_error: str
-    failed_at: int
-    status: str = "failed"
-
-
-_failed_encode = msgspec.json.Encoder().encode
-_failed_decode = msgspec.json.Decoder(FailedDelivery).decode
-
-# Redis's clock in ms: the one clock every worker host shares.
-_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
-
-# Mark targets dirty: each gets the tenant sequence's next number as its version (a version
-# number is never reused, even after its target was finished and forgotten) and enters its
-# channel's due zset. NX keeps a later score: a channel's backoff or slot is not cut short.
-# KEYS: seq, versions, then one due zset per member; ARGV: the members.
-_MARK = _NOW + """
-for i, m in ipairs(ARGV) do
-  redis.call('HSET', KEYS[2], m, redis.call('INCR', KEYS[1]))
-  redis.call('ZADD', KEYS[i + 2], 'NX', now, m)
-end
-return now
-"""
-
 # Claim due targets of one channel: lease them (score = now + lease) under a claim token.
 # Returns {now, next due ms or -1, member, version, member, version, ...}.
-_CLAIM = _NOW + """
+_CLAIM = REDIS_NOW + """
 local due, versions, leases = KEYS[1], KEYS[2], KEYS[3]
 local lease, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
@@ -144,7 +123,7 @@ return out
 # takes `own` (its own moves seen when the push was prepared, already in the value) off
 # its own moves since (KEYS[5], lua/moved.lua). Returns one number per member: the attempt
 # count for "fail", 1 for a finished "done"/"again", 0 for a lapsed claim.
-_FINISH = _NOW + """
+_FINISH = REDIS_NOW + """
 local due, versions, leases, attempts, cas = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, after = ARGV[1], tonumber(ARGV[2])
 local out = {}
@@ -208,7 +187,7 @@ return 1
 # Book a call slot on a channel: the key holds the channel's next free call time. The caller
 # gets the next free time if it is at most `horizon` ms away, and the one after it is then
 # next free: {1, at, now}. Otherwise nothing is booked: {0, next free time, now}.
-_SLOT = _NOW + """
+_SLOT = REDIS_NOW + """
 local key = KEYS[1]
 local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local at = math.max(tonumber(redis.call('GET', key) or '0'), now)
@@ -220,7 +199,7 @@ return {1, at, now}
 # Moves the channel's next free time to now + ARGV[1] ms unless it is already later: slots
 # that pushes booked beyond a Retry-After must stay booked, or their callers would collide.
 # Returns {next free time, now}.
-_HOLD = _NOW + """
+_HOLD = REDIS_NOW + """
 local key, wait = KEYS[1], tonumber(ARGV[1])
 local at = tonumber(redis.call('GET', key) or '0')
 if at >= now + wait then return {at, now} end
@@ -293,20 +272,6 @@ async def hold_channel(redis: Redis, tenant: str, channel: str, retry_after_s: f
     until, now = await redis.register_script(_HOLD)(
         keys=[worker_keys(tenant).rate(channel)], args=[wait_ms])
     return Slot(True, int(until), int(now))
-
-
-def member_of(channel: str, location: str, sku: str) -> str:
-    return f"{channel}|{location}|{sku}"
-
-
-def parse_member(member: str) -> tuple[str, str, str]:
-    channel, location, sku = member.split("|", 2)
-    return channel, location, sku
-
-
-def delivery_id(member: str) -> str:
-    """A URL-safe id for a target (SKUs may hold any character)."""
-    return hashlib.blake2b(member.encode(), digest_size=10).hexdigest()
 
 
 def selling_locations(settings: Settings, channel: Channel) -> tuple[str, ...]:
@@ -440,25 +405,6 @@ async def record_push(redis: Redis, tenant: str, channel: str, ref: str, value: 
         await pipe.execute()
 
 
-# The lanes of this process, by (tenant, channel): marking a target dirty here wakes its lane
-# at once instead of at its next look (lanes of other processes look every idle_sleep_s).
-_lane_wakers: dict[tuple[str, str], set[asyncio.Event]] = {}
-
-
-async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
-    """Record that targets need a push. Idempotent in effect: redoing it after a crash only
-    gives new versions, which at worst costs one more push of the same value."""
-    keys = worker_keys(tenant)
-    unique = sorted(set(members))
-    if unique:
-        await redis.register_script(_MARK)(
-            keys=[keys.seq, keys.versions, *(keys.due(parse_member(m)[0]) for m in unique)],
-            args=unique)
-        for channel in {parse_member(m)[0] for m in unique}:
-            for wake in _lane_wakers.get((tenant, channel), ()):
-                wake.set()
-
-
 def cas_channels(settings: Settings, adapters: dict[str, ChannelAdapter] | None = None
                  ) -> set[str]:
     """Channels whose pushes compare-and-set (and so keep pending bookkeeping)."""
@@ -543,7 +489,7 @@ class Propagator:
 
     async def _lane(self, tenant: str, channel: str, stop: asyncio.Event) -> None:
         wake = asyncio.Event()
-        wakers = _lane_wakers.setdefault((tenant, channel), set())
+        wakers = lane_wakers.setdefault((tenant, channel), set())
         wakers.add(wake)
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -783,7 +729,7 @@ class Propagator:
                                     sku=c.sku, location=c.location, attempts=attempt,
                                     last_error=error[:500], failed_at=now_ms())
             if await self._settle(keys=scripts_keys, args=[
-                    token, c.member, "park", _failed_encode(record), record.id]):
+                    token, c.member, "park", encode_failed(record), record.id]):
                 parked.append(record)
         for record in parked:
             log.warning("push %s|%s|%s parked after %d tries: %s", channel, record.location,
@@ -795,28 +741,3 @@ class Propagator:
                               once=f"delivery_failing:{channel}", once_ttl_s=60)
 
 
-async def failed_deliveries(redis: Redis, tenant: str) -> list[FailedDelivery]:
-    raw = await redis.hvals(worker_keys(tenant).failed)
-    return sorted((_failed_decode(r) for r in raw), key=lambda d: d.failed_at)
-
-
-async def retry_delivery(redis: Redis, tenant: str, delivery: str) -> FailedDelivery | None:
-    """Put a parked delivery back in the queue; the pusher sends the value current then."""
-    keys = worker_keys(tenant)
-    raw = await redis.hget(keys.failed, delivery)
-    if raw is None:
-        return None
-    record = _failed_decode(raw)
-    member = member_of(record.channel, record.location, record.sku)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.failed, delivery)
-        pipe.hdel(keys.attempts, member)
-        await pipe.execute()
-    await mark_dirty(redis, tenant, [member])
-    return record
-
-
-async def pending_deliveries(redis: Redis, tenant: str) -> int:
-    """Targets waiting for a push, over every channel of the tenant (in flight included)."""
-    keys = worker_keys(tenant)
-    return int(await redis.hlen(keys.versions))

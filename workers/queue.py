@@ -29,12 +29,13 @@ from typing import Annotated, Any
 
 import httpx
 import msgspec
-from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stockgate.alerts import AlertType, check_refund, raise_alert
+from stockgate.audit import audit_unreachable
 from stockgate.errors import (
     IdempotencyConflict,
     InvalidRequest,
@@ -42,16 +43,13 @@ from stockgate.errors import (
     StockgateError,
     StoreUnavailable,
 )
+from stockgate.jobs import FETCH_ORDER
 from stockgate.models import Line, OrderReply, valid_line
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, ChannelOrder, OrderLine, PushError
-from workers.alerts import AlertType, check_refund, raise_alert
-from workers.audit import audit_unreachable
-from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.queue")
 
-FETCH_ORDER = "fetch_order"
 # arq's own limit for an acknowledged job: only a backstop (see the module docstring).
 ARQ_MAX_TRIES = 50
 
@@ -89,16 +87,6 @@ class Acknowledged(msgspec.Struct, frozen=True):
 
 def order_ref(channel_id: str, order_id: str) -> str:
     return f"{channel_id}:{order_id}"
-
-
-async def enqueue_fetch_order(redis: Redis, tenant: str, channel_id: str, order_id: str,
-                              delivery_id: str) -> None:
-    """Queue a fetch of a channel's order. The job id is the webhook delivery id, so a
-    duplicate delivery does not queue a second job while the first is known to arq."""
-    arq = ArqRedis(connection_pool=redis.connection_pool, job_serializer=job_serializer,
-                   job_deserializer=job_deserializer)
-    await arq.enqueue_job(FETCH_ORDER, tenant, channel_id, str(order_id), delivery_id,
-                          _job_id=f"fetch:{channel_id}:{delivery_id}")
 
 
 async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tenant: str,

@@ -31,22 +31,20 @@ import logging
 import msgspec
 from redis.asyncio import Redis
 
+from stockgate.alerts import raise_alert
 from stockgate.bundles import Bundles
+from stockgate.deliveries import mark_dirty, member_of
 from stockgate.errors import UnknownSku
-from stockgate.keys import tenant_keys
+from stockgate.keys import tenant_keys, worker_keys
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 from workers.adapters import ChannelAdapter, PushError
-from workers.alerts import raise_alert
-from workers.keys import worker_keys
 from workers.propagation import (
     book_slot,
     call_interval_ms,
     cas_channels,
     channel_value,
     hold_channel,
-    mark_dirty,
-    member_of,
     now_ms,
     pending_drops,
     push_location,

@@ -10,9 +10,9 @@ import logging
 import msgspec
 from redis.asyncio import Redis
 
+from stockgate.audit import AuditStore, audit_store
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
-from workers.audit import AuditStore, audit_store
 from workers.outbox import OutboxConfig, OutboxConsumer
 from workers.propagation import PropagationConfig, Propagator
 from workers.queue import FetchConfig, RetryConfig

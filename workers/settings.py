@@ -25,13 +25,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stockgate.jobs import job_deserializer, job_serializer
 from stockgate.settings import Settings
 from workers.channel_counts import apply_channel_count
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
 from workers.reconcile import reconcile
 from workers.runtime import RedisTimeouts, WorkerConfig, WorkerRuntime
-from workers.serializer import job_deserializer, job_serializer
 
 log = logging.getLogger("stockgate.worker")
 

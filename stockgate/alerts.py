@@ -14,8 +14,8 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
+from stockgate.keys import worker_keys
 from stockgate.models import RestockReply
-from workers.keys import worker_keys
 
 log = logging.getLogger("stockgate.alerts")
 
