@@ -11,10 +11,12 @@ from gateway.http import JSONReply, path_sku, read_json
 from stockgate.allocation import AllocationRule
 
 
-async def put_allocation(request: Request) -> JSONReply:
+async def set_allocation(request: Request) -> JSONReply:
+    """PUT sets the SKU's rule for the channel; DELETE removes it (its default applies)."""
     principal = authenticate(request, "operator")
     sku = path_sku(request)
-    rule = await read_json(request, AllocationRule)
+    rule = (await read_json(request, AllocationRule)
+            if request.method == "PUT" else None)
     state = request.app.state
     with state.metrics.script("allocation"):
         reply = await state.engine.set_allocation(principal.tenant, sku,
@@ -22,17 +24,7 @@ async def put_allocation(request: Request) -> JSONReply:
     return JSONReply(reply)
 
 
-async def delete_allocation(request: Request) -> JSONReply:
-    principal = authenticate(request, "operator")
-    sku = path_sku(request)
-    state = request.app.state
-    with state.metrics.script("allocation"):
-        reply = await state.engine.set_allocation(principal.tenant, sku,
-                                                  request.path_params["channel_id"], None)
-    return JSONReply(reply)
-
-
 routes = [
-    Route("/v1/stock/{sku:sku}/channels/{channel_id}", put_allocation, methods=["PUT"]),
-    Route("/v1/stock/{sku:sku}/channels/{channel_id}", delete_allocation, methods=["DELETE"]),
+    Route("/v1/stock/{sku:sku}/channels/{channel_id}", set_allocation,
+          methods=["PUT", "DELETE"]),
 ]

@@ -65,9 +65,10 @@ for _, line in ipairs(req.lines) do
   -- A bundle deleted since its listing dropped still has kits set aside as component units
   -- (keys "<component>\0<location>"): they go back through the kit path, which needs no
   -- definition to give back, or they would stay reserved with nothing left to explain them.
+  local aside = aside_read(cas_key, sku)
   local kit_path = def
   if not kit_path then
-    for _, locs in pairs(aside_read(cas_key, sku)) do
+    for _, locs in pairs(aside) do
       for k in pairs(locs) do
         if string.find(k, '\0', 1, true) then kit_path = true end
       end
@@ -79,7 +80,7 @@ for _, line in ipairs(req.lines) do
     -- under the bundle's own "p|" (kits) and "S|" (units per component and cell); the
     -- bundle's order takes them back (order.lua), a give-back releases them.
     local comps = def and cjson.decode(def)
-    local m = aside_read(cas_key, sku)
+    local m = aside
     m[loc] = m[loc] or {}
     if target > pending and not comps then
       target = pending  -- a listing of a deleted bundle: nothing of it is on sale here
@@ -139,7 +140,7 @@ for _, line in ipairs(req.lines) do
     end
     aside_write(cas_key, sku, m)
   end
-  local m = not kit_path and aside_fill(cas_key, sku, loc, aside_read(cas_key, sku))
+  local m = not kit_path and aside_fill(cas_key, sku, loc, aside)
   if m then m[loc] = m[loc] or {} end
   if kit_path then  -- done above
   elseif target > pending then

@@ -87,6 +87,14 @@ async def own_sale_near(audit: AuditStore, tenant: str, channel_id: str, sku: st
         query = msgspec.structs.replace(query, cursor=page.next_cursor)
 
 
+async def _own_sale_near_any(audit: AuditStore, tenant: str, channel_id: str,
+                             skus: list[str], location: str, received_ms: int) -> bool:
+    for sku in skus:  # one audit query at a time, stopping at the first sale found
+        if await own_sale_near(audit, tenant, channel_id, sku, location, received_ms):
+            return True
+    return False
+
+
 async def shown_log(redis: Redis, tenant: str, channel_id: str, ref: str) -> list[Shown]:
     """What the channel showed for `ref`, in no particular order. When the log has expired
     (nothing pushed or reported for a day), the last value pushed predates any report still
@@ -166,8 +174,7 @@ async def judge_channel_count(redis: Redis, engine: StockEngine, audit: AuditSto
         raise AuditUnavailable("the audit trail has not caught up with the outbox yet")
     # A kit sold on the channel is its components' sale events (their reasons name the kit).
     sold_as = [c for c, _ in components.get(sku, [])] or [sku]
-    if any([await own_sale_near(audit, tenant, channel_id, s, location, received_ms)
-            for s in sold_as]):
+    if await _own_sale_near_any(audit, tenant, channel_id, sold_as, location, received_ms):
         # Overwrite the channel's figure with the canonical one; an edit a person made in
         # the middle of the channel's own sales is not told apart, so say so.
         await _push_back(redis, tenant, channel_id, sku, location, available, fingerprint,
