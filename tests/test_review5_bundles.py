@@ -212,16 +212,15 @@ async def test_a_customer_limit_counts_units_through_bundles(engine: StockEngine
 
 async def test_a_hold_of_many_bundle_lines_is_bounded(engine: StockEngine, redis: Redis) -> None:
     """max_lines (1000) bounds a hold before expansion: 1000 lines of a 20-component bundle
-    are 20,000 component lines in one script (~50 ms here, a 330 KB record): bounded."""
-    import time
-
+    are 20,000 component lines in one script (about 50 ms when measured, a 330 KB record;
+    not asserted here: a timing bound would flake on a busy machine), and a line more is
+    refused."""
     parts = {f"P{i}": 1 for i in range(20)}
     await stock(engine, **{p: 1_000_000 for p in parts})
     await define(engine, "BIG", **parts)
-    t0 = time.perf_counter()
     await engine.hold(T, [Line("BIG", 1)] * 1000, hold_id="flood")
-    took = time.perf_counter() - t0
-    assert took < 1.0
+    # Each part was taken once per line, summed into one change per cell.
+    assert (await engine.stock(T, "P0")).locations["main"].reserved == 1000
     with pytest.raises(errors.InvalidRequest):
         await engine.hold(T, [Line("BIG", 1)] * 1001, hold_id="flood2")
 
