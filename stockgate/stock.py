@@ -274,12 +274,14 @@ class StockEngine:
         reply, _ = await self._run("allocation", tenant,
                                    [k.outbox, k.stock(sku), k.allocation(sku)], request, "",
                                    AllocationScriptReply)
-        # A bundle's figure is derived from its components (stockgate.bundles, which builds
-        # on this engine: imported here, not at the top, to avoid a cycle).
-        from stockgate.bundles import Bundles
+        try:
+            view = await self.stock(tenant, sku)
+        except errors.UnknownSku:
+            # A bundle has no cells: its figure is derived from its components
+            # (stockgate.bundles builds on this engine: imported here to avoid a cycle).
+            from stockgate.bundles import Bundles
 
-        view = ((await Bundles(self).views(tenant, [sku])).get(sku)
-                or await self.stock(tenant, sku))
+            view = (await Bundles(self).views(tenant, [sku]))[sku]
         return AllocationReply(sku=sku, channel=channel, changed=reply.changed,
                                allocation=view.allocation[channel])
 
