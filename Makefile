@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/stockgate demo
 
+# The suites that run a second time against a local Redis Cluster (3 primaries, 3 replicas):
+# same tests, RedisCluster client, tenants on every primary (tests/conftest.py).
+CLUSTER_SUITE := tests/test_scripts.py tests/test_concurrency.py tests/test_gateway_holds.py \
+	tests/test_gateway_webhooks.py tests/test_workers_e2e.py
+
 test: $(STAMP) fuse
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+	STOCKGATE_TEST_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)
 
 # The power-loss test (tests/test_power_loss.py) mounts a FUSE filesystem over libfuse, found
 # the way mfusepy finds it. CI runs as root on Debian: install fuse3 there when it is missing.

@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,8 +24,9 @@ from gateway.batch import Commands
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.http import BodyDeadlines, JSONReply, error_reply
 from gateway.metrics import Metrics, MetricsMiddleware, ProcessShare
+from stockgate.cluster import CLUSTER_UNAVAILABLE, Store, connect, is_cluster
 from stockgate.errors import StockgateError, StoreUnavailable
-from stockgate.settings import Settings
+from stockgate.settings import ConfigError, Settings
 from stockgate.stock import StockEngine
 
 log = logging.getLogger("stockgate.gateway")
@@ -36,9 +36,9 @@ log = logging.getLogger("stockgate.gateway")
 REDIS_MAX_CONNECTIONS = 2048
 
 
-def redis_client(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS,
-                          socket_connect_timeout=2.0, socket_timeout=5.0)
+def redis_client(url: str) -> Store:
+    return connect(url, max_connections=REDIS_MAX_CONNECTIONS, socket_connect_timeout=2.0,
+                   socket_timeout=5.0)
 
 
 async def _stock_error(request: Request, exc: Exception) -> Response:
@@ -72,13 +72,22 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONReply({"error": "internal", "detail": "internal error"}, status_code=500)
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
+def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis if redis is not None else redis_client(settings)
+        client = redis if redis is not None else redis_client(settings.redis_url)
         app.state.redis = client
+        # arq's queue (order fetches, count checks): the stock's Redis unless that is a
+        # Cluster, which arq cannot use.
+        queue_url = settings.queue_url()
+        if is_cluster(client) and not queue_url:
+            raise ConfigError("with a Redis Cluster, set queue_redis_url (QUEUE_REDIS_URL) "
+                              "to a plain Redis for the job queue")
+        queue = (client if queue_url in ("", settings.redis_url) and not is_cluster(client)
+                 else redis_client(queue_url))
+        app.state.queue = queue
         app.state.engine = StockEngine(client, settings)
         app.state.commands = Commands(client, app.state.engine.scripts.wire)
         try:
@@ -104,6 +113,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             app.state.engine.scripts.close()
             if redis is None:
                 await client.aclose()
+            if queue is not client:
+                await queue.aclose()
 
     app = Starlette(
         routes=[*holds.routes, *stock.routes, *webhooks.routes, *operator.routes,
@@ -112,6 +123,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={StockgateError: _stock_error, HTTPException: _http_error,
                             RedisConnectionError: _store_down, RedisTimeoutError: _store_down,
+                            **dict.fromkeys(CLUSTER_UNAVAILABLE, _store_down),
                             Exception: _unexpected},
         lifespan=lifespan,
     )

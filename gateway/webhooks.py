@@ -215,7 +215,7 @@ async def _run(request: Request, channel_id: str, channel: Channel, delivery: De
             f"back, nothing was restocked; review: {named}", channel=channel_id,
             ref=op.order_id, once=f"review:{op.order_id}:{op.reason}")
         return Applied("refund_review", op.order_id, "applied")
-    await enqueue_fetch_order(state.redis, tenant, channel_id, op.channel_order_id, delivery.id)
+    await enqueue_fetch_order(state.queue, tenant, channel_id, op.channel_order_id, delivery.id)
     return Applied("fetch_order", op.channel_order_id, "queued")
 
 
@@ -341,7 +341,7 @@ async def _inventory_set(request: Request, channel_id: str, channel: Channel,
     # made, and an older one than a report already judged changes nothing.
     now_ms = int(time.time() * 1000)
     made_ms = min(op.reported_at_ms, now_ms) if op.reported_at_ms > 0 else now_ms
-    await enqueue_channel_count(state.redis, tenant, channel_id, op.sku, location,
+    await enqueue_channel_count(state.queue, tenant, channel_id, op.sku, location,
                                 op.available, digest.hexdigest(), made_ms,
                                 state.settings.channel_count_settle_s)
     return Applied("inventory_set", ref, "queued")

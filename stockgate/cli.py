@@ -28,8 +28,9 @@ LOCAL_KEY_FILE = "local-operator-key"
 
 def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
     """Point the settings at a Redis: REDIS_URL / the config, else the embedded server already
-    serving this data directory, else a new embedded server owned by this process."""
-    if settings.redis_url:
+    serving this data directory, else a new embedded server owned by this process. With a
+    Cluster redis_url and no queue_redis_url, the embedded server holds arq's queue only."""
+    if settings.redis_url and settings.queue_url():
         return settings, None
     url = running_url(settings.data_dir)
     server = None
@@ -37,6 +38,9 @@ def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         server = start_for(settings.data_dir, settings.durability)
         url = server.url
         log.info("started embedded server %s (data in %s)", url, settings.data_dir)
+    if settings.redis_url:  # a Cluster: the embedded server is the job queue's
+        os.environ["QUEUE_REDIS_URL"] = url
+        return msgspec.structs.replace(settings, queue_redis_url=url), server
     os.environ["REDIS_URL"] = url
     return msgspec.structs.replace(settings, redis_url=url), server
 

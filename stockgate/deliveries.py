@@ -87,6 +87,12 @@ async def failed_deliveries(redis: Redis, tenant: str) -> list[FailedDelivery]:
     return sorted((_decode_failed(r) for r in raw), key=lambda d: d.failed_at)
 
 
+_FORGET = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+"""
+
+
 async def retry_delivery(redis: Redis, tenant: str, delivery: str) -> FailedDelivery | None:
     """Put a parked delivery back in the queue; the pusher sends the value current then."""
     keys = worker_keys(tenant)
@@ -95,10 +101,9 @@ async def retry_delivery(redis: Redis, tenant: str, delivery: str) -> FailedDeli
         return None
     record = _decode_failed(raw)
     member = member_of(record.channel, record.location, record.sku)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.failed, delivery)
-        pipe.hdel(keys.attempts, member)
-        await pipe.execute()
+    # Both or neither (a script: a Cluster client has no MULTI).
+    await redis.register_script(_FORGET)(keys=[keys.failed, keys.attempts],
+                                         args=[delivery, member])
     await mark_dirty(redis, tenant, [member])
     return record
 

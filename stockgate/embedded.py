@@ -41,8 +41,10 @@ class EmbeddedRedis:
     """Starts, stops and kills one server process on 127.0.0.1."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int = 0,
-                 durability: Literal["strict", "everysec"] = "strict") -> None:
+                 durability: Literal["strict", "everysec"] = "strict",
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.durability = durability
         self.process: subprocess.Popen[bytes] | None = None
@@ -61,7 +63,7 @@ class EmbeddedRedis:
             "--appendfsync", fsync, "--save", "", "--daemonize", "no",
             "--protected-mode", "yes", "--logfile", "server.log",
             # A flash sale opens thousands of connections from gateway processes.
-            "--maxclients", "10000",
+            "--maxclients", "10000", *self.extra_args,
         ]
 
     def start(self, timeout: float = 10.0) -> None:

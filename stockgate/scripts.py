@@ -3,9 +3,11 @@
 Concurrent calls made in the same event-loop tick go to Redis as one write on one pipelined
 connection (stockgate/wire.py): under a flash sale most of the gateway's Redis CPU was
 redis-py's per-command and per-batch overhead. Each script still runs atomically on its own.
-With WAITAOF after each batch (durability for your own Redis) the batches go through redis-py
-pipelines on pooled connections instead: WAITAOF blocks its connection until the fsync, which
-would stall every later call queued behind it on a single connection.
+With WAITAOF or WAIT after each batch (durability for your own Redis, replicas on a Cluster)
+the batches go through redis-py pipelines on pooled connections instead: WAITAOF and WAIT
+block their connection, which would stall every later call queued behind them on a single
+connection. On a Redis Cluster the batch is one redis-py ClusterPipeline: one pipeline per
+node owning a slot in it, with MOVED and ASK followed per call and the slot map refreshed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stockgate.cluster import CLUSTER_UNAVAILABLE, Store, is_cluster
 from stockgate.errors import StoreUnavailable
 from stockgate.wire import Wire
 
@@ -41,12 +44,25 @@ MAX_BATCH = 256
 # the caller should retry, so these are 503s with Retry-After, not 500s.
 _TRANSIENT = ("READONLY", "LOADING", "OOM", "MISCONF", "NOREPLICAS", "BUSY", "MASTERDOWN",
               "TRYAGAIN", "CLUSTERDOWN")
+# The same refusals as redis-py raises them once it has stripped the code off the message,
+# and a Cluster's own: a shard without a primary (the gap before a replica is promoted), a
+# slot in migration.
+_TRANSIENT_TYPES = (ReadOnlyError, BusyLoadingError, *CLUSTER_UNAVAILABLE)
+# Raised by a call that may not have reached the server: the caller retries with the same
+# idempotency key, so a call that did land is answered from its record.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_UNAVAILABLE)
 
 
 def _unavailable(error: Exception) -> StoreUnavailable | None:
-    if isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT):
+    if isinstance(error, _TRANSIENT_TYPES) or (
+            isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT)):
         return StoreUnavailable("stock store cannot take writes right now")
     return None
+
+
+class NotReplicated(RedisConnectionError):
+    """Applied on the primary, but WAIT / WAITAOF did not confirm it in time: not to be
+    acknowledged (a retry with the same idempotency key returns the first answer)."""
 
 
 def script_source(name: str) -> str:
@@ -69,11 +85,16 @@ class _Call:
 class Scripts:
     """The stock scripts of one Redis connection pool."""
 
-    def __init__(self, redis: Redis, wait_aof_ms: int = 0) -> None:
+    def __init__(self, redis: Store, wait_aof_ms: int = 0, wait_replicas: int = 0,
+                 wait_replicas_ms: int = 500) -> None:
         self.redis = redis
         # With a server that fsyncs only once a second, WAITAOF after each batch makes the
         # acknowledgement wait until the batch's writes are on the server's disk.
         self.wait_aof_ms = wait_aof_ms
+        # WAIT after each batch: acknowledged only once this many replicas of the shard have
+        # the writes, so a replica promoted after a crash has every acknowledged hold.
+        self.wait_replicas = wait_replicas
+        self.wait_replicas_ms = wait_replicas_ms
         self.sources = {name: script_source(name) for name in OPERATIONS}
         self.shas = {
             name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
@@ -81,8 +102,10 @@ class Scripts:
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
-        wire = Wire(redis)
-        self.wire: Wire | None = wire if wire.usable and not wait_aof_ms else None
+        self.wire: Wire | None = None
+        if not is_cluster(redis) and not wait_aof_ms and not wait_replicas:
+            wire = Wire(redis)  # type: ignore[arg-type]
+            self.wire = wire if wire.usable else None
         self._loading: asyncio.Future[None] | None = None
 
     def close(self) -> None:
@@ -123,7 +146,7 @@ class Scripts:
                                              *args)
             if isinstance(reply, Exception):
                 raise _unavailable(reply) or reply  # inside the try: AUTH refused too
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except _UNREACHABLE:
             raise StoreUnavailable("stock store unreachable") from None
         return reply
 
@@ -151,7 +174,7 @@ class Scripts:
                          if isinstance(r, NoScriptError)]
                 again = iter(await self._execute(retry))
                 results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNREACHABLE as exc:
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(StoreUnavailable("stock store unreachable"))
@@ -171,7 +194,7 @@ class Scripts:
                 call.future.set_result(result)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        if self.wait_aof_ms:
+        if self.wait_aof_ms or self.wait_replicas:
             return await self._execute_durable(batch)
         if len(batch) == 1:
             call = batch[0]
@@ -180,19 +203,50 @@ class Scripts:
                     self.shas[call.name], len(call.keys), *call.keys, *call.args)]
             except (NoScriptError, ResponseError) as exc:
                 return [exc]
+        # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks the evalsha
+        # method (a script's keys could span nodes); ours share their tenant's slot.
         pipe = self.redis.pipeline(transaction=False)
         for call in batch:
-            pipe.evalsha(self.shas[call.name], len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVALSHA", self.shas[call.name], len(call.keys), *call.keys,
+                                 *call.args)
         return await pipe.execute(raise_on_error=False)
 
     async def _execute_durable(self, batch: list[_Call]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for call in batch:
-            pipe.evalsha(self.shas[call.name], len(call.keys), *call.keys, *call.args)
-        pipe.execute_command("WAITAOF", 1, 0, self.wait_aof_ms)
-        *results, synced = await pipe.execute(raise_on_error=False)
-        if isinstance(synced, Exception) or int(synced[0]) < 1:
-            # Applied but not confirmed on disk: the caller must not acknowledge it. A retry
-            # with the same idempotency key returns the (by then durable) first answer.
-            raise RedisConnectionError(f"WAITAOF did not confirm the write: {synced!r}")
+            pipe.execute_command("EVALSHA", self.shas[call.name], len(call.keys), *call.keys,
+                                 *call.args)
+        # WAIT and WAITAOF confirm the writes made on their own connection: on a Cluster, one
+        # of each per node in the batch, appended to that node's pipeline after its scripts.
+        for node in await self._nodes(batch):
+            target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_replicas_ms,
+                                     **target)
+            if self.wait_aof_ms:
+                pipe.execute_command("WAITAOF", 1, 0, self.wait_aof_ms, **target)
+        replies = await pipe.execute(raise_on_error=False)
+        results, confirms = replies[: len(batch)], replies[len(batch):]
+        for confirm in confirms:
+            replicated = confirm if isinstance(confirm, int) else None
+            if isinstance(confirm, list):  # WAITAOF: [local fsyncs, replica fsyncs]
+                ok = int(confirm[0]) >= 1
+            else:
+                ok = replicated is not None and replicated >= self.wait_replicas
+            if not ok:
+                # Applied but not confirmed: the caller must not acknowledge it.
+                raise NotReplicated(f"write not confirmed by WAIT/WAITAOF: {confirm!r}")
         return results
+
+    async def _nodes(self, batch: list[_Call]) -> list[ClusterNode | None]:
+        """The Cluster nodes the batch's scripts run on ([None]: a single server)."""
+        if not is_cluster(self.redis):
+            return [None]
+        cluster = self.redis
+        await cluster.initialize()  # type: ignore[union-attr]  # a no-op once it has a map
+        nodes: dict[str, ClusterNode] = {}
+        for call in batch:
+            node = cluster.get_node_from_key(call.keys[0])  # type: ignore[union-attr]
+            if node is not None:
+                nodes[node.name] = node
+        return list(nodes.values())

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from stockgate.allocation import AllocationRule
+from stockgate.cluster import is_cluster_url
 
 ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
 Scope = Literal["storefront", "operator"]
@@ -87,8 +88,13 @@ class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    # Empty: start an embedded Redis-compatible server in data_dir.
+    # Empty: start an embedded Redis-compatible server in data_dir. A Redis Cluster is
+    # `redis+cluster://host:port[,host:port...]` (stockgate/cluster.py).
     redis_url: str = ""
+    # Where arq's job queue lives. arq has no Cluster client and its keys span slots, so with
+    # a Cluster redis_url the queue needs a plain Redis of its own (`stockgate up` starts an
+    # embedded one when this is empty). Empty: the queue shares a plain redis_url.
+    queue_redis_url: str = ""
     data_dir: str = ".stockgate"
     hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 900
     # The longest a hold may live from its creation, however often PATCH /v1/holds/{id}
@@ -118,6 +124,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # fsync: tests/test_power_loss.py; the embedded Valkey's does not under everysec). The
     # embedded server needs no such wait in strict mode: it fsyncs before it answers.
     wait_aof: bool = False
+    # Acknowledge a change only once this many replicas of its shard have it (WAIT after each
+    # batch of scripts, at most replica_wait_ms): a replica promoted after its primary's crash
+    # then holds every acknowledged hold. Past the wait the call is a 503 (retried with its
+    # idempotency key), so a shard whose replicas are all down stops taking writes.
+    replica_wait: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+    replica_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     # Standard Webhooks timestamp tolerance.
     webhook_tolerance_s: int = 300
     # A count a channel reports (not an echo of ours) is judged this long after it arrives,
@@ -136,6 +148,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     api_keys: dict[Name, ApiKey] = {}
     channels: dict[Name, Channel] = {}
 
+    def queue_url(self) -> str:
+        """The plain Redis of arq's queue; empty when none is known yet (a Cluster alone)."""
+        if self.queue_redis_url:
+            return self.queue_redis_url
+        return "" if is_cluster_url(self.redis_url) else self.redis_url
+
     def tenant(self, name: str) -> Tenant:
         return self.tenants.get(name, Tenant())
 
@@ -151,6 +169,7 @@ _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 # Environment variables that override a top-level setting when the file does not set it.
 _ENV_OVERRIDES = {
     "REDIS_URL": "redis_url",
+    "QUEUE_REDIS_URL": "queue_redis_url",
     "AUDIT_DSN": "audit_dsn",
     "STOCKGATE_DATA_DIR": "data_dir",
     "STOCKGATE_DURABILITY": "durability",

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
 
 from stockgate import allocation, errors, incoming
+from stockgate.cluster import Store
 from stockgate.keys import tenant_keys
 from stockgate.models import (
     MAX_HOLD_TTL_S,
@@ -62,13 +62,26 @@ def fingerprint(payload: Any) -> str:
     return hashlib.blake2b(_encode(payload), digest_size=12).hexdigest()
 
 
+_READ = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('HGETALL', KEYS[3])}
+"""
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class StockEngine:
     """Canonical stock of every tenant, changed only through the Lua scripts."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Store, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts(redis, wait_aof_ms=1000 if settings.wait_aof else 0)
+        self.scripts = Scripts(redis, wait_aof_ms=1000 if settings.wait_aof else 0,
+                               wait_replicas=settings.replica_wait,
+                               wait_replicas_ms=settings.replica_wait_ms)
+        self._read = redis.register_script(_READ)
         self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
         self._window_ms = settings.return_window_s * 1000
 
@@ -290,13 +303,11 @@ class StockEngine:
     async def stock(self, tenant: str, sku: str) -> StockView:
         """Every state per location, available overall and as each channel should show it."""
         k = tenant_keys(tenant)
-        # One MULTI: the cells, the rules and the units expected as of one moment (the keys
-        # share the tenant's slot).
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.stock(sku))
-            pipe.hgetall(k.allocation(sku))
-            pipe.hgetall(k.incoming_sku(sku))  # units expected by incoming records
-            raw, rules, expected = await pipe.execute()
+        # The cells, the rules and the units expected by incoming records as of one moment:
+        # one read-only script (the keys share the tenant's slot; a Cluster client has no
+        # MULTI).
+        raw, rules, expected = (_pairs(h) for h in await self._read(
+            keys=[k.stock(sku), k.allocation(sku), k.incoming_sku(sku)]))
         if not raw:
             raise errors.UnknownSku(sku=sku)
         return self.view(tenant, sku, raw, rules=rules, incoming_raw=expected)

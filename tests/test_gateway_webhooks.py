@@ -292,12 +292,12 @@ async def test_woocommerce_setup_ping_is_acknowledged(client: httpx.AsyncClient)
 # ---- BigCommerce -------------------------------------------------------------------------
 
 async def test_bigcommerce_acknowledges_and_queues_a_fetch(client: httpx.AsyncClient,
-                                                           redis: Redis) -> None:
+                                                           queue_redis: Redis) -> None:
     body, headers = bigcommerce("store/order/created", 250)
     r = await client.post("/webhooks/bc", content=body, headers=headers)
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
     event_hash = json.loads(body)["hash"]
-    assert await redis.exists(f"arq:job:fetch:bc:{event_hash}")
+    assert await queue_redis.exists(f"arq:job:fetch:bc:{event_hash}")
     again = await client.post("/webhooks/bc", content=body, headers=headers)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
 
@@ -338,51 +338,54 @@ SIGNATURE_HEADERS = {"shop": "X-Shopify-Hmac-Sha256", "woo": "X-WC-Webhook-Signa
 KINDS = list(SIGNATURE_HEADERS)
 
 
-async def _unchanged(client: httpx.AsyncClient, redis: Redis, r: httpx.Response) -> None:
+async def _unchanged(client: httpx.AsyncClient, redis: Redis, r: httpx.Response,
+                     queue: Redis) -> None:
     assert r.status_code == 401, r.text
     assert r.json()["error"] == "unauthorized"
     state = await cell(client, "SKU-1")
     assert (state["committed"], state["on_hand"]) == (0, 5)
     assert not await redis.keys("sg:{acme}:webhook:*")
-    assert not await redis.keys("arq:job:*")
+    assert not await queue.keys("arq:job:*")
 
 
 # BigCommerce signs nothing over the body (its `hash` is unkeyed), so a flipped byte there is
 # undetectable by design; harmless, since the worker fetches the order from BigCommerce itself.
 @pytest.mark.parametrize("kind", ["shop", "woo", "std"])
-async def test_flipped_byte_is_401(client: httpx.AsyncClient, redis: Redis, kind: str) -> None:
+async def test_flipped_byte_is_401(client: httpx.AsyncClient, redis: Redis, queue_redis: Redis,
+                                   kind: str) -> None:
     await receive(client, "SKU-1", 5)
     channel, (body, headers) = _order_for(kind)
     i = body.index(b"4001")
     body = body[:i] + b"5" + body[i + 1:]  # a forged order number, same signature
     await _unchanged(client, redis, await client.post(f"/webhooks/{channel}", content=body,
-                                                      headers=headers))
+                                                      headers=headers), queue_redis)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_wrong_secret_is_401(client: httpx.AsyncClient, redis: Redis, kind: str) -> None:
+async def test_wrong_secret_is_401(client: httpx.AsyncClient, redis: Redis, queue_redis: Redis,
+                                   kind: str) -> None:
     await receive(client, "SKU-1", 5)
     channel, signed = _order_for(kind, secret="not-the-secret-0123456789")
-    await _unchanged(client, redis, await post(client, channel, signed))
+    await _unchanged(client, redis, await post(client, channel, signed), queue_redis)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_missing_signature_is_401(client: httpx.AsyncClient, redis: Redis,
-                                        kind: str) -> None:
+                                        queue_redis: Redis, kind: str) -> None:
     await receive(client, "SKU-1", 5)
     channel, (body, headers) = _order_for(kind)
     del headers[SIGNATURE_HEADERS[kind]]
     r = await client.post(f"/webhooks/{channel}", content=body, headers=headers)
-    await _unchanged(client, redis, r)
+    await _unchanged(client, redis, r, queue_redis)
 
 
 @pytest.mark.parametrize("offset", [-301, 301])
-async def test_standard_stale_or_future_timestamp_is_401(client: httpx.AsyncClient,
-                                                         redis: Redis, offset: int) -> None:
+async def test_standard_stale_or_future_timestamp_is_401(
+        client: httpx.AsyncClient, redis: Redis, queue_redis: Redis, offset: int) -> None:
     await receive(client, "SKU-1", 5)
     signed = standard("order.created", {"order_id": "4001", "lines": [
         {"sku": "SKU-1", "qty": 1}]}, stamp=int(time.time()) + offset)
-    await _unchanged(client, redis, await post(client, "std", signed))
+    await _unchanged(client, redis, await post(client, "std", signed), queue_redis)
 
 
 async def test_signature_and_secret_never_echoed(client: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -36,6 +37,8 @@ def channel_for(kind: str, sim: SimulatorServer, rate: float = 200.0) -> Channel
 
 
 def settings_with(tmp_path: Path, channels: dict[str, Channel], **extra: object) -> Settings:
+    # In Cluster mode (tests/conftest.py) arq's queue has a plain server of its own.
+    extra.setdefault("queue_redis_url", os.environ.get("STOCKGATE_TEST_QUEUE_URL", ""))
     return Settings(data_dir=str(tmp_path), channels=channels,
                     api_keys={"ops": ApiKey(secret=OPERATOR_KEY, scopes=("operator",))},
                     **extra)  # type: ignore[arg-type]

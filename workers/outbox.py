@@ -26,10 +26,12 @@ import uuid
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from stockgate.alerts import raise_alert
 from stockgate.audit import AuditStore, audit_unreachable
+from stockgate.cluster import is_cluster
 from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Event, event_decoder
 from stockgate.settings import Settings
@@ -55,6 +57,9 @@ class OutboxConfig(msgspec.Struct, frozen=True):
     # live one reads every block_ms, and one deleted by mistake costs nothing (XREADGROUP
     # makes it again); only pending entries make a consumer worth keeping.
     forget_idle_s: float = 600.0
+    # On a Redis Cluster, where reads cannot block (see _read_cluster): the pause after a
+    # round that found nothing, which is the most it adds to propagation lag.
+    cluster_idle_ms: int = 20
 
 
 def consumer_name() -> str:
@@ -121,6 +126,8 @@ class OutboxConsumer:
                 await asyncio.sleep(0.5)
 
     async def read_new(self) -> int:
+        if is_cluster(self.redis):
+            return await self._read_cluster()
         reply = await self.redis.xreadgroup(
             CONSUMER_GROUP, self.name, dict.fromkeys(self.streams, ">"),
             count=self.config.batch, block=self.config.block_ms)
@@ -129,6 +136,30 @@ class OutboxConsumer:
             name = stream.decode() if isinstance(stream, bytes) else stream
             await self.process(self.streams[name], entries)
             done += len(entries)
+        return done
+
+    async def _read_cluster(self) -> int:
+        """A Cluster refuses one XREADGROUP over streams in different slots, and each tenant's
+        stream has a slot of its own; a blocking read per tenant would hold a connection per
+        tenant. So: one non-blocking read per stream, sent as one pipeline per node (the
+        stream's node named, which spares redis-py a COMMAND GETKEYS round trip per read),
+        and a pause of cluster_idle_ms when every stream was empty."""
+        cluster: RedisCluster = self.redis  # type: ignore[assignment]
+        await cluster.initialize()
+        pipe = cluster.pipeline()
+        for stream in self.streams:
+            node = cluster.get_node_from_key(stream)
+            pipe.execute_command("XREADGROUP", "GROUP", CONSUMER_GROUP, self.name,
+                                 "COUNT", self.config.batch, "STREAMS", stream, ">",
+                                 **({"target_nodes": node} if node else {}))
+        done = 0
+        for reply in await pipe.execute():
+            for stream, entries in reply or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                await self.process(self.streams[name], entries)
+                done += len(entries)
+        if not done:
+            await asyncio.sleep(self.config.cluster_idle_ms / 1000)
         return done
 
     async def claim_abandoned(self) -> int:

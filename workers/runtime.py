@@ -8,9 +8,9 @@ import asyncio
 import logging
 
 import msgspec
-from redis.asyncio import Redis
 
 from stockgate.audit import AuditStore, audit_store
+from stockgate.cluster import Store
 from stockgate.settings import Settings
 from stockgate.stock import StockEngine
 from workers.outbox import OutboxConfig, OutboxConsumer
@@ -64,7 +64,7 @@ class WorkerConfig(msgspec.Struct, frozen=True):
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings, redis: Redis,
+    def __init__(self, settings: Settings, redis: Store,
                  config: WorkerConfig | None = None) -> None:
         self.settings = settings
         self.redis = redis

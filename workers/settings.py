@@ -25,8 +25,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stockgate.cluster import connect, is_cluster_url
 from stockgate.jobs import job_deserializer, job_serializer
-from stockgate.settings import Settings
+from stockgate.settings import ConfigError, Settings
 from workers.channel_counts import apply_channel_count
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
@@ -75,7 +76,10 @@ def quiet_cron_logs() -> None:
 
 async def startup(ctx: dict[str, Any]) -> None:
     quiet_cron_logs()
-    runtime = WorkerRuntime(ctx["settings"], ctx["redis"], ctx.get("worker_config"))
+    # The stock lives on arq's Redis unless it has one of its own (a Cluster, see
+    # worker_kwargs).
+    stock = ctx.get("stock_redis") or ctx["redis"]
+    runtime = WorkerRuntime(ctx["settings"], stock, ctx.get("worker_config"))
     await runtime.start()
     ctx["runtime"] = runtime
 
@@ -84,6 +88,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     runtime: WorkerRuntime | None = ctx.get("runtime")
     if runtime is not None:
         await runtime.stop()
+    if ctx.get("stock_redis") is not None:
+        await ctx["stock_redis"].aclose()
 
 
 async def expire_job(ctx: dict[str, Any]) -> int:
@@ -131,11 +137,19 @@ def worker_redis(redis_url: str, timeouts: RedisTimeouts) -> ArqRedis:
 
 def worker_kwargs(settings: Settings, redis_url: str,
                   config: WorkerConfig | None = None) -> dict[str, Any]:
+    """arq's pool on the queue's Redis and, when the stock lives elsewhere (a Cluster), a
+    client of its own for the stock (`stock_redis` in the context)."""
     timeouts = (config or WorkerConfig()).redis
-    return {
-        "redis_pool": worker_redis(redis_url, timeouts),
-        "ctx": {"settings": settings, "worker_config": config},
-    }
+    queue_url = settings.queue_redis_url or redis_url
+    if is_cluster_url(queue_url):
+        raise ConfigError("arq's job queue cannot live on a Redis Cluster: set "
+                          "queue_redis_url (QUEUE_REDIS_URL) to a plain Redis")
+    ctx: dict[str, Any] = {"settings": settings, "worker_config": config}
+    if queue_url != redis_url:
+        ctx["stock_redis"] = connect(redis_url, socket_connect_timeout=timeouts.connect_s,
+                                     socket_timeout=timeouts.read_s,
+                                     health_check_interval=timeouts.health_check_s)
+    return {"redis_pool": worker_redis(queue_url, timeouts), "ctx": ctx}
 
 
 class StockgateWorker(Worker):

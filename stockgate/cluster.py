@@ -1,0 +1,79 @@
+"""Redis Cluster support: the one URL form Stockgate accepts for a Cluster, the client for
+either kind of store, and the errors a Cluster raises while its topology changes.
+
+A Cluster URL is `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster`
+for TLS): one or more seed nodes, any node of the Cluster will do; the client learns the rest
+(and every later change) from CLUSTER SLOTS. Every key Stockgate writes carries its tenant as
+the hash tag (`sg:{tenant}:...`), so one tenant lives on one shard and every script's keys
+share a slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+# What a Cluster raises while a shard has no primary (the gap between a primary's death and
+# its replica's promotion: CLUSTERDOWN, MASTERDOWN, redirections past redis-py's limit) or a
+# slot is being moved (TRYAGAIN): try again. Not RedisClusterException as a whole: redis-py
+# raises it for misuse too (a blocked command, keys in several slots), which is a bug.
+CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (ClusterError, SlotNotCoveredError,
+                                                    TryAgainError)
+
+Store = Redis | RedisCluster
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Seed nodes and connection options of a Cluster URL; ValueError names what is wrong."""
+    scheme, rest = url.split("://", 1)
+    tls = CLUSTER_SCHEMES[scheme.lower()]
+    auth, _, location = rest.rpartition("@")
+    hosts, _, path = location.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("a Cluster URL has no database number (a Cluster has only db 0)")
+    seeds: list[tuple[str, int]] = []
+    for part in filter(None, hosts.split(",")):
+        parsed = urlsplit(f"//{part}")
+        if not parsed.hostname or parsed.port is None:
+            raise ValueError(f"Cluster seed {part!r} needs host:port")
+        seeds.append((parsed.hostname, parsed.port))
+    if not seeds:
+        raise ValueError("a Cluster URL names at least one seed node (host:port)")
+    options: dict[str, Any] = {"ssl": tls} if tls else {}
+    if auth:
+        user, sep, password = auth.partition(":")
+        if sep:
+            options["password"] = unquote(password)
+            if user:
+                options["username"] = unquote(user)
+        else:
+            options["password"] = unquote(user)
+    return seeds, options
+
+
+def connect(url: str, **options: Any) -> Store:
+    """A client for `url`: RedisCluster for a Cluster URL, Redis otherwise. `options` are
+    redis-py connection options (timeouts, max_connections: per node on a Cluster)."""
+    if not is_cluster_url(url):
+        return Redis.from_url(url, **options)
+    seeds, from_url = cluster_seeds(url)
+    # Several tries on a connection error let a call ride out a replica's promotion; each
+    # refreshes the slot map. Past them the caller answers 503 and the client retries.
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+                        connection_error_retry_attempts=3, cluster_error_retry_attempts=3,
+                        **from_url, **options)
+
