@@ -91,8 +91,7 @@ class LocalCluster:
         for node, (first_slot, last_slot) in zip(self.nodes[: self.primaries],
                                                  slot_ranges(self.primaries), strict=True):
             self._client(node).execute_command("CLUSTER ADDSLOTSRANGE", first_slot, last_slot)
-        ids = [self._client(n).execute_command("CLUSTER MYID") for n in self.nodes]
-        ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+        ids = [self._node_id(n) for n in self.nodes]
         deadline = time.monotonic() + timeout
         self._until(deadline, lambda: all(
             self._known(n) >= len(self.nodes) for n in self.nodes), "every node meets the rest")
@@ -144,12 +143,7 @@ class LocalCluster:
 
     def primary_for(self, key: str) -> EmbeddedRedis:
         """The node serving `key`'s slot now (after a failover: the promoted replica)."""
-        slot = int(self._client(self._any_live()).execute_command("CLUSTER KEYSLOT", key))
-        for start, end, primary, *_ in self._slots():
-            if start <= slot <= end:
-                port = int(primary[1])
-                return next(n for n in self.nodes if n.port == port)
-        raise RuntimeError(f"slot {slot} not served")
+        return self._owner_of(key_slot(key.encode()))
 
     def replicas_of(self, primary: EmbeddedRedis) -> list[EmbeddedRedis]:
         # CLUSTER NODES, not SLOTS: SLOTS leaves out a replica with no replicated write yet.
@@ -158,6 +152,41 @@ class LocalCluster:
         ports = {int(address.rsplit(":", 1)[1]) for address, n in nodes.items()
                  if n["master_id"] == primary_id}
         return [n for n in self.nodes if n.port in ports]
+
+    def move_slot(self, slot: int, target: EmbeddedRedis) -> int:
+        """Move one slot (a tenant: its keys all hash to one slot) to `target` with every key
+        in ONE MIGRATE, and return how many keys moved. The scripts touch keys they do not
+        declare (legal while they share the declared keys' slot), so a slot must never stay
+        half moved while they run: between the MIGRATING mark and the MIGRATE the tenant's
+        calls are refused (TRYAGAIN, ASK to the target) and answered 503, never half-applied
+        on a node that lacks some of the tenant's keys. `redis-cli --cluster reshard` moves
+        10 keys per MIGRATE by default: give it --cluster-pipeline above the slot's key
+        count."""
+        source = self._owner_of(slot)
+        ids = {n.port: self._node_id(n) for n in (source, target)}
+        src, dst = self._client(source), self._client(target)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port])
+        count = int(src.execute_command("CLUSTER COUNTKEYSINSLOT", slot))
+        keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, max(count, 1))
+        if keys:
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 60_000,
+                                "KEYS", *keys)
+        # The target first: once the source lets go, the target must already own the slot.
+        for node in (target, source):
+            self._client(node).execute_command("CLUSTER SETSLOT", slot, "NODE",
+                                               ids[target.port])
+        return len(keys)
+
+    def _owner_of(self, slot: int) -> EmbeddedRedis:
+        for start, end, primary, *_ in self._slots():
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise RuntimeError(f"slot {slot} not served")
+
+    def _node_id(self, node: EmbeddedRedis) -> str:
+        raw = self._client(node).execute_command("CLUSTER MYID")
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     def _slots(self) -> list[list[object]]:
         return self._client(self._any_live()).execute_command("CLUSTER SLOTS")
