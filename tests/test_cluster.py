@@ -151,7 +151,8 @@ async def test_holds_and_webhooks_on_every_shard(gateway: httpx.AsyncClient,
 async def test_the_worker_serves_every_shard(tmp_path: Path, cluster: LocalCluster,
                                              queue_server: EmbeddedRedis, store: Store) -> None:
     """One worker, three tenants on three shards, a Shopify simulator each: every outbox is
-    read and every channel shows its tenant's canonical count."""
+    read and every channel shows its tenant's canonical count, before and after a tenant
+    moves to another shard under the running worker."""
     sims = {t: SimulatorServer("shopify").start() for t in TENANTS}
     try:
         settings = cluster_settings(tmp_path, cluster, queue_server, {
@@ -175,8 +176,18 @@ async def test_the_worker_serves_every_shard(tmp_path: Path, cluster: LocalClust
                 return True
 
             await wait_for(converged, 20)
-        for t in TENANTS:
-            assert sims[t].state.count("SKU-A", "main") == 18  # 20+n on hand, 2+n held
+            for t in TENANTS:
+                assert sims[t].state.count("SKU-A", "main") == 18  # 20+n on hand, 2+n held
+            # A resharding under the running worker: the first tenant moves to the second's
+            # shard, and its outbox is read there from then on.
+            key = tenant_keys(TENANTS[0]).outbox
+            new_home = cluster.primary_for(tenant_keys(TENANTS[1]).outbox)
+            await asyncio.to_thread(cluster.move_slot, key_slot(key.encode()), new_home)
+            for t in TENANTS:
+                await engine.hold(t, [Line("SKU-A", 1)], hold_id="h2")
+            await wait_for(converged, 20)
+            for t in TENANTS:
+                assert sims[t].state.count("SKU-A", "main") == 17
     finally:
         for sim in sims.values():
             sim.stop()
