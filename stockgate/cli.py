@@ -51,6 +51,12 @@ def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
 LOCAL_CLUSTER_DIR = "cluster"
 
 
+def _refuse_two_stores(settings: Settings, wanted: bool) -> None:
+    if wanted and settings.redis_url:
+        raise SystemExit("stockgate: --cluster starts a Cluster of its own; unset REDIS_URL "
+                         f"(now {_without_password(settings.redis_url)}) or drop --cluster")
+
+
 @contextmanager
 def _local_cluster(settings: Settings, wanted: bool) -> Iterator[Settings]:
     """With `--cluster`: a LocalCluster (3 primaries, 3 replicas) for this run only, in the
@@ -62,9 +68,7 @@ def _local_cluster(settings: Settings, wanted: bool) -> Iterator[Settings]:
         return
     from stockgate.local_cluster import LocalCluster
 
-    if settings.redis_url:
-        raise SystemExit("stockgate: --cluster starts a Cluster of its own; unset REDIS_URL "
-                         f"(now {_without_password(settings.redis_url)}) or drop --cluster")
+    _refuse_two_stores(settings, wanted)
     directory = Path(settings.data_dir) / LOCAL_CLUSTER_DIR
     shutil.rmtree(directory, ignore_errors=True)
     cluster = LocalCluster(directory, primaries=3, replicas=1,
@@ -161,6 +165,7 @@ def local_key_notice(host: str, port: int, key: str, data_dir: str) -> str:
 
 def _up(settings: Settings, args: argparse.Namespace) -> None:
     """Embedded Redis + gateway + worker as child processes; Ctrl-C stops them all."""
+    _refuse_two_stores(settings, args.cluster)  # before writing a key for a run refused
     settings, local_key = _local_key(settings)
     with _local_cluster(settings, args.cluster) as settings:
         _up_with(settings, args, local_key)
