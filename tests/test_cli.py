@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stockgate import cli
 from stockgate.embedded import free_port, running_url
@@ -151,3 +152,20 @@ def test_up_cluster_keeps_holds_on_its_cluster(tmp_path: Path) -> None:
     assert running_url(data) is None
     with contextlib.suppress(OSError), socket.create_connection(seeds[0], timeout=1):
         raise AssertionError(f"the Cluster's node {seeds[0]} still listens after up stopped")
+
+
+def test_demo_store_follows_the_flag_and_a_cluster_url() -> None:
+    """`demo`: a fresh embedded server by default, even with a plain REDIS_URL (as always); a
+    local Cluster with --cluster; the Cluster a Cluster REDIS_URL names; not both."""
+    from loadtests.demo import demo_store
+    from loadtests.stack import LOCAL_CLUSTER
+    from stockgate.settings import Settings
+
+    plain, cluster = "redis://127.0.0.1:6379/0", "redis+cluster://127.0.0.1:7000"
+    assert demo_store(Settings(), cluster=False) == ""
+    assert demo_store(Settings(redis_url=plain), cluster=False) == ""
+    assert demo_store(Settings(), cluster=True) == LOCAL_CLUSTER
+    assert demo_store(Settings(redis_url=plain), cluster=True) == LOCAL_CLUSTER
+    assert demo_store(Settings(redis_url=cluster), cluster=False) == cluster
+    with pytest.raises(ValueError, match="--cluster"):
+        demo_store(Settings(redis_url=cluster), cluster=True)
