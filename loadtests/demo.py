@@ -13,6 +13,7 @@ import asyncio
 import base64
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from pathlib import Path
 import httpx
 import msgspec
 from msgspec import Struct
-from redis.asyncio import Redis
 
 from loadtests import invariants
 from loadtests.lag import Receipt, propagation, propagation_by_channel
@@ -37,8 +37,17 @@ from loadtests.report import (
     read_load_record,
     summary,
 )
-from loadtests.stack import LOCATION, TENANT, SimulatedChannel, Stack, StackConfig, new_secret
+from loadtests.stack import (
+    LOCAL_CLUSTER,
+    LOCATION,
+    TENANT,
+    SimulatedChannel,
+    Stack,
+    StackConfig,
+    new_secret,
+)
 from stockgate.bundles import Bundles
+from stockgate.cluster import Store, connect, is_cluster_url
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings, load_settings
 from stockgate.stock import StockEngine
@@ -72,6 +81,11 @@ class DemoOptions(Struct, frozen=True):
     settle_timeout_s: float = 30.0
     keep_data: bool = False
     bundles: dict[str, dict[str, int]] = msgspec.field(default_factory=lambda: dict(BUNDLES))
+    # Where the stock lives: "" the embedded server, LOCAL_CLUSTER a local Redis Cluster
+    # started for the run, else a Cluster URL (its data outlives the run: the demo then
+    # uses a tenant of its own, `flash-<random>`, so that an earlier run's events are not
+    # counted as this one's).
+    store: str = ""
 
 
 def tail_names(n: int) -> list[str]:
@@ -134,43 +148,43 @@ def _locust_failures(path: Path) -> int:
     return 0
 
 
-async def _backlog(redis: Redis) -> dict[str, int]:
+async def _backlog(redis: Store, tenant: str) -> dict[str, int]:
     """Work still in flight: holds not yet resolved, outbox entries, channel deliveries."""
     from stockgate.deliveries import pending_deliveries
     from stockgate.keys import worker_keys
 
-    keys = worker_keys(TENANT)
-    backlog = await invariants.outbox_backlog(redis, TENANT)
-    backlog["deliveries queued"] = await pending_deliveries(redis, TENANT)
+    keys = worker_keys(tenant)
+    backlog = await invariants.outbox_backlog(redis, tenant)
+    backlog["deliveries queued"] = await pending_deliveries(redis, tenant)
     backlog["deliveries failed"] = int(await redis.hlen(keys.failed))
     return backlog
 
 
 async def _unconverged(engine: StockEngine, channels: list[SimulatedChannel],
-                       skus: list[str]) -> int:
-    bundles = await Bundles(engine).views(TENANT, skus)
-    views = {**await invariants.read_views(engine, TENANT,
+                       skus: list[str], tenant: str) -> int:
+    bundles = await Bundles(engine).views(tenant, skus)
+    views = {**await invariants.read_views(engine, tenant,
                                            [s for s in skus if s not in bundles]), **bundles}
     return sum(1 for c in channels for sku, v in views.items()
                if c.count(sku) != v.channels.get(c.name))
 
 
-async def _settle(redis: Redis, engine: StockEngine, channels: list[SimulatedChannel],
-                  skus: list[str], limit_s: float) -> tuple[bool, float]:
+async def _settle(redis: Store, engine: StockEngine, channels: list[SimulatedChannel],
+                  skus: list[str], limit_s: float, tenant: str) -> tuple[bool, float]:
     """Until every hold is resolved (committed, released or expired), the workers are idle
     and every channel shows Stockgate's count, or `limit_s` passed; returns (settled, seconds)."""
     started = time.monotonic()
-    expiry = tenant_keys(TENANT).expiry
+    expiry = tenant_keys(tenant).expiry
     while time.monotonic() - started < limit_s:
         if (await redis.zcard(expiry) == 0
-                and not any((await _backlog(redis)).values())
-                and await _unconverged(engine, channels, skus) == 0):
+                and not any((await _backlog(redis, tenant)).values())
+                and await _unconverged(engine, channels, skus, tenant) == 0):
             return True, time.monotonic() - started
         await asyncio.sleep(0.25)
     return False, time.monotonic() - started
 
 
-async def _audit_ids(settings: Settings) -> list[str]:
+async def _audit_ids(settings: Settings, tenant: str) -> list[str]:
     from stockgate.audit import EventQuery, audit_store
 
     store = audit_store(settings)
@@ -179,7 +193,7 @@ async def _audit_ids(settings: Settings) -> list[str]:
         ids: list[str] = []
         cursor = None
         while True:
-            page = await store.query(EventQuery(tenant=TENANT, cursor=cursor, limit=10_000))
+            page = await store.query(EventQuery(tenant=tenant, cursor=cursor, limit=10_000))
             ids += [e.id for e in page.events]
             if not page.next_cursor:
                 return ids
@@ -191,17 +205,21 @@ async def _audit_ids(settings: Settings) -> list[str]:
 async def _observe(stack: Stack, settings: Settings, channels: list[SimulatedChannel],
                    skus: list[str], opts: DemoOptions, phase: str
                    ) -> tuple[bool, float, invariants.Observed | None]:
-    redis = Redis.from_url(stack.redis.url)
+    tenant = stack.cfg.tenant
+    # The stock's store as the gateway sees it: the embedded server or the Cluster (every
+    # read below names one tenant's keys, which share a hash slot).
+    redis = connect(stack.store_url)
     try:
         engine = StockEngine(redis, settings)
         if phase == "seed":
-            ok, took = await _settle(redis, engine, channels, skus, opts.settle_timeout_s)
+            ok, took = await _settle(redis, engine, channels, skus, opts.settle_timeout_s,
+                                     tenant)
             return ok, took, None
-        ok, took = await _settle(redis, engine, channels, skus, opts.settle_timeout_s)
+        ok, took = await _settle(redis, engine, channels, skus, opts.settle_timeout_s, tenant)
         counts = {c.name: c.snapshot(skus) for c in channels}
-        backlog = await _backlog(redis)
+        backlog = await _backlog(redis, tenant)
         observed = await invariants.collect(
-            redis, engine, TENANT, audit_ids=await _audit_ids(settings),
+            redis, engine, tenant, audit_ids=await _audit_ids(settings, tenant),
             channel_counts=counts,
             extra_pending={k: v for k, v in backlog.items() if k.startswith("deliveries")})
         return ok, took, observed
@@ -218,6 +236,18 @@ def _unchanged(receipts: list[tuple[float, str, int]], since_ms: float) -> int:
             repeats += 1
         last[sku] = value
     return repeats
+
+
+def _tenant(store: str) -> str:
+    """The demo's tenant: a fresh store (embedded server, local Cluster) starts empty; a
+    Cluster of the user's keeps earlier runs' data, so each run there has a tenant of its own."""
+    return TENANT if store in ("", LOCAL_CLUSTER) else f"{TENANT}-{secrets.token_hex(4)}"
+
+
+def _store_name(store: str) -> str:
+    if store == LOCAL_CLUSTER:
+        return "a local Redis Cluster (3 primaries + 3 replicas)"
+    return "the Redis Cluster at REDIS_URL" if store else ""
 
 
 def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
@@ -240,7 +270,8 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
     ]
     cfg = StackConfig(data_dir=data_dir, storefront_key=new_secret(),
                       operator_key=new_secret(), channels=[c.spec for c in channels],
-                      hold_ttl_s=opts.hold_ttl_s, durability=settings.durability)
+                      hold_ttl_s=opts.hold_ttl_s, durability=settings.durability,
+                      tenant=_tenant(opts.store), store=opts.store)
     stack = Stack(cfg)
     failed = True
     try:
@@ -300,6 +331,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                                       if sku in opts.hot or sku in opts.bundles}
                              for c in channels},
             rules={c.name: c.spec.allocation for c in channels},
+            store=_store_name(opts.store),
             http_errors=http_errors, settled=settled, settle_s=settle_s,
             durability=cfg.durability, channel_rate_per_s=opts.channel_rate_per_s,
             channel_calls=calls,
@@ -323,15 +355,34 @@ def passed(result: DemoResult) -> bool:
     return result.invariants.ok and result.settled and result.http_errors == 0
 
 
-def run_demo(settings: Settings, duration_s: int = 30) -> int:
+def demo_store(settings: Settings, cluster: bool) -> str:
+    """Where `stockgate demo` keeps the stock: a local Cluster with `--cluster`, the Cluster
+    a Cluster REDIS_URL names, else (as always) a fresh embedded server; a plain REDIS_URL
+    is not used (the demo needs a store of its own)."""
+    url = settings.redis_url
+    if cluster:
+        if url and is_cluster_url(url):
+            raise ValueError("--cluster starts a Cluster of its own, and REDIS_URL names "
+                             "one: unset REDIS_URL or drop --cluster")
+        return LOCAL_CLUSTER
+    return url if url and is_cluster_url(url) else ""
+
+
+def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False) -> int:
     """The `stockgate demo` command: run, print the summary, exit 0 only if all holds."""
-    print(f"Stockgate demo: starting server, gateway, worker and 3 channel simulators; "
+    try:
+        store = demo_store(settings, cluster)
+    except ValueError as exc:
+        print(f"stockgate demo: {exc}", file=sys.stderr)
+        return 2
+    where = f" (stock on {_store_name(store)})" if store else ""
+    print(f"Stockgate demo: starting server, gateway, worker and 3 channel simulators{where}; "
           f"then {duration_s} s of flash-sale load ...", flush=True)
     started = time.monotonic()
     # One line per HTTP call would bury the summary.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        result = run_scenario(settings, DemoOptions(duration_s=duration_s))
+        result = run_scenario(settings, DemoOptions(duration_s=duration_s, store=store))
     except Exception as exc:
         print(f"demo failed to run: {exc}", file=sys.stderr)
         return 2

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 from msgspec import Struct
-from redis.asyncio import Redis
 
 from stockgate.allocation import shown as rule_value
 from stockgate.bundles import Bundles, derive
+from stockgate.cluster import Store
 from stockgate.keys import tenant_keys
 from stockgate.models import CellState, Event, StockView, event_decoder
 from stockgate.stock import StockEngine
@@ -284,7 +284,7 @@ def check(obs: Observed, *, max_violations_per_check: int = 20) -> InvariantRepo
 
 # ---- gathering ------------------------------------------------------------------------------
 
-async def read_outbox(redis: Redis, tenant: str, batch: int = 5000) -> list[Event]:
+async def read_outbox(redis: Store, tenant: str, batch: int = 5000) -> list[Event]:
     """Every event still in the tenant's outbox stream, oldest first, with its stream id."""
     stream = tenant_keys(tenant).outbox
     out: list[Event] = []
@@ -299,7 +299,7 @@ async def read_outbox(redis: Redis, tenant: str, batch: int = 5000) -> list[Even
         start = "(" + entries[-1][0].decode()
 
 
-async def outbox_backlog(redis: Redis, tenant: str) -> dict[str, int]:
+async def outbox_backlog(redis: Store, tenant: str) -> dict[str, int]:
     """Entries the worker groups have not read yet (lag) or not acknowledged (pending)."""
     stream = tenant_keys(tenant).outbox
     if not await redis.exists(stream):
@@ -318,7 +318,7 @@ async def read_views(engine: StockEngine, tenant: str,
     return {sku: await engine.stock(tenant, sku) for sku in names}
 
 
-async def collect(redis: Redis, engine: StockEngine, tenant: str, *,
+async def collect(redis: Store, engine: StockEngine, tenant: str, *,
                   audit_ids: list[str] | None = None,
                   channel_counts: Mapping[str, Mapping[str, int]] | None = None,
                   extra_pending: Mapping[str, int] | None = None) -> Observed:

@@ -174,6 +174,8 @@ class DemoResult(Struct):
     expected_counts: dict[str, dict[str, int]] = {}
     # channel -> its allocation rule, as configured ("" or absent: shown the whole pool).
     rules: dict[str, str] = {}
+    # Where the stock lived when not the embedded server (e.g. "a local Redis Cluster").
+    store: str = ""
 
 
 def _ms(v: float | None) -> str:
@@ -195,7 +197,8 @@ def summary(r: DemoResult) -> str:
     refused = sum(s.oversell_rejected for s in inv.ledger)
     out = [
         f"Stockgate flash-sale demo: {r.duration_s} s of load, {r.users} simulated users, "
-        f"durability {r.durability}, channels take {r.channel_rate_per_s:g} pushes/s",
+        f"durability {r.durability}, channels take {r.channel_rate_per_s:g} pushes/s"
+        + (f", stock on {r.store}" if r.store else ""),
         f"On sale      {hot_units:,} units of {len(r.hot)} hot SKUs, {r.tail_units:,} units "
         f"of {r.tail_skus} long-tail SKUs",
         f"Shoppers     {o.get('holds_accepted', 0):,} carts held, "

@@ -20,6 +20,7 @@ import httpx
 from msgspec import Struct
 
 from stockgate.embedded import EmbeddedRedis, free_port
+from stockgate.local_cluster import LocalCluster
 
 TENANT = "flash"
 LOCATION = "main"
@@ -48,6 +49,13 @@ class StackConfig(Struct, frozen=True):
     hold_ttl_s: int = 5
     durability: str = "strict"
     log_level: str = "WARNING"
+    tenant: str = TENANT
+    # Where the stock lives: "" the embedded server, LOCAL_CLUSTER a LocalCluster started
+    # for the run, else a Cluster URL. With a Cluster the embedded server holds arq's queue.
+    store: str = ""
+
+
+LOCAL_CLUSTER = "local-cluster"
 
 
 def new_secret() -> str:
@@ -65,16 +73,16 @@ def render_config(cfg: StackConfig) -> str:
         f'durability = "{cfg.durability}"',
         f'log_level = "{cfg.log_level}"',
         "",
-        f"[tenants.{TENANT}]",
+        f"[tenants.{cfg.tenant}]",
         f'default_location = "{LOCATION}"',
         "",
         "[api_keys.demo-storefront]",
-        f'tenant = "{TENANT}"',
+        f'tenant = "{cfg.tenant}"',
         'secret = "env:SG_DEMO_STOREFRONT_KEY"',
         'scopes = ["storefront"]',
         "",
         "[api_keys.demo-operator]",
-        f'tenant = "{TENANT}"',
+        f'tenant = "{cfg.tenant}"',
         'secret = "env:SG_DEMO_OPERATOR_KEY"',
         'scopes = ["operator"]',
     ]
@@ -82,7 +90,7 @@ def render_config(cfg: StackConfig) -> str:
         out += [
             "",
             f"[channels.{ch.name}]",
-            f'tenant = "{TENANT}"',
+            f'tenant = "{cfg.tenant}"',
             f'kind = "{ch.kind}"',
             f'secret = "env:{_env_name(ch.name)}"',
             f'api_url = "{ch.api_url}"',
@@ -159,6 +167,9 @@ class Stack:
         self.data_dir = Path(cfg.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(self.data_dir / "redis", durability=cfg.durability)  # type: ignore[arg-type]
+        self.cluster = (LocalCluster(self.data_dir / "cluster", primaries=3, replicas=1,
+                                     durability=cfg.durability)  # type: ignore[arg-type]
+                        if cfg.store == LOCAL_CLUSTER else None)
         self.processes: list[Process] = []
         self.gateway_port = free_port()
         self.config_path = self.data_dir / "stockgate.toml"
@@ -167,12 +178,23 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def store_url(self) -> str:
+        """The stock's store: the embedded server, or the Cluster (then arq's queue is on the
+        embedded server)."""
+        if self.cluster is not None:
+            return self.cluster.url
+        return self.cfg.store or self.redis.url
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("STOCKGATE_", "SG_")) and k not in ("REDIS_URL", "AUDIT_DSN")}
+               if not k.startswith(("STOCKGATE_", "SG_"))
+               and k not in ("REDIS_URL", "QUEUE_REDIS_URL", "AUDIT_DSN")}
         env.update(config_env(self.cfg))
+        if self.store_url != self.redis.url:
+            env["QUEUE_REDIS_URL"] = self.redis.url
         env.update({
-            "REDIS_URL": self.redis.url,
+            "REDIS_URL": self.store_url,
             "STOCKGATE_CONFIG": str(self.config_path),
             "STOCKGATE_DATA_DIR": str(self.data_dir),
             "PYTHONUNBUFFERED": "1",
@@ -180,8 +202,11 @@ class Stack:
         return env
 
     def start(self) -> None:
-        """Server, then gateway and worker; returns once the gateway is ready."""
+        """Server (and Cluster), then gateway and worker; returns once the gateway is
+        ready."""
         self.redis.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.config_path.write_text(render_config(self.cfg))
         env = self.env()
         me = [sys.executable, "-m", "stockgate.cli"]
@@ -201,6 +226,8 @@ class Stack:
         for p in reversed(self.processes):
             p.stop()
         self.processes.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.redis.stop()
 
 

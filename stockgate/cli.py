@@ -7,11 +7,13 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,6 +45,45 @@ def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
         return msgspec.structs.replace(settings, queue_redis_url=url), server
     os.environ["REDIS_URL"] = url
     return msgspec.structs.replace(settings, redis_url=url), server
+
+
+# Where `--cluster` runs its Cluster's nodes, under the data directory.
+LOCAL_CLUSTER_DIR = "cluster"
+
+
+def _refuse_two_stores(settings: Settings, wanted: bool) -> None:
+    if wanted and settings.redis_url:
+        raise SystemExit("stockgate: --cluster starts a Cluster of its own; unset REDIS_URL "
+                         f"(now {_without_password(settings.redis_url)}) or drop --cluster")
+
+
+@contextmanager
+def _local_cluster(settings: Settings, wanted: bool) -> Iterator[Settings]:
+    """With `--cluster`: a LocalCluster (3 primaries, 3 replicas) for this run only, in the
+    data directory (an earlier run's nodes are wiped first: their ports are gone), with
+    REDIS_URL pointing at it for this process and its children; stopped on the way out.
+    Without it: the settings unchanged."""
+    if not wanted:
+        yield settings
+        return
+    from stockgate.local_cluster import LocalCluster
+
+    _refuse_two_stores(settings, wanted)
+    directory = Path(settings.data_dir) / LOCAL_CLUSTER_DIR
+    shutil.rmtree(directory, ignore_errors=True)
+    cluster = LocalCluster(directory, primaries=3, replicas=1,
+                           durability=settings.durability)  # type: ignore[arg-type]
+    try:
+        cluster.start()
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(f"stockgate: the local Cluster did not start: {exc}") from None
+    log.info("started a local Cluster %s (3 primaries + 3 replicas, data in %s)",
+             cluster.url, directory)
+    os.environ["REDIS_URL"] = cluster.url
+    try:
+        yield msgspec.structs.replace(settings, redis_url=cluster.url)
+    finally:
+        cluster.stop()
 
 
 def _without_password(url: str) -> str:
@@ -124,7 +165,13 @@ def local_key_notice(host: str, port: int, key: str, data_dir: str) -> str:
 
 def _up(settings: Settings, args: argparse.Namespace) -> None:
     """Embedded Redis + gateway + worker as child processes; Ctrl-C stops them all."""
+    _refuse_two_stores(settings, args.cluster)  # before writing a key for a run refused
     settings, local_key = _local_key(settings)
+    with _local_cluster(settings, args.cluster) as settings:
+        _up_with(settings, args, local_key)
+
+
+def _up_with(settings: Settings, args: argparse.Namespace, local_key: str | None) -> None:
     settings, server = _with_redis(settings)
     me = [sys.executable, "-m", "stockgate.cli"]
     children = [
@@ -132,8 +179,11 @@ def _up(settings: Settings, args: argparse.Namespace) -> None:
                           "--workers", str(args.workers)]),
         subprocess.Popen([*me, "worker"]),
     ]
+    queue = settings.queue_url()
     print(f"stockgate up: gateway http://{args.host}:{args.port}  redis "
-          f"{_without_password(settings.redis_url)}", flush=True)
+          f"{_without_password(settings.redis_url)}"
+          + (f"  queue {_without_password(queue)}" if queue != settings.redis_url else ""),
+          flush=True)
     if local_key:
         print(local_key_notice(args.host, args.port, local_key, settings.data_dir), flush=True)
     stopping = False
@@ -163,7 +213,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> None:
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
     from loadtests.demo import run_demo
 
-    raise SystemExit(run_demo(settings, duration_s=args.duration))
+    raise SystemExit(run_demo(settings, duration_s=args.duration, cluster=args.cluster))
 
 
 def _redis(settings: Settings, args: argparse.Namespace) -> None:
@@ -187,9 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8000)
         p.add_argument("--workers", type=int, default=1, help="gateway processes")
         p.set_defaults(func=func)
+    sub.choices["up"].add_argument(
+        "--cluster", action="store_true",
+        help="start a local Redis Cluster (3 primaries + 3 replicas) in the data directory "
+             "for this run and keep the stock there (wiped at the next --cluster run)")
     sub.add_parser("worker", help="run the arq workers").set_defaults(func=_worker)
     demo = sub.add_parser("demo", help="flash-sale demo with channel simulators and a report")
     demo.add_argument("--duration", type=int, default=30, help="seconds of load")
+    demo.add_argument("--cluster", action="store_true",
+                      help="keep the stock on a local Redis Cluster (3 primaries + 3 "
+                           "replicas) started for the run; a Cluster REDIS_URL is used as is")
     demo.set_defaults(func=_demo)
     sub.add_parser("redis", help="run only the embedded server").set_defaults(func=_redis)
     return parser

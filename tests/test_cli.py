@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stockgate import cli
 from stockgate.embedded import free_port, running_url
@@ -96,3 +98,74 @@ def test_up_prints_a_working_key_and_shares_its_server(tmp_path: Path) -> None:
     # `up` owned it and stops it on the way out.
     assert up.returncode == 0, up_log.read_text()
     assert running_url(data) is None
+
+
+def test_up_cluster_keeps_holds_on_its_cluster(tmp_path: Path) -> None:
+    """`up --cluster`: a local Cluster for the run holds the stock (a hold made through HTTP
+    is a key of the Cluster, not of the embedded server, which has arq's queue only), and
+    both are stopped when `up` is."""
+    from redis import Redis as SyncRedis
+    from redis.cluster import ClusterNode
+    from redis.cluster import RedisCluster as SyncCluster
+
+    from stockgate.cluster import cluster_seeds
+    from stockgate.keys import tenant_keys
+
+    data = tmp_path / "data"
+    port = free_port()
+    log = tmp_path / "up.log"
+    with _process(["up", "--cluster", "--port", str(port)], _env(data), log) as up:
+        key = _until(lambda: (m := re.search(r"Bearer (\S+)'", log.read_text()))
+                     and m.group(1), "the printed key", up, log)
+        url = _until(lambda: (m := re.search(r"redis (redis\+cluster://\S+)", log.read_text()))
+                     and m.group(1), "the printed Cluster URL", up, log)
+        _until(lambda: _healthy(port), "up's gateway", up, log)
+        auth = {"Authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.post(f"{base}/v1/stock/SKU-1/adjust", headers=auth,
+                       json={"delta": 5, "reason": "receipt", "idempotency_key": "cl-1"},
+                       timeout=10)
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{base}/v1/holds", headers=auth, timeout=10,
+                       json={"hold_id": "cart-1", "lines": [{"sku": "SKU-1", "qty": 2}]})
+        assert r.status_code == 201, r.text
+
+        seeds, _ = cluster_seeds(url)
+        cluster = SyncCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds])
+        try:
+            hold = tenant_keys("default").hold("cart-1")
+            assert cluster.exists(hold) == 1
+            # CLUSTER NODES, not the client's view: CLUSTER SLOTS leaves out a replica that
+            # has had no write to replicate yet.
+            flags = [n["flags"] for n in cluster.cluster_nodes().values()]
+            assert sum("master" in f for f in flags) == 3, flags
+            assert sum("slave" in f for f in flags) == 3, flags
+        finally:
+            cluster.close()
+        queue_url = running_url(data)
+        assert queue_url is not None and queue_url in log.read_text()
+        with SyncRedis.from_url(queue_url) as queue:
+            assert queue.exists(hold) == 0
+        assert httpx.get(f"{base}/v1/stock/SKU-1", headers=auth, timeout=10
+                         ).json()["locations"]["main"]["reserved"] == 2
+    assert up.returncode == 0, log.read_text()
+    assert running_url(data) is None
+    with contextlib.suppress(OSError), socket.create_connection(seeds[0], timeout=1):
+        raise AssertionError(f"the Cluster's node {seeds[0]} still listens after up stopped")
+
+
+def test_demo_store_follows_the_flag_and_a_cluster_url() -> None:
+    """`demo`: a fresh embedded server by default, even with a plain REDIS_URL (as always); a
+    local Cluster with --cluster; the Cluster a Cluster REDIS_URL names; not both."""
+    from loadtests.demo import demo_store
+    from loadtests.stack import LOCAL_CLUSTER
+    from stockgate.settings import Settings
+
+    plain, cluster = "redis://127.0.0.1:6379/0", "redis+cluster://127.0.0.1:7000"
+    assert demo_store(Settings(), cluster=False) == ""
+    assert demo_store(Settings(redis_url=plain), cluster=False) == ""
+    assert demo_store(Settings(), cluster=True) == LOCAL_CLUSTER
+    assert demo_store(Settings(redis_url=plain), cluster=True) == LOCAL_CLUSTER
+    assert demo_store(Settings(redis_url=cluster), cluster=False) == cluster
+    with pytest.raises(ValueError, match="--cluster"):
+        demo_store(Settings(redis_url=cluster), cluster=True)

@@ -3,6 +3,7 @@ the checker itself shown to catch each kind of failure it claims to catch."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -12,12 +13,15 @@ from loadtests import invariants
 from loadtests.demo import DemoOptions, run_scenario
 from loadtests.lag import lag_ms
 from loadtests.report import summary
+from loadtests.stack import LOCAL_CLUSTER
 from stockgate.keys import tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
 
 TENANT = "default"
+# The Cluster suite (Makefile CLUSTER_SUITE, tests/conftest.py).
+CLUSTER_MODE = os.environ.get("STOCKGATE_TEST_CLUSTER") == "1"
 
 
 # ---- the checker on real script output ------------------------------------------------------
@@ -105,9 +109,11 @@ def test_lag_matches_coalesced_pushes_to_the_changes_they_carry() -> None:
 # ---- the scenario ---------------------------------------------------------------------------
 
 def test_short_flash_sale_keeps_every_invariant(tmp_path: Path) -> None:
-    """About 10 s of load through real processes; bounded by the settle timeout (~45 s)."""
+    """About 10 s of load through real processes; bounded by the settle timeout (~45 s). In
+    the Cluster suite the stock is on a local Cluster (`stockgate demo --cluster`)."""
     opts = DemoOptions(duration_s=10, users=20, spawn_rate=20, reports_dir=str(tmp_path),
-                       tail_skus=20, settle_timeout_s=30)
+                       tail_skus=20, settle_timeout_s=30,
+                       store=LOCAL_CLUSTER if CLUSTER_MODE else "")
     result = run_scenario(Settings(durability="everysec"), opts)
     report = result.invariants
     assert report.oversold_units == 0
