@@ -7,10 +7,14 @@ WAIT for a replica after each batch costs, against a plain server measured in th
 One run starts, on 127.0.0.1 from the embedded server binary (all `appendfsync everysec`):
 
 - plain: one server, no Cluster (the baseline; the engine's own pipelined connection),
+- plain, pipes: the same server, the engine's batches sent as redis-py pipelines (the
+  Cluster's client path, without a Cluster),
 - 1p+1r: a LocalCluster of 1 primary and 1 replica,
 - 3p+0r: a LocalCluster of 3 primaries without replicas (isolates what replication costs),
 - 3p+1r: a LocalCluster of 3 primaries, 1 replica each,
-- 3p+1r WAIT 1: the same Cluster, with `replica_wait=1` (a WAIT per node after each batch).
+- 3p+1r WAIT 1: the same Cluster, with `replica_wait=1` (a WAIT per node after each batch),
+- 3p+1r, 600 shop: the same Cluster with three times the shoppers, so that each primary's
+  batches are as large as the plain server's (a tick's calls split three ways otherwise).
 
 Each measurement is a burst of `--holds` 1-line holds through StockEngine (the gateway's
 client path) from `--concurrency` coroutines spread over `--engines` engines, each with its
@@ -67,6 +71,10 @@ class Target:
     # its own pipelined connection (stockgate/wire.py): separates the client path's batch
     # shape from what Cluster mode itself costs the server.
     wire: bool = True
+    # Shoppers per primary at least as many as the baseline's on its one server: each node's
+    # batches are then as large as the plain server's (three primaries split a tick's calls
+    # three ways), as they become on a loaded shard.
+    scale_concurrency: bool = False
 
 
 @dataclass
@@ -154,6 +162,8 @@ async def measure(target: Target, tag: str, holds: int, concurrency: int,
                   engines: int) -> Result:
     settings = Settings(durability="everysec", replica_wait=target.replica_wait,
                         replica_wait_ms=1000)
+    if target.scale_concurrency:
+        concurrency *= len(target.primaries)
     clients = [connect(target.url) for _ in range(engines)]
     pool = [StockEngine(client, settings) for client in clients]
     try:
@@ -205,13 +215,13 @@ async def measure(target: Target, tag: str, holds: int, concurrency: int,
         holds_per_wait=done / waits if waits else 0.0)
 
 
-HEADER = (f"{'configuration':<15}{'holds/s':>9}{'x plain':>8}{'prim us':>9}{'main us':>9}"
+HEADER = (f"{'configuration':<16}{'holds/s':>9}{'x plain':>8}{'prim us':>9}{'main us':>9}"
           f"{'repl us':>9}{'client us':>10}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}")
 
 
 def row(name: str, r: Result, plain_rate: float | None) -> str:
     ratio = f"{r.rate / plain_rate:>8.2f}" if plain_rate else f"{'':>8}"
-    return (f"{name:<15}{r.rate:>9.0f}{ratio}{r.primary_us:>9.1f}{r.primary_main_us:>9.1f}"
+    return (f"{name:<16}{r.rate:>9.0f}{ratio}{r.primary_us:>9.1f}{r.primary_main_us:>9.1f}"
             f"{r.replica_us:>9.1f}{r.client_us:>10.1f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
             f"{r.holds_per_read:>7.1f}")
 
@@ -247,12 +257,15 @@ async def run(data_dir: Path, holds: int, rounds: int, concurrency: int, engines
             p = cluster.primaries
             targets.append(Target(name, cluster.url, cluster.nodes[:p], cluster.nodes[p:]))
         c3 = clusters["3p+1r"]
+        targets.append(Target(f"3p+1r, {3 * concurrency} shop", c3.url, c3.nodes[:3],
+                              c3.nodes[3:], scale_concurrency=True))
         targets.append(Target("3p+1r WAIT 1", c3.url, c3.nodes[:3], c3.nodes[3:],
                               replica_wait=1))
         for target in targets:
-            if target.wire and not target.replica_wait:
+            if target.wire and not target.replica_wait and not target.scale_concurrency:
                 await seed(target.url)
-        idle = await idle_cpu([t for t in targets if t.wire and not t.replica_wait])
+        idle = await idle_cpu([t for t in targets if t.wire and not t.replica_wait
+                               and not t.scale_concurrency])
         print(f"1-line holds through StockEngine: {holds:,} per measurement, {concurrency} "
               f"shoppers over {engines} engines, tenants {', '.join(TENANTS)}, "
               f"appendfsync everysec, {rounds} rounds")
@@ -299,7 +312,7 @@ async def run(data_dir: Path, holds: int, rounds: int, concurrency: int, engines
                 holds_per_read=statistics.median(x.holds_per_read for x in rs))
             ratios = [x.rate / p.rate for x, p in zip(rs, results["plain"], strict=True)]
             line = row(target.name, med, None)
-            print(line[:24] + f"{statistics.median(ratios):>8.2f}" + line[32:])
+            print(line[:25] + f"{statistics.median(ratios):>8.2f}" + line[33:])
         wait, nowait = results["3p+1r WAIT 1"], results["3p+1r"]
         print("\nWAIT 1 against 3p+1r without, per round: holds/s "
               + ", ".join(f"{w.rate / n.rate:.2f}" for w, n in zip(wait, nowait, strict=True))
