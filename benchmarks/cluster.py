@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -90,6 +91,8 @@ class Result:
     per_primary_us: list[float] = field(default_factory=list)
     holds_per_read: float = 0.0  # on the primaries: about the holds per batch per node
     holds_per_wait: float = 0.0
+    busy: float = 0.0  # share of the whole machine (all cores) busy during the burst
+    ours: float = 0.0  # share of the machine this benchmark's processes used (client + nodes)
 
     @property
     def rate(self) -> float:
@@ -137,6 +140,15 @@ async def hincrby_us(server: EmbeddedRedis, calls: int = 20_000, batch: int = 20
         return float(stats["cmdstat_hincrby"]["usec_per_call"])
     finally:
         await redis.aclose()
+
+
+def machine() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, every core, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [float(x) for x in stat.readline().split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,9 +202,11 @@ async def measure(target: Target, tag: str, holds: int, concurrency: int,
                                for n in range(concurrency)))
         nodes = target.primaries + target.replicas
         before = await sample(nodes)
+        busy0, total0 = machine()
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(shopper(n, per_shopper, tag, True) for n in range(concurrency)))
         seconds, client = time.perf_counter() - t0, time.process_time() - cpu0
+        busy1, total1 = machine()
         after = await sample(nodes)
     finally:
         for engine in pool:
@@ -212,7 +226,9 @@ async def measure(target: Target, tag: str, holds: int, concurrency: int,
         p50_ms=percentile(latencies, 50) * 1e3, p99_ms=percentile(latencies, 99) * 1e3,
         per_primary_us=[d.cpu * us for d in prim],
         holds_per_read=done / reads if reads else 0.0,
-        holds_per_wait=done / waits if waits else 0.0)
+        holds_per_wait=done / waits if waits else 0.0,
+        busy=(busy1 - busy0) / (total1 - total0),
+        ours=(client + sum(d.cpu for d in deltas)) / (total1 - total0))
 
 
 HEADER = (f"{'configuration':<16}{'holds/s':>9}{'x plain':>8}{'prim us':>9}{'main us':>9}"
@@ -223,7 +239,7 @@ def row(name: str, r: Result, plain_rate: float | None) -> str:
     ratio = f"{r.rate / plain_rate:>8.2f}" if plain_rate else f"{'':>8}"
     return (f"{name:<16}{r.rate:>9.0f}{ratio}{r.primary_us:>9.1f}{r.primary_main_us:>9.1f}"
             f"{r.replica_us:>9.1f}{r.client_us:>10.1f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
-            f"{r.holds_per_read:>7.1f}")
+            f"{r.holds_per_read:>7.1f}{r.busy:>6.0%}{r.ours:>6.0%}")
 
 
 async def idle_cpu(targets: list[Target], seconds: float = 1.0) -> dict[str, float]:
@@ -273,7 +289,8 @@ async def run(data_dir: Path, holds: int, rounds: int, concurrency: int, engines
               + ", ".join(f"{n} {v:.0f}" for n, v in idle.items()))
         print("prim/main/repl us: server CPU per hold summed over primaries (process / main "
               "thread) and replicas; client us: this process; batch: holds per read event on the "
-              "primaries (about the holds per batch per node)")
+              "primaries (about the holds per batch per node); busy: the whole machine's busy "
+              "share during the burst, ours: the share this client and these servers used")
         results: dict[str, list[Result]] = {t.name: [] for t in targets}
         speeds: list[float] = []
         for r in range(rounds):
@@ -309,7 +326,9 @@ async def run(data_dir: Path, holds: int, rounds: int, concurrency: int, engines
                 client_us=statistics.median(x.client_us for x in rs),
                 p50_ms=statistics.median(x.p50_ms for x in rs),
                 p99_ms=statistics.median(x.p99_ms for x in rs),
-                holds_per_read=statistics.median(x.holds_per_read for x in rs))
+                holds_per_read=statistics.median(x.holds_per_read for x in rs),
+                busy=statistics.median(x.busy for x in rs),
+                ours=statistics.median(x.ours for x in rs))
             ratios = [x.rate / p.rate for x, p in zip(rs, results["plain"], strict=True)]
             line = row(target.name, med, None)
             print(line[:25] + f"{statistics.median(ratios):>8.2f}" + line[33:])
