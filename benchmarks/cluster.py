@@ -332,13 +332,24 @@ async def run(data_dir: Path, holds: int, rounds: int, concurrency: int, engines
             ratios = [x.rate / p.rate for x, p in zip(rs, results["plain"], strict=True)]
             line = row(target.name, med, None)
             print(line[:25] + f"{statistics.median(ratios):>8.2f}" + line[33:])
+        print("\nserver CPU per hold on the primaries against plain's in the same round "
+              "(median of the rounds' ratios; the rounds'):")
+        for target in targets[1:]:
+            cpu_ratios = [x.primary_us / p.primary_us
+                          for x, p in zip(results[target.name], results["plain"], strict=True)]
+            print(f"  {target.name:<16}{statistics.median(cpu_ratios):>6.2f}   ("
+                  + ", ".join(f"{c:.2f}" for c in cpu_ratios) + ")")
         wait, nowait = results["3p+1r WAIT 1"], results["3p+1r"]
         print("\nWAIT 1 against 3p+1r without, per round: holds/s "
               + ", ".join(f"{w.rate / n.rate:.2f}" for w, n in zip(wait, nowait, strict=True))
               + "; p50 " + ", ".join(f"{w.p50_ms / n.p50_ms:.2f}"
                                     for w, n in zip(wait, nowait, strict=True))
               + "; p99 " + ", ".join(f"{w.p99_ms / n.p99_ms:.2f}"
-                                    for w, n in zip(wait, nowait, strict=True)))
+                                    for w, n in zip(wait, nowait, strict=True))
+              + "; primary CPU per hold " + ", ".join(f"{w.primary_us / n.primary_us:.2f}"
+                                                      for w, n in zip(wait, nowait, strict=True))
+              + "; replica CPU per hold " + ", ".join(f"{w.replica_us / n.replica_us:.2f}"
+                                                      for w, n in zip(wait, nowait, strict=True)))
         main = statistics.median(x.primary_main_us for x in results["3p+1r"])
         print(f"one shard's main thread at 100% of a core: about {1e6 / main:,.0f} holds/s "
               f"(1 s / {main:.1f} us, 3p+1r median)")
