@@ -34,7 +34,7 @@ async def test_the_cluster_benchmark_measures_each_kind_of_target(tmp_path: Path
                        bench.Target("wait", cluster.url, [primary], [replica], replica_wait=1)]
             for target in targets:
                 result = await bench.measure(target, target.name, holds=300, concurrency=20,
-                                       engines=2)
+                                             engines=2)
                 assert result.holds == 300
                 assert result.rate > 0 and result.primary_us > 0
                 assert 0 < result.p50_ms <= result.p99_ms
