@@ -28,9 +28,11 @@ Figures per measurement: holds/s; server CPU per hold (the change of used_cpu_us
 used_cpu_sys of `INFO cpu`, summed over the primaries, and separately over the replicas,
 divided by the holds; the primaries' main threads alone too, the single core a shard is
 bound by); the benchmark process's own CPU per hold (`time.process_time`); p50 / p99 of each
-hold's latency. Everything shares this machine's cores, the load generator included (one
-Python process, most likely the bottleneck), so holds/s is this machine's figure and server
-CPU per hold is the portable one.
+hold's latency; holds per read event on the primaries (about the batch size per node) and
+per WAIT; how busy the whole machine was and how much of it this run's processes used.
+Everything shares this machine's cores, the load generator included (one Python process,
+most likely the bottleneck), so holds/s is this machine's figure and server CPU per hold is
+the portable one.
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ class Target:
     # its own pipelined connection (stockgate/wire.py): separates the client path's batch
     # shape from what Cluster mode itself costs the server.
     wire: bool = True
-    # Shoppers per primary at least as many as the baseline's on its one server: each node's
-    # batches are then as large as the plain server's (three primaries split a tick's calls
-    # three ways), as they become on a loaded shard.
+    # As many shoppers per primary as the baseline has on its one server: each node's
+    # batches are then as large as the plain server's (otherwise three primaries split a
+    # tick's calls three ways), as they become on a loaded shard.
     scale_concurrency: bool = False
 
 
@@ -103,7 +105,9 @@ class Result:
 class Sample:
     cpu: float  # whole process, CPU seconds
     main: float  # main thread
-    reads: int  # read events on client sockets: one per batch a client sent, about
+    # Read events (total_reads_processed): about one per batch a client sent; a primary's
+    # count also has its replicas' acknowledgements.
+    reads: int
     waits: int  # WAIT commands served
 
 
