@@ -35,24 +35,30 @@ import httpx
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from stockgate.cluster import connect
 from stockgate.embedded import EmbeddedRedis
+from stockgate.errors import StoreUnavailable
 from stockgate.keys import tenant_keys
 from stockgate.local_cluster import LocalCluster, spread_tenants
+from stockgate.models import Line
 from stockgate.scripts import Scripts
 from stockgate.settings import ApiKey, Settings
+from stockgate.stock import StockEngine
 
 KEY = "op-secret-failover-0123456789"
 TENANT = spread_tenants(3)[0]  # lives on the Cluster's first primary: the one killed
 SKU = "DROP-1"
 # Sold out after the failover: a lost hold puts its unit back on sale, which would show as
 # more units acknowledged than the SKU has.
-ON_HAND = 1400
+ON_HAND = 1150
 SHOPPERS = 50
 KILL_AFTER_ACKS = 500  # holds acknowledged before the primary is killed
-AFTER_RECOVERY = 1000  # new holds placed once the gateway serves again, then the burst ends
+AFTER_RECOVERY = 700  # new holds placed once the gateway serves again, then the burst ends
 MAX_HOLDS = 6000  # the burst's bound if the gateway never recovers
 HOLD_DEADLINE_S = 20.0  # a shopper gives up on one hold_id after this long
 RETRY_PAUSE_S = 0.1  # a hurried storefront: min(Retry-After, this) before a retry
@@ -303,3 +309,36 @@ async def test_a_primary_killed_mid_burst_fails_over(
         assert burst.acked_unreplicated > 0
         assert lost, "holds acknowledged with the replica links cut, yet none lost"
         assert len(lost) <= burst.acked_unreplicated
+
+
+async def test_a_confirmation_comes_from_the_node_that_ran_the_scripts(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With replica_wait, a batch's first send fails (as on a primary killed a moment before):
+    its calls are 503s. redis-py's ClusterPipeline sent the scripts again and their WAIT, its
+    target dropped, to the Cluster's default node: a confirmation from a connection that ran
+    nothing, so the hold was acknowledged unreplicated."""
+    redis = connect(cluster.url)
+    engine = StockEngine(redis, Settings(data_dir=str(tmp_path), replica_wait=1))
+    try:
+        await engine.load_scripts()
+        await engine.adjust(TENANT, SKU, reason="receipt", idempotency_key="seed", delta=5)
+        sent: list[list[str]] = []
+        real = ClusterNode.execute_pipeline
+
+        async def first_send_fails(node: ClusterNode, commands: list[PipelineCommand]) -> bool:
+            sent.append([str(c.args[0]) for c in commands])
+            if len(sent) == 1:
+                raise RedisConnectionError("connection refused")
+            return await real(node, commands)
+
+        monkeypatch.setattr(ClusterNode, "execute_pipeline", first_send_fails)
+        with pytest.raises(StoreUnavailable):
+            await engine.hold(TENANT, [Line(SKU, 1)], hold_id="h1")
+        # The retry, as the client sends it after its 503: a first attempt, confirmed.
+        reply, replayed = await engine.hold(TENANT, [Line(SKU, 1)], hold_id="h1")
+        assert reply.hold_id == "h1" and not replayed
+        assert sent == [["EVALSHA", "WAIT"]] * 2, sent
+    finally:
+        engine.scripts.close()
+        await redis.aclose()
