@@ -62,7 +62,7 @@ AFTER_RECOVERY = 700  # new holds placed once the gateway serves again, then the
 MAX_HOLDS = 6000  # the burst's bound if the gateway never recovers
 HOLD_DEADLINE_S = 20.0  # a shopper gives up on one hold_id after this long
 RETRY_PAUSE_S = 0.1  # a hurried storefront: min(Retry-After, this) before a retry
-REQUEST_BOUND_S = 8.0  # one request taking longer is recorded as a hang (status 0)
+REQUEST_BOUND_S = 5.0  # one request taking longer is recorded as a hang (status 0): fails
 NODE_TIMEOUT_MS = 1000
 # Lagging replica: holds acknowledged after the replica links are cut, before the kill (at
 # most LAG_MAX_S: with the wait on, none is acknowledged in between).
@@ -274,7 +274,9 @@ async def test_a_primary_killed_mid_burst_fails_over(
               f"(requests: {len(attempts)}, 409s: {sum(a.status == 409 for a in attempts)}, "
               f"acknowledged while unreplicated: {burst.acked_unreplicated}, acknowledged "
               f"beyond the stock: {max(0, len(burst.acknowledged) - ON_HAND)}, "
-              f"slowest: {max(a.answered - a.sent for a in attempts):.2f} s, "
+              f"slowest: {max(a.answered - a.sent for a in attempts):.2f} s, last 503 sent "
+              f"{max((a.sent for a in unavailable), default=recovered) - recovered:+.2f} s "
+              f"from the first success, "
               f"script loads after NOSCRIPT: {loads})")
 
     # Every answer is a success, a client error, or a 503 with Retry-After; none hung.
@@ -293,9 +295,10 @@ async def test_a_primary_killed_mid_burst_fails_over(
                       f"{max(a.sent for a in late) - recovered:.2f} s after it")
     # Recovered without a restart: the burst went on to place new holds, and they succeeded
     # (the promoted replica had no scripts: the gateway loaded them on its NOSCRIPT).
-    after = [a for a in attempts if a.sent > recovered + GRACE_S]
     assert burst.after_recovery >= AFTER_RECOVERY
-    assert any(a.status == 201 for a in after)
+    # (Counted from the first success on, not past the grace: the SKU may sell out in it.)
+    served = sum(a.status == 201 for a in attempts if a.sent >= recovered)
+    assert served >= 100, f"only {served} holds acknowledged after the gap"
     assert loads >= 1 and scripts_there
     # Never doubled, never oversold: one reserved unit per hold record, within the stock.
     assert on_hand == ON_HAND
