@@ -17,8 +17,15 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -212,41 +219,84 @@ class Scripts:
         return await pipe.execute(raise_on_error=False)
 
     async def _execute_durable(self, batch: list[_Call]) -> list[Any]:
+        if is_cluster(self.redis):
+            return await self._execute_durable_cluster(batch)
         pipe = self.redis.pipeline(transaction=False)
         for call in batch:
             pipe.execute_command("EVALSHA", self.shas[call.name], len(call.keys), *call.keys,
                                  *call.args)
-        # WAIT and WAITAOF confirm the writes made on their own connection: on a Cluster, one
-        # of each per node in the batch, appended to that node's pipeline after its scripts.
-        for node in await self._nodes(batch):
-            target: dict[str, Any] = {} if node is None else {"target_nodes": node}
-            if self.wait_replicas:
-                pipe.execute_command("WAIT", self.wait_replicas, self.wait_replicas_ms,
-                                     **target)
-            if self.wait_aof_ms:
-                pipe.execute_command("WAITAOF", 1, 0, self.wait_aof_ms, **target)
+        # WAIT and WAITAOF confirm the writes made on their own connection: the pipeline's.
+        for command in self._confirms():
+            pipe.execute_command(*command)
         replies = await pipe.execute(raise_on_error=False)
         results, confirms = replies[: len(batch)], replies[len(batch):]
         for confirm in confirms:
-            replicated = confirm if isinstance(confirm, int) else None
-            if isinstance(confirm, list):  # WAITAOF: [local fsyncs, replica fsyncs]
-                ok = int(confirm[0]) >= 1
-            else:
-                ok = replicated is not None and replicated >= self.wait_replicas
-            if not ok:
+            if not self._confirmed(confirm):
                 # Applied but not confirmed: the caller must not acknowledge it.
                 raise NotReplicated(f"write not confirmed by WAIT/WAITAOF: {confirm!r}")
         return results
 
-    async def _nodes(self, batch: list[_Call]) -> list[ClusterNode | None]:
-        """The Cluster nodes the batch's scripts run on ([None]: a single server)."""
-        if not is_cluster(self.redis):
-            return [None]
+    def _confirms(self) -> list[tuple[Any, ...]]:
+        confirms: list[tuple[Any, ...]] = []
+        if self.wait_replicas:
+            confirms.append(("WAIT", self.wait_replicas, self.wait_replicas_ms))
+        if self.wait_aof_ms:
+            confirms.append(("WAITAOF", 1, 0, self.wait_aof_ms))
+        return confirms
+
+    def _confirmed(self, confirm: Any) -> bool:
+        if isinstance(confirm, list):  # WAITAOF: [local fsyncs, replica fsyncs]
+            return int(confirm[0]) >= 1
+        return isinstance(confirm, int) and confirm >= self.wait_replicas
+
+    async def _execute_durable_cluster(self, batch: list[_Call]) -> list[Any]:
+        """Per node owning a slot in the batch: its scripts, then WAIT / WAITAOF, as one
+        pipeline on one connection, with no retry and no redirection. Not redis-py's
+        ClusterPipeline: when a send fails it sends the unanswered commands again, and a
+        WAIT, whose target node it drops after the first try, then goes to the Cluster's
+        default node (a failover did that: the scripts' first try met the dead primary, the
+        second ran them on the promoted replica, and WAIT confirmed them from another shard);
+        it follows a MOVED or ASK per command, outside the WAIT too. Here any of these is a
+        StoreUnavailable for the calls of that node (a 503: the client retries with its
+        idempotency key), and the next call reads the slot map again."""
         cluster = self.redis
         await cluster.initialize()  # type: ignore[union-attr]  # a no-op once it has a map
-        nodes: dict[str, ClusterNode] = {}
-        for call in batch:
+        nodes: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, call in enumerate(batch):
             node = cluster.get_node_from_key(call.keys[0])  # type: ignore[union-attr]
-            if node is not None:
-                nodes[node.name] = node
-        return list(nodes.values())
+            nodes.setdefault(node.name, (node, []))[1].append(i)
+        results: list[Any] = [None] * len(batch)
+        stale = False
+
+        async def run(node: ClusterNode, indexes: list[int]) -> None:
+            nonlocal stale
+            commands = [PipelineCommand(n, "EVALSHA", self.shas[batch[i].name],
+                                        len(batch[i].keys), *batch[i].keys, *batch[i].args)
+                        for n, i in enumerate(indexes)]
+            confirms = [PipelineCommand(len(commands) + n, *command)
+                        for n, command in enumerate(self._confirms())]
+            try:
+                await node.execute_pipeline(commands + confirms)
+            except _UNREACHABLE:
+                stale = True
+                for i in indexes:
+                    results[i] = StoreUnavailable("stock store unreachable")
+                return
+            confirmed = all(self._confirmed(c.result) for c in confirms)
+            for i, command in zip(indexes, commands, strict=True):
+                result = command.result
+                if isinstance(result, (MovedError, AskError, *_UNREACHABLE)):
+                    stale = True  # not run here, or no answer: the slot map may be old
+                    result = StoreUnavailable("stock store unreachable")
+                elif not confirmed and not isinstance(result, NoScriptError):
+                    # Applied but not confirmed: the caller must not acknowledge it. (A
+                    # NOSCRIPT wrote nothing: reloaded and sent again by _send.)
+                    result = StoreUnavailable("write not confirmed by WAIT/WAITAOF")
+                results[i] = result
+
+        await asyncio.gather(*(run(node, indexes) for node, indexes in nodes.values()))
+        if stale:
+            # As redis-py does on a connection error or a MOVED past its limit: closes the
+            # connections and reads the slot map (CLUSTER SLOTS) again on the next call.
+            await cluster.aclose()
+        return results
