@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster, get_node_name
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError, TryAgainError
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
@@ -46,6 +46,19 @@ class StockCluster(RedisCluster):
 
     def get_default_node(self) -> ClusterNode:
         return self.nodes_manager.default_node or self._NO_NODE
+
+    async def initialize(self) -> StockCluster:
+        """redis-py raises RedisClusterException, which is no RedisError, when no seed node
+        answers or the slots are not all served yet: the Cluster is unavailable (a 503, and a
+        gateway that starts anyway), not misused. Only a node without cluster mode is a
+        configuration error and stays one."""
+        try:
+            await super().initialize()
+        except RedisClusterException as exc:
+            if "not enabled" in str(exc):
+                raise
+            raise ClusterError(f"Redis Cluster unavailable: {exc}") from exc
+        return self
 
 
 class _SlotMap(NodesManager):

@@ -256,6 +256,27 @@ async def test_scripts_are_loaded_again_on_a_node_that_lost_them(gateway: httpx.
         assert r.status_code == 201, r.text
 
 
+async def test_a_cluster_that_does_not_answer_is_a_503(tmp_path: Path,
+                                                       queue_server: EmbeddedRedis) -> None:
+    """No seed node answers (all down, or a wrong address): the gateway still starts, calls
+    answer 503 with Retry-After, and /readyz says not ready; never a 500."""
+    from stockgate.embedded import free_port
+
+    settings = Settings(data_dir=str(tmp_path), queue_redis_url=queue_server.url,
+                        redis_url=f"redis+cluster://127.0.0.1:{free_port()}",
+                        api_keys={"op": ApiKey(secret=operator_key("x"), tenant="x",
+                                               scopes=("operator",))})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        r = await client.post("/v1/holds", headers=auth("x"), json={
+            "hold_id": "h", "lines": [{"sku": "A", "qty": 1}]})
+        assert r.status_code == 503 and "retry-after" in r.headers, r.text
+        r = await client.get("/v1/stock/A", headers=auth("x"))
+        assert r.status_code == 503, r.text
+        assert (await client.get("/readyz")).status_code == 503
+
+
 # ---- configuration -----------------------------------------------------------------------
 
 def test_cluster_urls() -> None:
