@@ -238,6 +238,26 @@ MUTATIONS = (
              "ttl_ms = (ttl_s or self.settings.hold_ttl_s)",
              ("tests/test_review5_preorders.py",),
              "a hold made with a long ttl_s lives past hold_max_total_s"),
+    # --- issue 12: Redis Cluster --------------------------------------------------------
+    Mutation("cluster-replica-wait-ignored", "stockgate/stock.py",
+             "wait_replicas=settings.replica_wait,", "wait_replicas=0,",
+             ("tests/test_cluster_failover.py",),
+             "holds acknowledged while replication lags are lost when the primary dies"),
+    Mutation("cluster-wait-result-ignored", "stockgate/scripts.py",
+             "confirmed = all(self._confirmed(c.result) for c in confirms)",
+             "confirmed = True",
+             ("tests/test_cluster_failover.py",),
+             "a hold no replica has is acknowledged"),
+    Mutation("cluster-one-read-for-all-tenants", "workers/outbox.py",
+             "            return await self._read_cluster()",
+             "            pass",
+             ("tests/test_cluster.py",),
+             "one XREADGROUP over several tenants' streams: CROSSSLOT, no push ever leaves"),
+    Mutation("cluster-unreachable-is-500", "stockgate/cluster.py",
+             'raise ClusterError(f"Redis Cluster unavailable: {exc}") from exc',
+             "raise",
+             ("tests/test_cluster.py",),
+             "a Cluster that does not answer stops the gateway's start-up and answers 500s"),
 )
 
 
