@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster, get_node_name
 from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError, TryAgainError
@@ -30,19 +31,32 @@ Store = Redis | RedisCluster
 
 
 class StockCluster(RedisCluster):
-    """redis-py's RedisCluster with one defect worked around (redis-py 5.3.1, open upstream as
-    redis/redis-py#3835 and PR #3458): after a MOVED storm or a lost connection the client
-    resets its topology, leaving no default node until the next call re-reads it, and a
-    pipeline meeting an error meanwhile reads `get_default_node().name` and fails with
-    AttributeError, which reached shoppers as 500s while a tenant moved between shards
-    (tests/test_cluster.py). Callers only compare the default node or look it up by name, so
-    a placeholder that matches no real node is a safe answer in that gap."""
+    """redis-py's RedisCluster (5.3.1) with its defects under a topology change worked around,
+    each found by tests/test_cluster.py or a review against a real local Cluster:
+
+    - After a MOVED storm or a lost connection the client resets its topology, leaving no
+      default node until the next call re-reads it; a pipeline meeting an error meanwhile
+      reads `get_default_node().name` and fails with AttributeError, 500s to shoppers while a
+      tenant moved (open upstream: redis/redis-py#3835, PR #3458). Callers only compare the
+      default node or look it up by name, so a placeholder matching no node answers then.
+    - Every re-read of the topology also re-reads the command table (COMMAND) from the
+      default node, the first primary in CLUSTER SLOTS: while that primary is dead and not
+      yet replaced, every re-read failed, and so did every call to every shard. The table
+      does not change with the topology: it is read once.
+    - A MOVED applied twice (see _SlotMap).
+    """
 
     _NO_NODE = ClusterNode("0.0.0.0", 0)  # never connected, only compared
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nodes_manager.__class__ = _SlotMap
+        self.commands_parser.__class__ = _CommandTable
+
+    def refresh_slots(self) -> None:
+        """Read the topology again on the next call, keeping the open connections (redis-py's
+        own reaction to an error, aclose(), also drops every in-flight call to every node)."""
+        self._initialize = True
 
     def get_default_node(self) -> ClusterNode:
         return self.nodes_manager.default_node or self._NO_NODE
@@ -59,6 +73,14 @@ class StockCluster(RedisCluster):
                 raise
             raise ClusterError(f"Redis Cluster unavailable: {exc}") from exc
         return self
+
+
+class _CommandTable(AsyncCommandsParser):
+    __slots__ = ()  # AsyncCommandsParser's layout, so that the client's instance can take it
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if not self.commands:  # read once: COMMAND's table does not change with the topology
+            await super().initialize(node)
 
 
 class _SlotMap(NodesManager):
@@ -105,14 +127,13 @@ def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     if not seeds:
         raise ValueError("a Cluster URL names at least one seed node (host:port)")
     options: dict[str, Any] = {"ssl": tls} if tls else {}
-    if auth:
-        user, sep, password = auth.partition(":")
-        if sep:
-            options["password"] = unquote(password)
-            if user:
-                options["username"] = unquote(user)
-        else:
-            options["password"] = unquote(user)
+    # As redis:// URLs read in redis-py: `user@` names a user, `:password@` or
+    # `user:password@` carry a password (so the URL's masking in logs finds it).
+    user, sep, password = auth.partition(":")
+    if user:
+        options["username"] = unquote(user)
+    if sep:
+        options["password"] = unquote(password)
     return seeds, options
 
 

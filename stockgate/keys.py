@@ -15,6 +15,14 @@ class TenantKeys:
         self.expiry = self.prefix + "holds:expiry"
         self.skus = self.prefix + "skus"
 
+    def moving_guard(self) -> str:
+        """A key that never exists, declared by every stock script: while the tenant's slot
+        is being moved between Cluster nodes, a script declaring a missing key next to an
+        existing one (its outbox) is refused with TRYAGAIN before it runs, on the source and
+        on the target alike, so none runs on a node that holds only part of the tenant
+        (stockgate/cluster.py)."""
+        return self.prefix + "moving-guard"
+
     def stock(self, sku: str) -> str:
         return self.prefix + "stock:" + sku
 

@@ -155,13 +155,9 @@ class LocalCluster:
 
     def move_slot(self, slot: int, target: EmbeddedRedis) -> int:
         """Move one slot (a tenant: its keys all hash to one slot) to `target` with every key
-        in ONE MIGRATE, and return how many keys moved. The scripts touch keys they do not
-        declare (legal while they share the declared keys' slot), so a slot must never stay
-        half moved while they run: between the MIGRATING mark and the MIGRATE the tenant's
-        calls are refused (TRYAGAIN, ASK to the target) and answered 503, never half-applied
-        on a node that lacks some of the tenant's keys. `redis-cli --cluster reshard` moves
-        10 keys per MIGRATE by default: give it --cluster-pipeline above the slot's key
-        count."""
+        in one MIGRATE, and return how many keys moved. While the slot is marked, the stock
+        scripts are refused before they run (their guard key, stockgate/keys.py), so none
+        runs on a node holding part of the tenant."""
         source = self._owner_of(slot)
         ids = {n.port: self._node_id(n) for n in (source, target)}
         src, dst = self._client(source), self._client(target)

@@ -296,7 +296,7 @@ class Scripts:
 
         await asyncio.gather(*(run(node, indexes) for node, indexes in nodes.values()))
         if stale:
-            # As redis-py does on a connection error or a MOVED past its limit: closes the
-            # connections and reads the slot map (CLUSTER SLOTS) again on the next call.
-            await cluster.aclose()
+            # Read the slot map (CLUSTER SLOTS) again on the next call; not redis-py's aclose(),
+            # which would also cut every call in flight to the healthy shards.
+            cluster.refresh_slots()  # type: ignore[union-attr]
         return results

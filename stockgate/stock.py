@@ -98,8 +98,10 @@ class StockEngine:
 
     async def _run(self, op: str, tenant: str, keys: list[str], request: dict[str, Any],
                    channel: str, reply_type: type[R]) -> tuple[R, bool]:
-        prefix = tenant_keys(tenant).prefix
-        reply = await self.scripts.call(op, keys, [tenant, prefix, _encode(request), channel])
+        k = tenant_keys(tenant)
+        # The guard goes last, so every script's KEYS[1..n] stay what it reads.
+        reply = await self.scripts.call(op, [*keys, k.moving_guard()],
+                                        [tenant, k.prefix, _encode(request), channel])
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status != "ok":
             raise errors.from_script(status, msgspec.json.decode(reply[1]))

@@ -285,6 +285,8 @@ def test_cluster_urls() -> None:
     assert seeds == [("h1", 7000), ("h2", 7001)]
     assert options == {"username": "user", "password": "p@ss"}
     assert cluster_seeds("rediss+cluster://:pw@h1:7000")[1] == {"ssl": True, "password": "pw"}
+    # A lone name is a user, as in redis-py's redis:// URLs: never a password shown in logs.
+    assert cluster_seeds("redis+cluster://ops@h1:7000")[1] == {"username": "ops"}
     for bad in ("redis+cluster://", "redis+cluster://h1", "redis+cluster://h1:7000/2"):
         with pytest.raises(ValueError):
             cluster_seeds(bad)

@@ -22,16 +22,18 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.exceptions import ResponseError
 
 from stockgate.alerts import raise_alert
 from stockgate.audit import AuditStore, audit_unreachable
-from stockgate.cluster import is_cluster
+from stockgate.cluster import StockCluster, is_cluster
 from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Event, event_decoder
 from stockgate.settings import Settings
@@ -39,6 +41,9 @@ from workers import preorders
 from workers.propagation import mark_events
 
 log = logging.getLogger("stockgate.outbox")
+
+# A node that cannot be read is said so at most this often (a round runs every 20 ms).
+NODE_TROUBLE_LOG_S = 5.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -92,6 +97,7 @@ class OutboxConsumer:
         self.name = name or consumer_name()
         self.tenants = settings.tenant_names()
         self.streams = {tenant_keys(t).outbox: t for t in self.tenants}
+        self._trouble_logged: dict[str, float] = {}
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -141,49 +147,85 @@ class OutboxConsumer:
     async def _read_cluster(self) -> int:
         """A Cluster refuses one XREADGROUP over streams in different slots, and each tenant's
         stream has a slot of its own; a blocking read per tenant would hold a connection per
-        tenant. So: one non-blocking read per stream, sent as one pipeline per node (the
-        stream's node named, which spares redis-py a COMMAND GETKEYS round trip per read),
-        and a pause of cluster_idle_ms when every stream was empty."""
-        cluster: RedisCluster = self.redis  # type: ignore[assignment]
+        tenant. So: one non-blocking read per stream, one pipeline per node, and a pause of
+        cluster_idle_ms when every stream was empty. Each node's pipeline stands alone (not
+        redis-py's ClusterPipeline, which fails the whole round when one node is down): a
+        shard that is down or failing over delays its own tenants only."""
+        cluster: StockCluster = self.redis  # type: ignore[assignment]
         await cluster.initialize()
-        pipe = cluster.pipeline()
+        by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
         for stream in self.streams:
             node = cluster.get_node_from_key(stream)
-            pipe.execute_command("XREADGROUP", "GROUP", CONSUMER_GROUP, self.name,
-                                 "COUNT", self.config.batch, "STREAMS", stream, ">",
-                                 **({"target_nodes": node} if node else {}))
+            by_node.setdefault(node.name, (node, []))[1].append(stream)
+
+        async def read(node: ClusterNode, streams: list[str]) -> list[Any]:
+            commands = [PipelineCommand(i, "XREADGROUP", "GROUP", CONSUMER_GROUP, self.name,
+                                        "COUNT", self.config.batch, "STREAMS", stream, ">")
+                        for i, stream in enumerate(streams)]
+            await node.execute_pipeline(commands)
+            return [c.result for c in commands]
+
+        rounds = await asyncio.gather(*(read(node, streams) for node, streams in by_node.values()),
+                                      return_exceptions=True)
         done = 0
-        for reply in await pipe.execute():
-            for stream, entries in reply or []:
-                name = stream.decode() if isinstance(stream, bytes) else stream
-                await self.process(self.streams[name], entries)
-                done += len(entries)
+        for (node, _), replies in zip(by_node.values(), rounds, strict=True):
+            if isinstance(replies, BaseException):
+                if isinstance(replies, asyncio.CancelledError):
+                    raise replies
+                self._node_trouble(node.name, replies)
+                cluster.refresh_slots()  # a failover or a move: read the topology again
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):  # MOVED, ASK, TRYAGAIN, a lost reply
+                    self._node_trouble(node.name, reply)
+                    cluster.refresh_slots()
+                    continue
+                for stream, entries in reply or []:
+                    name = stream.decode() if isinstance(stream, bytes) else stream
+                    await self.process(self.streams[name], entries)
+                    done += len(entries)
         if not done:
             await asyncio.sleep(self.config.cluster_idle_ms / 1000)
         return done
 
+    def _node_trouble(self, node: str, error: BaseException) -> None:
+        """Logged once per node per NODE_TROUBLE_LOG_S: a round runs every cluster_idle_ms."""
+        now = time.monotonic()
+        if now - self._trouble_logged.get(node, -NODE_TROUBLE_LOG_S) >= NODE_TROUBLE_LOG_S:
+            self._trouble_logged[node] = now
+            log.warning("outbox streams on node %s not read: %s (its tenants wait; the others "
+                        "go on)", node, type(error).__name__)
+
     async def claim_abandoned(self) -> int:
-        """Take over entries a dead consumer left pending, and redo them."""
+        """Take over entries a dead consumer left pending, and redo them. A stream that
+        cannot be claimed now (its shard down) is left for the next claim, not the rest."""
         done = 0
         for stream, tenant in self.streams.items():
-            start = "0-0"
-            while True:
-                reply = await self.redis.xautoclaim(
-                    stream, CONSUMER_GROUP, self.name, self.config.claim_min_idle_ms,
-                    start_id=start, count=self.config.batch)
-                start, entries = reply[0], reply[1]
-                # Entries deleted from the stream while pending: nothing to redo, just ack.
-                deleted = reply[2] if len(reply) > 2 else []
-                if deleted:
-                    await self.redis.xack(stream, CONSUMER_GROUP, *deleted)
-                live = [e for e in entries if e[1]]
-                if live:
-                    log.info("claimed %d abandoned outbox entries of %s", len(live), tenant)
-                    await self.process(tenant, live)
-                    done += len(live)
-                if start in (b"0-0", "0-0"):
-                    break
+            try:
+                done += await self._claim(stream, tenant)
+            except Exception as exc:  # CancelledError is no Exception: it still stops us
+                log.warning("outbox of %s not claimed: %s", tenant, type(exc).__name__)
         return done
+
+    async def _claim(self, stream: str, tenant: str) -> int:
+        done = 0
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                stream, CONSUMER_GROUP, self.name, self.config.claim_min_idle_ms,
+                start_id=start, count=self.config.batch)
+            start, entries = reply[0], reply[1]
+            # Entries deleted from the stream while pending: nothing to redo, just ack.
+            deleted = reply[2] if len(reply) > 2 else []
+            if deleted:
+                await self.redis.xack(stream, CONSUMER_GROUP, *deleted)
+            live = [e for e in entries if e[1]]
+            if live:
+                log.info("claimed %d abandoned outbox entries of %s", len(live), tenant)
+                await self.process(tenant, live)
+                done += len(live)
+            if start in (b"0-0", "0-0"):
+                return done
 
     async def trim(self) -> int:
         """Drop entries older than the retention that every consumer is done with: never one
