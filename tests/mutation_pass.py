@@ -258,6 +258,19 @@ MUTATIONS = (
              "raise",
              ("tests/test_cluster.py",),
              "a Cluster that does not answer stops the gateway's start-up and answers 500s"),
+    Mutation("cluster-moving-guard-dropped", "stockgate/stock.py",
+             "self.scripts.call(op, [*keys, k.moving_guard()],", "self.scripts.call(op, [*keys],",
+             ("tests/test_cluster_review.py",),
+             "a script runs on a slot in mid-move, is aborted after its first write, is retried"),
+    Mutation("cluster-command-table-reread", "stockgate/cluster.py",
+             "        self.commands_parser.__class__ = _CommandTable", "        pass",
+             ("tests/test_cluster_review.py",),
+             "the death of slot 0's primary fails every call to every shard"),
+    Mutation("cluster-outbox-one-round-for-all", "workers/outbox.py",
+             "                                      return_exceptions=True)",
+             "                                      return_exceptions=False)",
+             ("tests/test_cluster_review.py",),
+             "one dead shard stops every tenant's pushes"),
 )
 
 
