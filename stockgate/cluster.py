@@ -44,6 +44,10 @@ class StockCluster(RedisCluster):
       yet replaced, every re-read failed, and so did every call to every shard. The table
       does not change with the topology: it is read once.
     - A MOVED applied twice (see _SlotMap).
+    - On a connection error redis-py drops the node from its seed list before it re-reads the
+      topology; calls failing together on every node (cut by its own aclose()) emptied the
+      list, and the client never reconnected, even once the Cluster was whole again. Every
+      node it has known is put back before a re-read.
     """
 
     _NO_NODE = ClusterNode("0.0.0.0", 0)  # never connected, only compared
@@ -52,6 +56,8 @@ class StockCluster(RedisCluster):
         super().__init__(*args, **kwargs)
         self.nodes_manager.__class__ = _SlotMap
         self.commands_parser.__class__ = _CommandTable
+        self._known = {n.name: (n.host, n.port)
+                       for n in self.nodes_manager.startup_nodes.values()}
 
     def refresh_slots(self) -> None:
         """Read the topology again on the next call, keeping the open connections (redis-py's
@@ -66,12 +72,21 @@ class StockCluster(RedisCluster):
         answers or the slots are not all served yet: the Cluster is unavailable (a 503, and a
         gateway that starts anyway), not misused. Only a node without cluster mode is a
         configuration error and stays one."""
+        slot_map = self.nodes_manager
+        rereading = self._initialize
+        if rereading:
+            for name, (host, port) in self._known.items():
+                if name not in slot_map.startup_nodes:
+                    slot_map.startup_nodes[name] = ClusterNode(
+                        host, port, **slot_map.connection_kwargs)
         try:
             await super().initialize()
         except RedisClusterException as exc:
             if "not enabled" in str(exc):
                 raise
             raise ClusterError(f"Redis Cluster unavailable: {exc}") from exc
+        if rereading:
+            self._known.update((n.name, (n.host, n.port)) for n in slot_map.nodes_cache.values())
         return self
 
 

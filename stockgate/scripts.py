@@ -67,6 +67,17 @@ def _unavailable(error: Exception) -> StoreUnavailable | None:
     return None
 
 
+def _mark(key: str) -> tuple[str, str]:
+    """The write sent before WAIT / WAITAOF, to a key of `key`'s tenant (same slot, same
+    node). WAIT waits for the writes of its own connection only, and a replayed call (its
+    idempotency record found) writes nothing: a retry after a WAIT timeout, on another
+    connection or one whose last write had replicated, was confirmed at once and acknowledged
+    while no replica had the first attempt's write (a review found it). This write comes
+    after every earlier write to the shard in its replication stream, so the wait covers the
+    first attempt's too."""
+    return ("INCR", key[: key.index("}:") + 2] + "wait-mark")
+
+
 class NotReplicated(RedisConnectionError):
     """Applied on the primary, but WAIT / WAITAOF did not confirm it in time: not to be
     acknowledged (a retry with the same idempotency key returns the first answer)."""
@@ -122,14 +133,50 @@ class Scripts:
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (at start-up, and again after NOSCRIPT)."""
+        if is_cluster(self.redis):
+            await self._on_primaries(self._load_on)
+            return
         for name, src in self.sources.items():
-            sha = await self.redis.script_load(src)
-            if sha != self.shas[name]:
-                raise RuntimeError(f"server hashed script {name} differently")
+            self._check_sha(name, await self.redis.script_load(src))
 
     async def loaded(self) -> bool:
+        if is_cluster(self.redis):
+            return all(await self._on_primaries(self._loaded_on))
         found = await self.redis.script_exists(*self.shas.values())
         return all(found)
+
+    def _check_sha(self, name: str, sha: Any) -> None:
+        if (sha.decode() if isinstance(sha, bytes) else sha) != self.shas[name]:
+            raise RuntimeError(f"server hashed script {name} differently")
+
+    async def _load_on(self, node: ClusterNode) -> bool:
+        for name, src in self.sources.items():
+            self._check_sha(name, await node.execute_command("SCRIPT LOAD", src))
+        return True
+
+    async def _loaded_on(self, node: ClusterNode) -> bool:
+        found = await node.execute_command("SCRIPT EXISTS", *self.shas.values())
+        return all(found)
+
+    async def _on_primaries(self, action: Any) -> list[bool]:
+        """`action` on each primary on its own. redis-py sends an all-primaries command (SCRIPT
+        LOAD, SCRIPT EXISTS) as one, which fails whole when one primary is down, and reacts
+        by dropping the nodes that failed and closing every connection: one readiness probe
+        during a failover took every shard down for good (a review found it). A primary that
+        does not answer is skipped (its tenants' calls answer 503 until it is back or
+        replaced, and the replacement gets the scripts on its first NOSCRIPT); none
+        answering is a StoreUnavailable."""
+        cluster = self.redis
+        await cluster.initialize()  # type: ignore[union-attr]
+        answers: list[bool] = []
+        for node in cluster.get_primaries():  # type: ignore[union-attr]
+            try:
+                answers.append(await action(node))
+            except _UNREACHABLE:
+                cluster.refresh_slots()  # type: ignore[union-attr]
+        if not answers:
+            raise StoreUnavailable("no primary of the Redis Cluster answers")
+        return answers
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if self.wire is not None:
@@ -226,10 +273,13 @@ class Scripts:
             pipe.execute_command("EVALSHA", self.shas[call.name], len(call.keys), *call.keys,
                                  *call.args)
         # WAIT and WAITAOF confirm the writes made on their own connection: the pipeline's.
+        pipe.execute_command(*_mark(batch[0].keys[0]))
         for command in self._confirms():
             pipe.execute_command(*command)
         replies = await pipe.execute(raise_on_error=False)
-        results, confirms = replies[: len(batch)], replies[len(batch):]
+        results, (marked, *confirms) = replies[: len(batch)], replies[len(batch):]
+        if isinstance(marked, Exception):
+            raise NotReplicated(f"wait mark not written: {marked!r}")
         for confirm in confirms:
             if not self._confirmed(confirm):
                 # Applied but not confirmed: the caller must not acknowledge it.
@@ -273,16 +323,18 @@ class Scripts:
             commands = [PipelineCommand(n, "EVALSHA", self.shas[batch[i].name],
                                         len(batch[i].keys), *batch[i].keys, *batch[i].args)
                         for n, i in enumerate(indexes)]
-            confirms = [PipelineCommand(len(commands) + n, *command)
+            mark = PipelineCommand(len(commands), *_mark(batch[indexes[0]].keys[0]))
+            confirms = [PipelineCommand(len(commands) + 1 + n, *command)
                         for n, command in enumerate(self._confirms())]
             try:
-                await node.execute_pipeline(commands + confirms)
+                await node.execute_pipeline([*commands, mark, *confirms])
             except _UNREACHABLE:
                 stale = True
                 for i in indexes:
                     results[i] = StoreUnavailable("stock store unreachable")
                 return
-            confirmed = all(self._confirmed(c.result) for c in confirms)
+            confirmed = all(self._confirmed(c.result) for c in confirms) and not isinstance(
+                mark.result, Exception)
             for i, command in zip(indexes, commands, strict=True):
                 result = command.result
                 if isinstance(result, (MovedError, AskError, *_UNREACHABLE)):

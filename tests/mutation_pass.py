@@ -271,6 +271,10 @@ MUTATIONS = (
              "                                      return_exceptions=False)",
              ("tests/test_cluster_review.py",),
              "one dead shard stops every tenant's pushes"),
+    Mutation("cluster-wait-mark-dropped", "stockgate/scripts.py",
+             'return ("INCR", key[: key.index("}:") + 2] + "wait-mark")', 'return ("PING",)',
+             ("tests/test_cluster_review.py",),
+             "a retry after a WAIT timeout is acknowledged while no replica has the write"),
 )
 
 

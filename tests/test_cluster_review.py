@@ -6,18 +6,27 @@ Cluster without replicas, so that a dead primary stays dead:
   receipt counted twice, units that do not exist put on sale;
 - one dead shard stopped the outbox of every tenant (one pipeline for all streams);
 - the death of the primary owning slot 0 failed every call to every shard (redis-py re-read
-  the command table from that node on each topology refresh).
+  the command table from that node on each topology refresh);
+and of the second review, on a Cluster with replicas:
+- one readiness probe during a failover (SCRIPT EXISTS / LOAD on every primary) emptied the
+  client's seed list, and no call to any shard succeeded again;
+- with replica_wait, the retry of a call whose WAIT timed out was a replay that wrote
+  nothing, and its WAIT (on another connection) confirmed at once: acknowledged while no
+  replica had the write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from redis import Redis as SyncRedis
 from redis.crc import key_slot
@@ -30,6 +39,7 @@ from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.local_cluster import LocalCluster, spread_tenants
 from stockgate.settings import ApiKey, Settings
+from stockgate.stock import StockEngine
 from workers.outbox import OutboxConfig, OutboxConsumer
 
 TENANTS = spread_tenants(3)  # TENANTS[0] lives on the primary that owns slot 0
@@ -162,6 +172,14 @@ async def test_a_dead_shard_stops_neither_the_other_shards_nor_their_outboxes(
         assert set(statuses) == {201}, statuses
         # Every hold is one outbox event of its tenant, read from its live shard.
         await wait_for(lambda: _seen_all(seen, healthy, n // 2), 10)
+        # A worker starting now (scripts, consumer groups, old consumers) starts: the dead
+        # shard's tenant waits, the others' holds still expire and their pushes still leave.
+        engine = StockEngine(store, settings)
+        await engine.load_scripts()
+        assert await engine.scripts.loaded()
+        fresh = OutboxConsumer(store, settings, audit_store(settings))
+        await fresh.ensure_groups()
+        await fresh.forget_idle_consumers()
     finally:
         stop.set()
         reading.cancel()
@@ -175,3 +193,67 @@ async def _all_seen(seen: Counter[str]) -> bool:
 
 async def _seen_all(seen: Counter[str], tenants: list[str], each: int) -> bool:
     return all(seen[t] >= each for t in tenants)
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path / "c", replicas=1) as local:
+        yield local
+
+
+async def test_one_readiness_probe_during_a_failover_does_not_take_every_shard_down(
+        tmp_path: Path, replicated: LocalCluster, queue: EmbeddedRedis) -> None:
+    app = create_app(settings_for(tmp_path, replicated, queue))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        for t in TENANTS:
+            r = await client.post("/v1/stock/S/adjust", headers=auth(t), json={
+                "delta": 100, "reason": "receipt", "idempotency_key": "a"})
+            assert r.status_code == 200, r.text
+        replicated.primary_for(tenant_keys(TENANTS[1]).outbox).kill()
+        await client.get("/readyz")  # a load balancer's probe in the failover gap
+        await asyncio.to_thread(replicated.wait_healthy, 30)  # the replica is promoted
+        statuses: dict[str, int] = {}
+        for i in range(20):
+            for t in TENANTS:
+                r = await client.post("/v1/holds", headers=auth(t), json={
+                    "hold_id": f"h{i}", "lines": [{"sku": "S", "qty": 1}]})
+                statuses[t] = r.status_code
+            if set(statuses.values()) == {201}:
+                break
+            await asyncio.sleep(0.5)
+        assert set(statuses.values()) == {201}, statuses
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_retry_after_a_wait_timeout_is_not_acknowledged_unreplicated(
+        tmp_path: Path, replicated: LocalCluster, queue: EmbeddedRedis) -> None:
+    """The only replica stalls (SIGSTOP: the link stays up, nothing is applied). A hold
+    answers 503 (WAIT timed out); the client's retry, through another gateway process, finds
+    the hold's record and replays it: still 503 while the replica lags, 201 once it caught up."""
+    t = TENANTS[2]
+    base = settings_for(tmp_path, replicated, queue)
+    durable = msgspec.structs.replace(base, replica_wait=1, replica_wait_ms=300)
+    first, second = create_app(durable), create_app(durable)
+    async with first.router.lifespan_context(first), second.router.lifespan_context(second), \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=first),
+                              base_url="http://a") as a, \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=second),
+                              base_url="http://b") as b:
+        r = await a.post("/v1/stock/X/adjust", headers=auth(t), json={
+            "delta": 1, "reason": "receipt", "idempotency_key": "a"})
+        assert r.status_code == 200, r.text
+        primary = replicated.primary_for(tenant_keys(t).outbox)
+        replica = replicated.replicas_of(primary)[0]
+        assert replica.process is not None
+        body = {"hold_id": "h1", "lines": [{"sku": "X", "qty": 1}]}
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            assert (await a.post("/v1/holds", headers=auth(t), json=body)).status_code == 503
+            for gateway in (b, a):  # the retry, on another process and on the first one
+                r = await gateway.post("/v1/holds", headers=auth(t), json=body)
+                assert r.status_code == 503, r.text
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        r = await b.post("/v1/holds", headers=auth(t), json=body)
+        assert r.status_code == 201, r.text

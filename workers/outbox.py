@@ -100,12 +100,24 @@ class OutboxConsumer:
         self._trouble_logged: dict[str, float] = {}
 
     async def ensure_groups(self) -> None:
+        """The consumer group on every stream. On a Cluster a stream whose shard is down is
+        skipped (its reads fail until it is back, and NOGROUP makes it then): one shard must
+        not keep a worker from starting for every tenant, holds expiring included."""
         for stream in self.streams:
             try:
-                await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                await self._ensure_group(stream)
+            except Exception as exc:  # CancelledError is no Exception
+                if not is_cluster(self.redis):
                     raise
+                log.warning("outbox group of %s not made yet: %s", self.streams[stream],
+                            type(exc).__name__)
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.ensure_groups()
@@ -165,6 +177,7 @@ class OutboxConsumer:
             await node.execute_pipeline(commands)
             return [c.result for c in commands]
 
+        streams_of = {name: streams for name, (_, streams) in by_node.items()}
         rounds = await asyncio.gather(*(read(node, streams) for node, streams in by_node.values()),
                                       return_exceptions=True)
         done = 0
@@ -175,7 +188,10 @@ class OutboxConsumer:
                 self._node_trouble(node.name, replies)
                 cluster.refresh_slots()  # a failover or a move: read the topology again
                 continue
-            for reply in replies:
+            for stream, reply in zip(streams_of[node.name], replies, strict=True):
+                if isinstance(reply, ResponseError) and str(reply).startswith("NOGROUP"):
+                    await self._ensure_group(stream)  # skipped at start: its shard was down
+                    continue
                 if isinstance(reply, Exception):  # MOVED, ASK, TRYAGAIN, a lost reply
                     self._node_trouble(node.name, reply)
                     cluster.refresh_slots()
@@ -278,6 +294,12 @@ class OutboxConsumer:
             try:
                 consumers = await self.redis.xinfo_consumers(stream, CONSUMER_GROUP)
             except ResponseError:  # no stream or group yet
+                continue
+            except Exception as exc:  # a Cluster shard down: its consumers wait a start
+                if not is_cluster(self.redis):
+                    raise
+                log.warning("outbox consumers of %s not checked: %s", self.streams[stream],
+                            type(exc).__name__)
                 continue
             for consumer in consumers:
                 name = _text(consumer["name"])
