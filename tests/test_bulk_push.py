@@ -19,6 +19,7 @@ from stockgate.deliveries import failed_deliveries
 from stockgate.embedded import EmbeddedRedis
 from stockgate.stock import StockEngine
 from workers.runtime import WorkerConfig
+from workers.settings import WorkerSettings
 from workers.simulators import SimulatorServer
 
 SKUS = 3000
@@ -44,7 +45,12 @@ async def test_bulk_change_reaches_every_channel_in_batches(
     await engine.load_scripts()
     skus = bulk.sku_names(SKUS)
     config = WorkerConfig()  # production defaults: claim_batch 250, lease 15 s
-    async with running_worker(settings, redis_server.url, config):
+    # Without the reconciliation cron: when its minute (second 30) came round during a phase
+    # it re-marked targets still in flight, up to 6 more writes and 17 reads on BigCommerce,
+    # and the write count depended on the clock (a CI run failed on it). This test counts
+    # what a bulk change costs; reconciliation has tests of its own.
+    no_reconcile = [c for c in WorkerSettings.cron_jobs if c.name != "cron:reconcile_job"]
+    async with running_worker(settings, redis_server.url, config, cron_jobs=no_reconcile):
         cold = await bulk.measure(engine, sims, skus, phase="cold", delta=40,
                                   claim_batch=config.propagation.claim_batch,
                                   within_s=COLD_BOUND_S)
@@ -61,16 +67,13 @@ async def test_bulk_change_reaches_every_channel_in_batches(
             assert c.converged_skus == SKUS
             # Batched: about one write per batch, against the 3,000 a call per SKU takes. A
             # claim may catch the outbox halfway through marking the change and go out
-            # part-full (BigCommerce's 2,000-item claims: a handful of calls, not 2), and a
-            # reconciliation run may re-mark some.
+            # part-full (BigCommerce's 2,000-item claims: a handful of calls, not 2).
             batches = math.ceil(SKUS / c.batch_limit)
             assert batches <= c.writes <= 2 * batches + 6, (figures.phase, c)
             assert c.calls < SKUS / 10, (figures.phase, c)
-    # Once the channels know the items, a change is its writes and nothing else (bar
-    # reconciliation's reads if its minute came round: 100 targets each, so a whole sweep of
-    # the 3,000 is 30 calls).
+    # Once the channels know the items, a change is its writes and nothing else.
     for c in warm.channels:
-        assert c.calls - c.writes <= 10 + math.ceil(SKUS / 100), c
+        assert c.calls == c.writes, c
     for name, sim in sims.items():
         view = await engine.stock("default", skus[-1])
         assert sim.state.count(skus[-1], "main") == view.channels[name] == 25

@@ -45,12 +45,12 @@ def settings_with(tmp_path: Path, channels: dict[str, Channel], **extra: object)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, redis_url: str,
-                         config: WorkerConfig = FAST) -> AsyncIterator[object]:
+async def running_worker(settings: Settings, redis_url: str, config: WorkerConfig = FAST,
+                         **overrides: object) -> AsyncIterator[object]:
     """The worker `stockgate worker` runs (WorkerSettings, cron, on_startup runtime) in this
     event loop. arq's own Worker would do for most tests, but its close() raises CancelledError
     when a cron job is cut off mid-start, which failed whole CI runs on a busy machine."""
-    worker = build_worker(settings, redis_url, config, handle_signals=False)
+    worker = build_worker(settings, redis_url, config, handle_signals=False, **overrides)
     task = asyncio.create_task(worker.async_run())
     try:
         await wait_for(lambda: _started(worker), 10)
