@@ -5,6 +5,7 @@ redis-cli needed). For the tests, the benchmarks and `stockgate up --cluster`.""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,7 @@ from typing import Literal
 from redis import Redis as SyncRedis
 from redis.crc import key_slot
 
-from stockgate.embedded import EmbeddedRedis, free_port
+from stockgate.embedded import EmbeddedRedis, free_ports
 
 SLOTS = 16384
 
@@ -53,11 +54,10 @@ class LocalCluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
 
-    def _server(self, index: int) -> EmbeddedRedis:
-        bus = free_port()
+    def _server(self, index: int, port: int, bus: int) -> EmbeddedRedis:
         self.bus_ports[index] = bus
         return EmbeddedRedis(
-            self.data_dir / f"node-{index}", durability=self.durability,
+            self.data_dir / f"node-{index}", port=port, durability=self.durability,
             extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", str(self.node_timeout_ms),
                         # The bus port is port + 10000 by default, past 65535 for the high
@@ -71,10 +71,23 @@ class LocalCluster:
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
         total = self.primaries * (1 + self.replicas)
-        self.nodes = [self._server(i) for i in range(total)]
+        for attempt in range(3):
+            # Every node's port and bus port at once, all distinct; another process may
+            # still take one before its node binds it: then start again on new ports.
+            ports = free_ports(2 * total)
+            self.nodes = [self._server(i, ports[i], ports[total + i]) for i in range(total)]
+            try:
+                for node in self.nodes:
+                    node.start()
+            except RuntimeError:
+                self.stop()
+                if attempt == 2:
+                    raise
+                for i in range(total):  # a node that did start wrote its nodes.conf
+                    shutil.rmtree(self.data_dir / f"node-{i}", ignore_errors=True)
+                continue
+            break
         try:
-            for node in self.nodes:
-                node.start()
             self._form(timeout)
         except BaseException:
             self.stop()
