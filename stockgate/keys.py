@@ -4,6 +4,8 @@ shard, see the README)."""
 
 from __future__ import annotations
 
+import functools
+
 
 class TenantKeys:
     __slots__ = ("expiry", "outbox", "prefix", "skus", "tenant")
@@ -91,14 +93,9 @@ class TenantKeys:
         return self.prefix + "bundled:" + component
 
 
-_cache: dict[str, TenantKeys] = {}
-
-
+@functools.cache  # one per tenant, built once: key names are on every call's path
 def tenant_keys(tenant: str) -> TenantKeys:
-    keys = _cache.get(tenant)
-    if keys is None:
-        keys = _cache[tenant] = TenantKeys(tenant)
-    return keys
+    return TenantKeys(tenant)
 
 
 # Keys owned by the workers' bookkeeping (delivery bookkeeping and alerts), under the tenant's
@@ -148,11 +145,6 @@ class WorkerKeys:
         return self.prefix + "alerts:once:" + marker
 
 
-_worker_cache: dict[str, WorkerKeys] = {}
-
-
+@functools.cache
 def worker_keys(tenant: str) -> WorkerKeys:
-    keys = _worker_cache.get(tenant)
-    if keys is None:
-        keys = _worker_cache[tenant] = WorkerKeys(tenant)
-    return keys
+    return WorkerKeys(tenant)
