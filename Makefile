@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean fuse
+.PHONY: run test lint bench clean fuse browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 CLUSTER_SUITE := tests/test_scripts.py tests/test_concurrency.py tests/test_gateway_holds.py \
 	tests/test_gateway_webhooks.py tests/test_workers_e2e.py tests/test_flash_sale.py
 
-test: $(STAMP) fuse
+test: $(STAMP) fuse browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 	STOCKGATE_TEST_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)
@@ -35,6 +35,22 @@ fuse:
 		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fuse3; } \
 		|| echo "could not install fuse3: the power-loss test will skip, or fail if CI is set"; \
+	fi
+
+# The console's browser tests drive a headless Chromium through Playwright with the system's
+# browser (tests/browser_support.py), so no `playwright install` download. CI runs as root on
+# Debian: install Debian's chromium there when none is on PATH. Without recommends (no fonts-
+# liberation, upower, notification daemons) it still renders headless: fontconfig pulls a font.
+# Anyone else is left alone, and the browser tests skip with their reason (fail if CI is set).
+HAS_CHROMIUM := command -v chromium || command -v chromium-browser || command -v google-chrome
+browser:
+	@if [ "$$(id -u)" = 0 ] && [ -z "$$CHROMIUM" ] && ! { $(HAS_CHROMIUM); } >/dev/null \
+			&& command -v apt-get >/dev/null; then \
+		echo "installing chromium (Debian's) for the console's browser tests"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will skip, or fail if CI is set"; \
 	fi
 
 bench: $(STAMP)
