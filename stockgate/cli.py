@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -17,10 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import msgspec
 
 from stockgate.embedded import EmbeddedRedis, running_url, start_for
-from stockgate.settings import ConfigError, Settings, load_settings
+from stockgate.settings import ApiKey, ConfigError, Settings, load_settings
 
 log = logging.getLogger("stockgate")
 
@@ -163,6 +165,53 @@ def local_key_notice(host: str, port: int, key: str, data_dir: str) -> str:
             "others reach, configure API keys in STOCKGATE_CONFIG instead")
 
 
+def operator_key(settings: Settings) -> tuple[str, ApiKey] | None:
+    """The first operator-scope API key of the config (its order in the file), by name."""
+    return next(((name, key) for name, key in settings.api_keys.items()
+                 if "operator" in key.scopes), None)
+
+
+def _url_host(host: str) -> str:
+    """The host part of a URL to reach a gateway listening on `host` from this machine: a
+    wildcard address (every interface) is reached on loopback; an IPv6 literal is bracketed."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host.strip("[]") == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def console_url(host: str, port: int) -> str:
+    return f"http://{_url_host(host)}:{port}/console"
+
+
+def console_notice(settings: Settings, host: str, port: int) -> str:
+    """What `up` prints once its gateway answers: where the operator console is and the key
+    to sign in with. The secret is shown on loopback only, for the reason in
+    local_key_notice (a server's terminal output is recorded and shipped to log stores)."""
+    url = console_url(host, port)
+    found = operator_key(settings)
+    if found is None:
+        config = os.environ.get("STOCKGATE_CONFIG") or "the file STOCKGATE_CONFIG names"
+        return (f"Console: {url}  (no operator key to sign in with: add one to {config}, e.g."
+                '\n  [api_keys.ops]\n  secret = "env:SG_OPS_KEY"\n  scopes = ["operator"]'
+                "\nand restart with SG_OPS_KEY set)")
+    name, key = found
+    if is_loopback(host):
+        return f"Console: {url}  (sign in with operator key {name}: {key.secret})"
+    return (f"Console: {url}  (sign in with operator key {name}; its secret is not shown "
+            f"because the gateway listens on {host})")
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether the gateway serves yet (liveness: no Redis round trip, no key needed)."""
+    try:
+        return httpx.get(f"http://{_url_host(host)}:{port}/healthz", timeout=1,
+                         trust_env=False).is_success  # a proxy from the env: not for loopback
+    except httpx.HTTPError:
+        return False
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> None:
     """Embedded Redis + gateway + worker as child processes; Ctrl-C stops them all."""
     _refuse_two_stores(settings, args.cluster)  # before writing a key for a run refused
@@ -187,6 +236,7 @@ def _up_with(settings: Settings, args: argparse.Namespace, local_key: str | None
     if local_key:
         print(local_key_notice(args.host, args.port, local_key, settings.data_dir), flush=True)
     stopping = False
+    announced = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -196,6 +246,12 @@ def _up_with(settings: Settings, args: argparse.Namespace, local_key: str | None
     signal.signal(signal.SIGINT, stop)
     try:
         while not stopping and all(c.poll() is None for c in children):
+            # Told once the gateway answers, so the link works when it is read. print(), not
+            # the logger: it may carry the key's secret, which is for this terminal (the
+            # user's own config, shown for signing in) and never for a log file or store.
+            if not announced and _answers(args.host, args.port):
+                print(console_notice(settings, args.host, args.port), flush=True)
+                announced = True
             time.sleep(0.2)
     finally:
         for child in children:
@@ -210,7 +266,22 @@ def _up_with(settings: Settings, args: argparse.Namespace, local_key: str | None
             server.stop()
 
 
+# What the `load` extra brings that the demo needs: locust runs the shoppers (as a subprocess,
+# so its absence showed only as that subprocess's traceback), matplotlib draws the report.
+LOAD_MODULES = ("locust", "matplotlib")
+LOAD_HINT = ("install it with: pip install -e '.[load]' (in the repo), or run `make run`, "
+             "which sets up .venv with it and runs the demo")
+
+
+def missing_load_modules() -> list[str]:
+    return [name for name in LOAD_MODULES if importlib.util.find_spec(name) is None]
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    if missing := missing_load_modules():
+        print(f"stockgate demo: {' and '.join(missing)} not installed (the optional `load` "
+              f"extra); {LOAD_HINT}", file=sys.stderr)
+        raise SystemExit(2)
     from loadtests.demo import run_demo
 
     raise SystemExit(run_demo(settings, duration_s=args.duration, cluster=args.cluster))

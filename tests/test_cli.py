@@ -21,6 +21,7 @@ import pytest
 
 from stockgate import cli
 from stockgate.embedded import free_port, running_url
+from stockgate.settings import Settings
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -169,3 +170,83 @@ def test_demo_store_follows_the_flag_and_a_cluster_url() -> None:
     assert demo_store(Settings(redis_url=cluster), cluster=False) == cluster
     with pytest.raises(ValueError, match="--cluster"):
         demo_store(Settings(redis_url=cluster), cluster=True)
+
+
+def test_demo_without_the_load_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """Before: `demo` ran locust as a subprocess and, without it, ended in that subprocess's
+    traceback. Now it says how to install the extra and exits 2. A None in sys.modules is
+    Python's own way to make a module absent (find_spec and import both see nothing)."""
+    hide = "import sys; sys.modules['locust'] = None; from stockgate.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", hide, "demo", "--duration", "1"],
+                          env=_env(tmp_path / "data"), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "locust not installed" in proc.stderr
+    assert "pip install -e '.[load]'" in proc.stderr and "make run" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    # Nothing was started for a demo that could not run.
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_load_modules_names_what_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.missing_load_modules() == []  # the dev venv has the load extra
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.missing_load_modules() == ["matplotlib"]
+
+
+def _keys(**keys: tuple[str, tuple[str, ...]]) -> Settings:
+    from stockgate.settings import ApiKey
+
+    return Settings(api_keys={name: ApiKey(secret=secret, scopes=scopes)  # type: ignore[arg-type]
+                              for name, (secret, scopes) in keys.items()})
+
+
+def test_console_notice_names_the_first_operator_key() -> None:
+    settings = _keys(front=("sf-secret", ("storefront",)), ops=("ops-secret", ("operator",)),
+                     ops2=("ops2-secret", ("operator", "storefront")))
+    assert cli.console_notice(settings, "127.0.0.1", 8123) == (
+        "Console: http://127.0.0.1:8123/console  (sign in with operator key ops: ops-secret)")
+    assert "http://[::1]:8123/console" in cli.console_notice(settings, "::1", 8123)
+
+
+def test_console_notice_on_every_interface_withholds_the_secret() -> None:
+    """As local_key_notice: a server's terminal is recorded, and the secret opens the console
+    to whoever reads it; the name is enough for its owner to find it in the config."""
+    settings = _keys(ops=("ops-secret", ("operator",)))
+    for host, url in (("0.0.0.0", "http://127.0.0.1:80/console"),
+                      ("::", "http://[::1]:80/console"), ("10.0.0.5", "http://10.0.0.5:80/")):
+        notice = cli.console_notice(settings, host, 80)
+        assert url in notice and "operator key ops" in notice and "ops-secret" not in notice
+
+
+def test_console_notice_without_an_operator_key_says_how_to_add_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKGATE_CONFIG", "/etc/stockgate.toml")
+    notice = cli.console_notice(_keys(front=("sf-secret", ("storefront",))), "127.0.0.1", 8000)
+    assert notice.startswith("Console: http://127.0.0.1:8000/console  (no operator key")
+    assert "/etc/stockgate.toml" in notice and 'scopes = ["operator"]' in notice
+    assert "sf-secret" not in notice
+
+
+def test_up_prints_the_console_link_and_key_once_the_gateway_answers(tmp_path: Path) -> None:
+    """With the user's own config: the first operator key (after a storefront one) is the one
+    to sign in with, printed once, when the link already works."""
+    data = tmp_path / "data"
+    config = tmp_path / "stockgate.toml"
+    config.write_text('[api_keys.front]\nsecret = "env:SGT_FRONT"\n\n'
+                      '[api_keys.night-ops]\nsecret = "env:SGT_OPS"\nscopes = ["operator"]\n\n'
+                      '[api_keys.day-ops]\nsecret = "env:SGT_DAY"\nscopes = ["operator"]\n')
+    secret = "night-ops-secret-0123456789"
+    env = _env(data, STOCKGATE_CONFIG=str(config), SGT_FRONT="front-secret-0123456789",
+               SGT_OPS=secret, SGT_DAY="day-ops-secret-0123456789")
+    port = free_port()
+    log = tmp_path / "up.log"
+    with _process(["up", "--port", str(port)], env, log) as up:
+        line = _until(lambda: (m := re.search(r"^Console: .*$", log.read_text(), re.M))
+                      and m.group(0), "the console line", up, log)
+        assert _healthy(port)
+        assert line == (f"Console: http://127.0.0.1:{port}/console  (sign in with operator key "
+                        f"night-ops: {secret})")
+        time.sleep(0.5)
+        assert log.read_text().count("Console: ") == 1
+    assert up.returncode == 0, log.read_text()
