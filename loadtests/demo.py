@@ -47,6 +47,7 @@ from loadtests.stack import (
     new_secret,
 )
 from stockgate.bundles import Bundles
+from stockgate.cli import operator_key
 from stockgate.cluster import Store, connect, is_cluster_url
 from stockgate.keys import tenant_keys
 from stockgate.settings import Settings, load_settings
@@ -316,6 +317,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
             if (observed.channel_counts or {}).get(c.name, {}).get(sku) == v.channels.get(c.name)
         )) for c in channels]
         plot_path = reports / "flash-sale.png"
+        console_key = operator_key(stack_settings)  # the config's demo-operator
         plot(plot_path, record, observed.events, list(opts.hot),
              f"Stockgate flash sale: {opts.users} users, {opts.duration_s} s")
         result = DemoResult(
@@ -332,6 +334,8 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                              for c in channels},
             rules={c.name: c.spec.allocation for c in channels},
             store=_store_name(opts.store),
+            console_url=f"{stack.gateway_url}/console",
+            console_key=console_key[0] if console_key else "",
             http_errors=http_errors, settled=settled, settle_s=settle_s,
             durability=cfg.durability, channel_rate_per_s=opts.channel_rate_per_s,
             channel_calls=calls,

@@ -176,6 +176,10 @@ class DemoResult(Struct):
     rules: dict[str, str] = {}
     # Where the stock lived when not the embedded server (e.g. "a local Redis Cluster").
     store: str = ""
+    # The operator console of the run's gateway, and the name of the key to sign in with (the
+    # name only: the report is written to reports/summary.*, and the secret is no file's).
+    console_url: str = ""
+    console_key: str = ""
 
 
 def _ms(v: float | None) -> str:
@@ -278,4 +282,7 @@ def summary(r: DemoResult) -> str:
     out.append("Reports      " + ", ".join(r.reports))
     if r.data_dir:
         out.append(f"Logs and data kept in {r.data_dir}")
+    if r.console_url:
+        out.append(f"Console: {r.console_url}"
+                   + (f" (sign in with key {r.console_key})" if r.console_key else ""))
     return "\n".join(out)

@@ -250,3 +250,25 @@ def test_up_prints_the_console_link_and_key_once_the_gateway_answers(tmp_path: P
         time.sleep(0.5)
         assert log.read_text().count("Console: ") == 1
     assert up.returncode == 0, log.read_text()
+
+
+def test_the_demo_report_ends_with_the_console_link() -> None:
+    """The lines before it are the report as it was; the key is named, its secret not kept
+    (the summary is also written to reports/)."""
+    from loadtests.invariants import InvariantReport, SkuLedger
+    from loadtests.lag import LagStats
+    from loadtests.report import ChannelCheck, DemoResult, summary
+
+    base = DemoResult(
+        duration_s=5, users=2, hot={"DROP-CAP": 10}, tail_units=100, tail_skus=1,
+        outcomes={"holds_accepted": 3}, latency={},
+        lag=LagStats(changes=1, delivered=1, p50_ms=5.0, p99_ms=9.0, max_ms=9.0, unmatched=0),
+        invariants=InvariantReport(tenant="flash", skus=2, events=4, audit_rows=None,
+                                   violations=[], ledger=[SkuLedger("DROP-CAP", seeded=10)]),
+        channels=[ChannelCheck("shopify-main", 2, 2)], final_counts={}, http_errors=0,
+        settled=True, settle_s=0.5, reports=["reports/summary.json"])
+    before = summary(base)
+    base.console_url, base.console_key = "http://127.0.0.1:8765/console", "demo-operator"
+    after = summary(base).splitlines()
+    assert after[:-1] == before.splitlines()
+    assert after[-1] == "Console: http://127.0.0.1:8765/console (sign in with key demo-operator)"
