@@ -44,7 +44,7 @@ export function mount(root) {
     close();
     if (stopped || document.hidden) return;
     setConn('connecting', 'badge-unknown');
-    es = new EventSource('/console/api/live', { withCredentials: false });
+    es = new EventSource('/console/api/live'); // same origin: the session cookie goes along
     es.addEventListener('open', () => {
       setConn('live', 'badge-in_sync');
       showError(status, null);
@@ -69,7 +69,12 @@ export function mount(root) {
           if (stopped) return;
           showError(status, new Error('Live stream refused (too many streams or server busy); retrying…'));
           retryTimer = setTimeout(open, RETRY_MS);
-        }, () => {});
+        }, (err) => {
+          // 401: api.js already went back to sign-in. Anything else: the server is away.
+          if (stopped || err.status === 401) return;
+          showError(status, new Error(`Live stream lost (${err.message}); retrying…`));
+          retryTimer = setTimeout(open, RETRY_MS);
+        });
       } else {
         setConn('reconnecting', 'badge-pending');
       }
