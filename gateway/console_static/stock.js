@@ -2,12 +2,13 @@
 // states, what each channel should show and was last pushed, its last events, and adjust it.
 
 import { get, post, qs, uuid, isAbort } from './api.js';
-import { h, setText, statusLine, showError, eventsHref, fmtTime, fmtDelta } from './dom.js';
+import { h, setText, statusLine, showError, eventsHref, fmtTime, fmtClock, fmtDelta } from './dom.js';
 
 const DEBOUNCE_MS = 250;
 const LIMIT = 50;
 const SEGMENTS = ['reserved', 'committed', 'unavailable', 'safety', 'available'];
 const CELL_FIELDS = ['on_hand', 'reserved', 'committed', 'unavailable', 'safety', 'backorder_limit', 'available'];
+const FIELD_LABELS = { on_hand: 'on hand', unavailable: 'unavail.', backorder_limit: 'backorder' };
 
 /** on_hand split into its parts; widths through the CSSOM (CSP allows that, not style=""). */
 export function stockBar(s) {
@@ -41,15 +42,15 @@ export function mount(root, params) {
   const table = h('table', { id: 'stock-table', class: 'table' },
     h('thead', null, h('tr', null,
       h('th', { scope: 'col' }, 'SKU'),
-      ['Available', 'On hand', 'Reserved', 'Committed', 'Unavailable', 'Safety'].map((t) => h('th', { class: 'num', scope: 'col' }, t)),
-      h('th', { scope: 'col', class: 'bar-col' }, h('span', { class: 'legend' }, SEGMENTS.map((k) => [h('span', { class: `key seg-${k}` }), `${k} `]))))),
+      h('th', { class: 'num', scope: 'col' }, 'Available'),
+      ['On hand', 'Reserved', 'Committed', 'Unavailable', 'Safety'].map((t) => h('th', { class: 'num col-extra', scope: 'col' }, t)),
+      h('th', { scope: 'col', class: 'bar-col' }, 'On hand split'))),
     tbody);
   const detail = h('section', { id: 'sku-detail', class: 'card detail', hidden: true });
 
-  root.append(
-    h('div', { class: 'view-head' }, h('h2', null, 'Stock'), search, count, status),
-    h('div', { class: 'stock-layout' }, h('div', { class: 'card table-wrap' }, table), detail),
-  );
+  const legend = h('div', { class: 'legend bar-legend' }, SEGMENTS.map((k) => [h('span', { class: `key seg-${k}` }), `${k} `]));
+  const layout = h('div', { class: 'stock-layout' }, h('div', { class: 'card table-wrap' }, legend, table), detail);
+  root.append(h('div', { class: 'view-head' }, h('h2', null, 'Stock'), search, count, status), layout);
 
   let stopped = false;
   let searchCtrl = null;
@@ -89,7 +90,7 @@ export function mount(root, params) {
       },
         h('th', { scope: 'row' }, s.sku, s.low_stock ? h('span', { class: 'badge badge-pending small' }, 'low') : null),
         h('td', { class: 'num strong', dataset: { field: 'available' } }, String(s.available)),
-        ['on_hand', 'reserved', 'committed', 'unavailable', 'safety'].map((k) => h('td', { class: 'num', dataset: { field: k } }, String(s[k] ?? 0))),
+        ['on_hand', 'reserved', 'committed', 'unavailable', 'safety'].map((k) => h('td', { class: 'num col-extra', dataset: { field: k } }, String(s[k] ?? 0))),
         h('td', { class: 'bar-col' }, stockBar(s)));
       return tr;
     }));
@@ -110,6 +111,7 @@ export function mount(root, params) {
 
   function openDetail(sku) {
     detail.hidden = false;
+    layout.classList.add('has-detail');
     detail.dataset.sku = sku;
     detail.removeAttribute('data-loaded');
     form = adjustForm(sku);
@@ -127,6 +129,7 @@ export function mount(root, params) {
   function closeDetail() {
     selected = '';
     detail.hidden = true;
+    layout.classList.remove('has-detail');
     detail.replaceChildren();
     for (const tr of tbody.querySelectorAll('tr.selected')) tr.classList.remove('selected');
     history.replaceState(null, '', `#/stock${qs({ q: search.value.trim() })}`);
@@ -161,38 +164,37 @@ export function mount(root, params) {
 
     out.push(h('h4', null, 'Locations'));
     const hasIncoming = Object.keys(incoming).length > 0;
-    out.push(h('table', { id: 'sku-locations', class: 'table compact' },
+    out.push(h('div', { class: 'table-wrap' }, h('table', { id: 'sku-locations', class: 'table compact' },
       h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Location'),
-        CELL_FIELDS.map((f) => h('th', { class: 'num', scope: 'col' }, f.replace(/_/g, ' '))),
-        hasIncoming ? h('th', { class: 'num', scope: 'col' }, 'incoming') : null,
-        h('th', { scope: 'col', class: 'bar-col' }))),
+        CELL_FIELDS.map((f) => h('th', { class: 'num', scope: 'col' }, FIELD_LABELS[f] || f)),
+        hasIncoming ? h('th', { class: 'num', scope: 'col' }, 'incoming') : null)),
       h('tbody', null, locs.length ? locs.map(([loc, c]) => h('tr', { dataset: { location: loc } },
         h('th', { scope: 'row' }, loc),
         CELL_FIELDS.map((f) => h('td', { class: `num${f === 'available' ? ' strong' : ''}`, dataset: { location: loc, field: f } }, String(c[f] ?? 0))),
-        hasIncoming ? h('td', { class: 'num', dataset: { location: loc, field: 'incoming' } }, incoming[loc] ? `${incoming[loc].expected} (${fmtTime(incoming[loc].next_expected_at_ms)})` : '—') : null,
-        h('td', { class: 'bar-col' }, stockBar(c)))) : h('tr', { class: 'empty' }, h('td', { colspan: 9 }, 'No locations.')))));
+        hasIncoming ? h('td', { class: 'num', dataset: { location: loc, field: 'incoming' }, title: incoming[loc] ? `next expected ${fmtTime(incoming[loc].next_expected_at_ms)}, pre-orderable ${incoming[loc].preorderable}` : null }, incoming[loc] ? String(incoming[loc].expected) : '—') : null))
+        : h('tr', { class: 'empty' }, h('td', { colspan: 9 }, 'No locations.'))))));
 
     out.push(h('h4', null, 'Channels'));
     const chans = Object.keys(v.channels || {}).sort();
     const pushed = data.pushed || {};
-    out.push(h('table', { id: 'sku-channels', class: 'table compact' },
+    out.push(h('div', { class: 'table-wrap' }, h('table', { id: 'sku-channels', class: 'table compact' },
       h('thead', null, h('tr', null,
         h('th', { scope: 'col' }, 'Channel'), h('th', { class: 'num', scope: 'col' }, 'Should show'), h('th', { class: 'num', scope: 'col' }, 'Pool'),
         h('th', { scope: 'col' }, 'Rule'), h('th', { scope: 'col' }, 'Source'), h('th', { scope: 'col' }, 'Last pushed'))),
-      h('tbody', null, chans.length ? chans.map((ch) => channelRow(sku, ch, v, pushed[ch] || {})) : h('tr', { class: 'empty' }, h('td', { colspan: 6 }, 'No channel lists this SKU.')))));
+      h('tbody', null, chans.length ? chans.map((ch) => channelRow(sku, ch, v, pushed[ch] || {})) : h('tr', { class: 'empty' }, h('td', { colspan: 6 }, 'No channel lists this SKU.'))))));
 
     out.push(h('h4', null, 'Last events'));
     if (data.events_error) out.push(h('p', { id: 'sku-events-error', class: 'error' }, `Events unavailable: ${data.events_error}`));
     const evs = data.events || [];
-    out.push(h('table', { id: 'sku-events', class: 'table compact' },
+    out.push(h('div', { class: 'table-wrap' }, h('table', { id: 'sku-events', class: 'table compact' },
       h('thead', null, h('tr', null, ['Time', 'Type', 'Location', 'Delta', 'Source', 'Reason'].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', null, evs.length ? evs.map((e) => h('tr', { dataset: { eventId: e.id, type: e.type } },
-        h('td', { class: 'nowrap' }, fmtTime(e.ts)),
+        h('td', { class: 'nowrap', title: fmtTime(e.ts) }, fmtClock(e.ts)),
         h('td', null, h('span', { class: 'badge badge-type' }, e.type)),
         h('td', null, e.location),
         h('td', { class: 'delta' }, fmtDelta(e.delta)),
         h('td', null, sourceText(e.source)),
-        h('td', null, e.reason || ''))) : h('tr', { class: 'empty' }, h('td', { colspan: 6 }, 'No events.')))));
+        h('td', null, e.reason || ''))) : h('tr', { class: 'empty' }, h('td', { colspan: 6 }, 'No events.'))))));
     return out;
   }
 
