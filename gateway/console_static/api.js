@@ -102,7 +102,8 @@ export function poll(fn, ms) {
       try {
         await fn(ctrl.signal);
       } catch (err) {
-        if (!isAbort(err)) console.warn('poll:', err);
+        // API errors are shown by the view; anything else is a bug worth a console line.
+        if (!isAbort(err) && !(err instanceof ApiError)) console.warn('poll:', err);
       }
       ctrl = null;
     }

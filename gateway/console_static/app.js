@@ -66,6 +66,7 @@ export function navigate(hash) {
 }
 
 function signedIn(s) {
+  const already = !!session;
   session = { tenant: s.tenant, key_name: s.key_name, scopes: s.scopes || [], expires_at_ms: s.expires_at_ms };
   setCsrf(s.csrf);
   setText($('#tenant'), s.tenant);
@@ -82,7 +83,8 @@ function signedIn(s) {
     const wait = Math.min(2 ** 31 - 1, Math.max(1000, s.expires_at_ms - Date.now() + 1000));
     expiryTimer = setTimeout(checkSession, wait);
   }
-  route(true);
+  // A re-check of a live session (at its expiry time) must not re-mount the open view.
+  if (!already) route(true);
 }
 
 function signedOut(message) {

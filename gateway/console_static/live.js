@@ -23,14 +23,15 @@ export function mount(root) {
       stat('live-holds', 'holds / s')),
     h('div', { class: 'two-col' },
       h('div', { class: 'card' }, h('h3', null, 'Requests per second, last 60 s',
-        h('span', { class: 'legend' }, h('span', { class: 'key key-rps' }), 'requests ', h('span', { class: 'key key-changes' }), 'changes')), chart),
+        h('span', { class: 'legend' }, h('span', { class: 'key key-rps' }), 'requests ', h('span', { class: 'key key-changes' }), 'changes')), chart,
+        h('p', { id: 'live-chart-caption', class: 'chart-caption muted' })),
       h('div', { class: 'card' }, h('h3', null, 'Hot SKUs (most changed, last 30 s)'), hot)),
   );
 
   const rps = [];
   const changes = [];
   // Highest available seen per SKU while the view is open: the bar shows how far it fell.
-  const peak = new Map();
+  const peakAvailable = new Map();
   let es = null;
   let retryTimer = null;
   let stopped = false;
@@ -102,14 +103,16 @@ export function mount(root) {
     const padL = (a) => Array(WINDOW - a.length).fill(null).concat(a);
     chart.replaceChildren(lines([{ values: padL(changes), cls: 'changes' }, { values: padL(rps), cls: 'rps' }],
       { height: 120, title: `requests/s now ${fmtRate(d.requests_per_s)}` }));
+    const top = Math.max(0, ...rps.filter((x) => typeof x === 'number'));
+    setText(root.querySelector('#live-chart-caption'), `peak ${fmtRate(top)} requests/s over the last ${rps.length} s (chart top)`);
 
     const list = d.hot || [];
-    for (const x of list) peak.set(x.sku, Math.max(peak.get(x.sku) ?? 0, x.available));
+    for (const x of list) peakAvailable.set(x.sku, Math.max(peakAvailable.get(x.sku) ?? 0, x.available));
     if (!list.length) hot.replaceChildren(h('p', { class: 'muted' }, 'No SKU changed in the last 30 s.'));
     else {
       hot.replaceChildren(...list.map((x) => {
         const fill = h('span', { class: `hot-fill${x.available <= 0 ? ' out' : ''}` });
-        const top = Math.max(1, peak.get(x.sku));
+        const top = Math.max(1, peakAvailable.get(x.sku));
         fill.style.width = `${Math.max(0, Math.min(100, (x.available / top) * 100)).toFixed(1)}%`;
         return h('div', { class: 'hot-row', dataset: { hotSku: x.sku, available: x.available } },
           h('a', { class: 'hot-sku', href: stockHref(x.sku) }, x.sku),

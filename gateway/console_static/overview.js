@@ -14,10 +14,11 @@ function bigNumber(id, label, href, hint) {
     h('span', { class: 'stat-label' }, label));
 }
 
-function chartCard(id, title, legend) {
+function chartCard(id, title, href) {
   return h('div', { class: 'card chart-card' },
-    h('h3', null, title, legend ? h('span', { class: 'legend' }, legend) : null),
-    h('div', { id, class: 'chart-box' }));
+    h('h3', null, href ? h('a', { href }, title) : title),
+    h('div', { id, class: 'chart-box' }),
+    h('p', { id: `${id}-caption`, class: 'chart-caption muted' }));
 }
 
 export function mount(root) {
@@ -40,10 +41,10 @@ export function mount(root) {
       bigNumber('oversell-last-minute', 'oversell attempts', eventsHref({ type: 'oversell_rejected' })),
       bigNumber('requests-last-minute', 'requests', eventsHref({}))),
     h('div', { class: 'chart-row' },
-      chartCard('chart-holds', 'Holds per step', null),
-      chartCard('chart-refusals', 'Refusals per step', null),
-      chartCard('chart-oversell', 'Oversell attempts per step', null),
-      chartCard('chart-requests', 'Requests per step', null)),
+      chartCard('chart-holds', 'Holds', eventsHref({ type: 'hold' })),
+      chartCard('chart-refusals', 'Refusals', null),
+      chartCard('chart-oversell', 'Oversell attempts', eventsHref({ type: 'oversell_rejected' })),
+      chartCard('chart-requests', 'Requests', null)),
     h('div', { class: 'card' }, h('h3', null, 'Channels'), table),
     h('div', { class: 'two-col' },
       h('div', { class: 'card' },
@@ -100,7 +101,10 @@ export function mount(root) {
     const chart = (id, name, cls) => {
       const v = ser[name] || [];
       const total = v.reduce((a, b) => a + b, 0);
-      $(id).replaceChildren(bars(v, { cls, title: `${name}: ${total} in ${Math.round((v.length * step) / 60)} min, per ${step} s` }));
+      const peak = Math.max(0, ...v);
+      const mins = Math.round((v.length * step) / 60);
+      $(id).replaceChildren(bars(v, { cls, title: `${name}: ${total} in ${mins} min, per ${step} s` }));
+      setText($(`${id}-caption`), `${total} in ${mins} min · peak ${peak} per ${step} s`);
     };
     chart('chart-holds', 'holds', 'c-holds');
     chart('chart-refusals', 'refusals', 'c-refusals');
