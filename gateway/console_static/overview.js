@@ -29,7 +29,9 @@ export function mount(root) {
 
   root.append(
     h('div', { class: 'view-head' }, h('h2', null, 'Overview'), h('span', { id: 'overview-updated', class: 'muted' }), status),
+    h('div', { class: 'stats-row' },
     h('div', { class: 'stats card' },
+      h('span', { class: 'stats-caption' }, 'stock now'),
       bigNumber('units-on-sale', 'units on sale', '#/stock', 'Sum of available over all SKUs'),
       bigNumber('skus', 'SKUs', '#/stock'),
       bigNumber('sold-out', 'sold out', '#/stock', 'SKUs with nothing available'),
@@ -39,7 +41,7 @@ export function mount(root) {
       bigNumber('holds-last-minute', 'holds', eventsHref({ type: 'hold' })),
       bigNumber('refusals-last-minute', 'refusals', eventsHref({ type: 'hold' }), 'Holds refused for want of stock (no event of their own: links to the holds of that minute)'),
       bigNumber('oversell-last-minute', 'oversell attempts', eventsHref({ type: 'oversell_rejected' })),
-      bigNumber('requests-last-minute', 'requests', eventsHref({}))),
+      bigNumber('requests-last-minute', 'requests', eventsHref({})))),
     h('div', { class: 'chart-row' },
       chartCard('chart-holds', 'Holds', eventsHref({ type: 'hold' })),
       chartCard('chart-refusals', 'Refusals', null),
