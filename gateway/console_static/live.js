@@ -7,6 +7,8 @@ import { lines } from './charts.js';
 
 const WINDOW = 60; // ticks kept for the rolling chart (one a second)
 const RETRY_MS = 3000;
+const MAX_DROPS = 3; // stream drops within DROP_WINDOW_MS before giving up auto-reconnect
+const DROP_WINDOW_MS = 30000;
 
 export function mount(root) {
   const status = statusLine();
@@ -33,6 +35,7 @@ export function mount(root) {
   // Highest available seen per SKU while the view is open: the bar shows how far it fell.
   const peakAvailable = new Map();
   let es = null;
+  const drops = [];
   let retryTimer = null;
   let stopped = false;
 
@@ -77,9 +80,26 @@ export function mount(root) {
           retryTimer = setTimeout(open, RETRY_MS);
         });
       } else {
-        setConn('reconnecting', 'badge-pending');
+        // The server keeps one stream per session: another console tab opening its stream ends
+        // this one, and endless auto-reconnects would make the two tabs take turns. After a
+        // few drops in a short time, stop and let the operator reconnect by hand.
+        const t = Date.now();
+        drops.push(t);
+        while (drops.length && drops[0] < t - DROP_WINDOW_MS) drops.shift();
+        if (drops.length >= MAX_DROPS) paused('Live stream keeps ending (open in another tab?).');
+        else setConn('reconnecting', 'badge-pending');
       }
     });
+    // Optional server hint that a newer stream of this session replaced this one.
+    es.addEventListener('superseded', () => paused('Live stream moved to another console tab.'));
+  }
+
+  function paused(message) {
+    close();
+    drops.length = 0;
+    setConn('paused', 'badge-unknown');
+    status.classList.remove('error');
+    status.replaceChildren(message, ' ', h('button', { id: 'live-reconnect', type: 'button', class: 'btn', onclick: () => { status.replaceChildren(); open(); } }, 'Reconnect'));
   }
 
   function close() {
