@@ -68,7 +68,7 @@ export function lines(series, { width = 300, height = 56, cls = '', title = '', 
   return svg;
 }
 
-/** One line with an area underneath. */
+/** One line (a sparkline). */
 export function sparkline(values, opts = {}) {
   return lines([{ values, cls: opts.lineCls || '' }], opts);
 }
