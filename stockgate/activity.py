@@ -27,7 +27,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -52,6 +52,7 @@ RETENTION_S = 15 * 60
 LAG_KEPT = 2000
 LAG_TTL_MS = 60 * 60 * 1000
 ERROR_TEXT_MAX = 500
+SECRET_MIN = 4
 # channel_sync windows.
 LAG_WINDOW_MS = 5 * 60 * 1000
 LAG_SERIES_WINDOW_S = 600
@@ -81,15 +82,16 @@ def _ok_field(channel: str) -> str:
 class Tally:
     """In-process counters keyed (tenant, second, name), written to Redis by flush()."""
 
-    __slots__ = ("_counts", "_failing")
+    __slots__ = ("_clock", "_counts", "_failing")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # epoch seconds; tests pass their own
         self._counts: dict[tuple[str, int, str], int] = {}
         self._failing = False
 
     def count(self, tenant: str, name: str, n: int = 1) -> None:
         """O(1), no I/O: runs on every hold of a flash sale."""
-        key = (tenant, int(time.time()), name)
+        key = (tenant, int(self._clock()), name)
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
 
@@ -119,7 +121,7 @@ class Tally:
         except Exception as exc:  # Redis down, a Cluster moving: counters must not break
             # A reply lost after the server applied part of the pipeline counts those twice
             # on the retry: these are console charts, not stock, and a gap would be worse.
-            oldest = int(time.time()) - RETENTION_S
+            oldest = int(self._clock()) - RETENTION_S
             for key, n in batch.items():
                 if key[1] >= oldest:
                     self._counts[key] = self._counts.get(key, 0) + n
@@ -273,7 +275,9 @@ def scrub(text: str, channel: Channel | None) -> str:
             secrets.add(base64.b64encode(channel.access_token.encode()).decode())
         userinfo = channel.api_url.partition("://")[2].partition("/")[0].rpartition("@")[0]
         secrets.update((userinfo, *userinfo.split(":")))
-        for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        # Shorter than SECRET_MIN it guards nothing (and would blank every such letter).
+        for secret in sorted((s for s in secrets if len(s) >= SECRET_MIN), key=len,
+                             reverse=True):
             text = text.replace(secret, "[redacted]")
     return text[:ERROR_TEXT_MAX]
 
