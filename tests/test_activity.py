@@ -256,7 +256,9 @@ async def test_worker_records_lag_and_tallies(redis: Redis, redis_server: Embedd
                                               tmp_path: Path) -> None:
     sim = SimulatorServer("woocommerce").start()
     try:
-        settings = settings_with(tmp_path, {"woo": channel_for("woocommerce", sim)})
+        # T, not the default tenant: in Cluster mode T is one of the shards' tenants.
+        settings = settings_with(tmp_path, {"woo": msgspec.structs.replace(
+            channel_for("woocommerce", sim), tenant=T)})
         engine = StockEngine(redis, settings)
         await engine.load_scripts()
         async with running_worker(settings, redis_server.url):
@@ -269,7 +271,7 @@ async def test_worker_records_lag_and_tallies(redis: Redis, redis_server: Embedd
             async def counted() -> bool:
                 got = await last_seconds(redis, T, ["changes", "oversell_attempts",
                                                     "push_ok:woo"], 120)
-                return all(got.values()) and await settled(redis)
+                return all(got.values()) and await settled(redis, T)
             await wait_for(counted, 15)
         rows = await channel_sync(redis, settings, T)
         engine.scripts.close()
