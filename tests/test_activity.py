@@ -17,7 +17,14 @@ from workers_helpers import channel_for, running_worker, settings_with, settled,
 from stockgate import activity
 from stockgate.activity import ChannelSync, Tally, channel_sync, last_seconds, series
 from stockgate.alerts import raise_alert
-from stockgate.deliveries import FailedDelivery, encode_failed, mark_dirty, member_of
+from stockgate.deliveries import (
+    FailedDelivery,
+    encode_failed,
+    failed_deliveries,
+    mark_dirty,
+    member_of,
+    retry_delivery,
+)
 from stockgate.embedded import EmbeddedRedis
 from stockgate.keys import worker_keys
 from stockgate.models import Line
@@ -193,6 +200,7 @@ async def test_channel_sync_states_from_real_keys(redis: Redis, tmp_path: Path) 
         id="d1", tenant=T, channel="broken", sku="A", location="main", attempts=6,
         last_error="HTTP 500", failed_at=now)))
     await raise_alert(redis, T, "drift", "shows 3", channel="drift", sku="A")
+    await raise_alert(redis, T, "delivery_failing", "not drift", channel="sync", sku="A")
     await redis.set(keys.rate("wait"), now + 45_000)  # a Retry-After hold
     await redis.set(keys.rate("sync"), now + 300)  # the pace alone (500 ms per call)
     rows = await channel_sync(redis, settings, T)
@@ -223,6 +231,9 @@ async def test_channel_sync_states_from_real_keys(redis: Redis, tmp_path: Path) 
     # Drift older than ten minutes is no longer drifting.
     later = by_name(await channel_sync(redis, settings, T, now_ms=now + 11 * 60_000))
     assert later["drift"].state == "in_sync"
+    # A count the channel dropped on its own is drift too (over pending).
+    await raise_alert(redis, T, "channel_moved_unexplained", "fell by 2", channel="wait")
+    assert by_name(await channel_sync(redis, settings, T))["wait"].state == "drifting"
 
     # Lag: nearest-rank over the last five minutes, per 10 s step over the last ten.
     lag = activity.lag_key(T, "sync")
@@ -288,3 +299,44 @@ async def test_worker_records_lag_and_tallies(redis: Redis, redis_server: Embedd
     assert await redis.hlen(worker_keys(T).dirty_since) == 0  # every landed target timed
     got = await last_seconds(redis, T, ["changes", "oversell_attempts"], 120)
     assert got["changes"] >= 6 and got["oversell_attempts"] == 1
+
+
+async def test_worker_failing_channel_then_recovered(redis: Redis, redis_server: EmbeddedRedis,
+                                                     tmp_path: Path) -> None:
+    sim = SimulatorServer("woocommerce").start()
+    sim.state.fail_ratio = 1.0  # every call answers 500
+    try:
+        channel = msgspec.structs.replace(channel_for("woocommerce", sim), tenant=T,
+                                          access_token="ck_live_1:cs_live_2")
+        settings = settings_with(tmp_path, {"woo": channel})
+        engine = StockEngine(redis, settings)
+        await engine.load_scripts()
+        async with running_worker(settings, redis_server.url):
+            await engine.adjust(T, "SKU-F", reason="receipt", idempotency_key="f1", delta=3)
+
+            async def parked() -> bool:
+                row = (await channel_sync(redis, settings, T))[0]
+                return row.failed == 1 and row.push_errors_last_minute >= 3
+            await wait_for(parked, 15)
+            row = (await channel_sync(redis, settings, T))[0]
+            assert row.state == "failing" and row.pending == 0
+            assert row.last_error is not None and "HTTP 500" in row.last_error.error
+            assert "cs_live_2" not in row.last_error.error
+            assert row.lag_p50_ms is None  # nothing landed
+            # Parked: its dirty-since is forgotten, a retry is timed from its own mark.
+            assert await redis.hlen(worker_keys(T).dirty_since) == 0
+
+            sim.state.fail_ratio = 0.0
+            [delivery] = await failed_deliveries(redis, T)
+            await retry_delivery(redis, T, delivery.id)
+
+            async def recovered() -> bool:
+                row = (await channel_sync(redis, settings, T))[0]
+                return row.state == "in_sync" and row.lag_p50_ms is not None
+            await wait_for(recovered, 15)
+        engine.scripts.close()
+    finally:
+        sim.stop()
+    row = (await channel_sync(redis, settings, T))[0]
+    assert row.failed == 0 and row.pushes_last_minute >= 1
+    assert row.lag_p99_ms is not None and 0 <= row.lag_p99_ms < 10_000
