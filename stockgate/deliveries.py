@@ -40,11 +40,14 @@ REDIS_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t
 # Mark targets dirty: each gets the tenant sequence's next number as its version (a version
 # number is never reused, even after its target was finished and forgotten) and enters its
 # channel's due zset. NX keeps a later score: a channel's backoff or slot is not cut short.
-# KEYS: seq, versions, then one due zset per member; ARGV: the members.
+# HSETNX keeps when the target first went dirty (until a push lands it: stockgate/activity.py
+# record_done), for the channel's propagation lag.
+# KEYS: seq, versions, dirty-since, then one due zset per member; ARGV: the members.
 _MARK = REDIS_NOW + """
 for i, m in ipairs(ARGV) do
   redis.call('HSET', KEYS[2], m, redis.call('INCR', KEYS[1]))
-  redis.call('ZADD', KEYS[i + 2], 'NX', now, m)
+  redis.call('HSETNX', KEYS[3], m, now)
+  redis.call('ZADD', KEYS[i + 3], 'NX', now, m)
 end
 return now
 """
@@ -75,7 +78,8 @@ async def mark_dirty(redis: Redis, tenant: str, members: Iterable[str]) -> None:
     unique = sorted(set(members))
     if unique:
         await redis.register_script(_MARK)(
-            keys=[keys.seq, keys.versions, *(keys.due(parse_member(m)[0]) for m in unique)],
+            keys=[keys.seq, keys.versions, keys.dirty_since,
+                  *(keys.due(parse_member(m)[0]) for m in unique)],
             args=unique)
         for channel in {parse_member(m)[0] for m in unique}:
             for wake in lane_wakers.get((tenant, channel), ()):

@@ -105,8 +105,8 @@ CONSUMER_GROUP = "stockgate-workers"
 
 
 class WorkerKeys:
-    __slots__ = ("alerts", "attempts", "failed", "leases", "legacy_due", "prefix",
-                 "reconcile_cursor", "seq", "tenant", "versions")
+    __slots__ = ("alerts", "attempts", "dirty_since", "failed", "leases", "legacy_due",
+                 "prefix", "reconcile_cursor", "seq", "tenant", "versions")
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
@@ -117,6 +117,9 @@ class WorkerKeys:
         self.versions = self.prefix + "deliv:ver"
         # The tenant's version sequence: only rises, so a version is never reused.
         self.seq = self.prefix + "deliv:seq"
+        # hash member -> Redis ms when it was first marked dirty since its last push that
+        # landed (propagation lag, stockgate/activity.py).
+        self.dirty_since = self.prefix + "deliv:since"
         # hash member -> the token of the claim that holds its lease.
         self.leases = self.prefix + "deliv:lease"
         # hash member -> failed attempts in a row.

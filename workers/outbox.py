@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.exceptions import ResponseError
 
+from stockgate.activity import Tally
 from stockgate.alerts import raise_alert
 from stockgate.audit import AuditStore, audit_unreachable
 from stockgate.cluster import StockCluster, is_cluster
@@ -89,8 +90,11 @@ def decode_entries(entries: list[Entry]) -> tuple[list[Event], list[str]]:
 
 class OutboxConsumer:
     def __init__(self, redis: Redis, settings: Settings, audit: AuditStore,
-                 config: OutboxConfig | None = None, name: str | None = None) -> None:
+                 config: OutboxConfig | None = None, name: str | None = None,
+                 tally: Tally | None = None) -> None:
         self.redis = redis
+        # "changes" and "oversell_attempts" per tenant (the worker flushes it).
+        self.tally = tally if tally is not None else Tally()
         self.settings = settings
         self.audit = audit
         self.config = config or OutboxConfig()
@@ -281,6 +285,11 @@ class OutboxConsumer:
                       tenant)
         await mark_events(self.redis, self.settings, tenant, events)
         await self.alerts(tenant, events)
+        if audited:  # else the entries come round again, and are counted then
+            for event in events:
+                self.tally.count(tenant, "changes")
+                if event.type == "oversell_rejected":
+                    self.tally.count(tenant, "oversell_attempts")
         ids = ([e.id for e in events] if audited else []) + bad
         if ids:
             await self.redis.xack(tenant_keys(tenant).outbox, CONSUMER_GROUP, *ids)

@@ -46,7 +46,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from stockgate import allocation, incoming
+from stockgate import activity, allocation, incoming
 from stockgate.alerts import raise_alert
 from stockgate.bundles import Bundles, bundles_using
 from stockgate.deliveries import (
@@ -451,17 +451,22 @@ class Claimed(msgspec.Struct):
     # earlier pushes whose answers never came.
     own: int = 0
     doubts: list[int] = []
+    # Redis ms of the claim: a target re-marked during its push is timed from it (activity).
+    claimed_at: int = 0
 
 
 class Propagator:
     """Runs one lane per (tenant, channel): pushes that channel's due targets in batches."""
 
     def __init__(self, redis: Redis, engine: StockEngine, settings: Settings,
-                 config: PropagationConfig | None = None) -> None:
+                 config: PropagationConfig | None = None,
+                 tally: activity.Tally | None = None) -> None:
         self.redis = redis
         self.engine = engine
         self.settings = settings
         self.config = config or PropagationConfig()
+        # push_ok:<channel> / push_fail:<channel> per target (the worker flushes it).
+        self.tally = tally if tally is not None else activity.Tally()
         self.client = httpx.AsyncClient(timeout=self.config.http_timeout_s)
         self.adapters: dict[str, ChannelAdapter] = {
             name: adapter_for(name, ch, self.client) for name, ch in settings.channels.items()}
@@ -525,7 +530,7 @@ class Propagator:
         for i in range(2, len(raw), 2):
             member = raw[i].decode()
             _, location, sku = parse_member(member)
-            claimed.append(Claimed(member, raw[i + 1].decode(), sku, location))
+            claimed.append(Claimed(member, raw[i + 1].decode(), sku, location, claimed_at=now))
         if not claimed:
             if next_due < 0:
                 return self.config.idle_sleep_s
@@ -640,8 +645,17 @@ class Propagator:
         failed = [(c, r) for c, r in zip(claimed, results, strict=True)
                   if r.status == "failed"]
         if done:
-            await self._finish_all(tenant, channel, token, done, "done", interval)
+            finished = await self._finish_all(tenant, channel, token, done, "done", interval)
             await self.redis.hdel(keys.failed, *(delivery_id(c.member) for c in done))
+            self.tally.count(tenant, f"push_ok:{channel}", len(done))
+            # Only targets still under our claim: a lapsed one is another worker's to time.
+            landed = [c.member for c, ok in zip(done, finished, strict=True) if ok]
+            if landed:
+                try:
+                    await activity.record_done(self.redis, tenant, channel, landed,
+                                               min(c.claimed_at for c in done))
+                except Exception as exc:  # console figures must never fail a push
+                    log.warning("push lag of %s not recorded: %s", channel, exc)
         if stale:
             await self._stale(tenant, channel, token, stale)
         for c, r in failed:
@@ -711,6 +725,12 @@ class Propagator:
     async def _count_failures(self, tenant: str, channel: str, token: str,
                               claimed: Sequence[Claimed], error: str) -> None:
         keys = worker_keys(tenant)
+        self.tally.count(tenant, f"push_fail:{channel}", len(claimed))
+        try:
+            await activity.record_error(self.redis, tenant, channel, error,
+                                        self.settings.channels.get(channel))
+        except Exception as exc:  # console figures must never stop the retry below
+            log.warning("push error of %s not recorded: %s", channel, exc)
         counts = await self._finish_all(tenant, channel, token, claimed, "fail", 0)
         parked = []
         for c, attempt in zip(claimed, counts, strict=True):
@@ -731,6 +751,12 @@ class Propagator:
             if await self._settle(keys=scripts_keys, args=[
                     token, c.member, "park", encode_failed(record), record.id]):
                 parked.append(record)
+        if parked:
+            try:
+                await activity.forget_dirty(self.redis, tenant, [
+                    member_of(channel, r.location, r.sku) for r in parked])
+            except Exception as exc:  # the alerts below matter more than a lag sample
+                log.warning("dirty-since of parked targets not cleared: %s", exc)
         for record in parked:
             log.warning("push %s|%s|%s parked after %d tries: %s", channel, record.location,
                         record.sku, record.attempts, record.last_error)

@@ -9,6 +9,7 @@ import logging
 
 import msgspec
 
+from stockgate.activity import Tally
 from stockgate.audit import AuditStore, audit_store
 from stockgate.cluster import Store
 from stockgate.settings import Settings
@@ -71,8 +72,13 @@ class WorkerRuntime:
         self.config = config or WorkerConfig()
         self.engine = StockEngine(redis, settings)
         self.audit: AuditStore = audit_store(settings)
-        self.propagator = Propagator(redis, self.engine, settings, self.config.propagation)
-        self.consumer = OutboxConsumer(redis, settings, self.audit, self.config.outbox)
+        # The console's counters of this process (changes, oversell attempts, pushes), written
+        # to Redis once a second by their own task and once more at stop.
+        self.tally = Tally()
+        self.propagator = Propagator(redis, self.engine, settings, self.config.propagation,
+                                     tally=self.tally)
+        self.consumer = OutboxConsumer(redis, settings, self.audit, self.config.outbox,
+                                       tally=self.tally)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -85,6 +91,7 @@ class WorkerRuntime:
         self._tasks = [
             asyncio.create_task(self.consumer.run(self._stop), name="outbox"),
             asyncio.create_task(self.propagator.run(self._stop), name="propagation"),
+            asyncio.create_task(self.tally.run(self.redis, self._stop), name="activity"),
         ]
         log.info("worker %s started for tenants %s", self.consumer.name,
                  ", ".join(self.consumer.tenants))
@@ -108,6 +115,9 @@ class WorkerRuntime:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     log.error("worker task %s had failed: %r", task.get_name(),
                               task.exception())
+        # The last counts of the outbox and push tasks, which have ended now (flush never
+        # raises; a Redis that is down costs them).
+        await self.tally.flush(self.redis)
         try:
             # Bounded like any call by the read timeout; a Redis that is down now leaves the
             # consumer for the next start to delete.
