@@ -17,13 +17,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 
 from gateway import allocation, bundles, health, holds, incoming, openapi, operator, stock, webhooks
 from gateway.auth import KeyRing
 from gateway.batch import Commands
+from gateway.console import ConsoleApp
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.http import BodyDeadlines, JSONReply, error_reply
 from gateway.metrics import Metrics, MetricsMiddleware, ProcessShare
+from stockgate.activity import Tally
 from stockgate.cluster import CLUSTER_UNAVAILABLE, Store, connect, is_cluster
 from stockgate.errors import StockgateError, StoreUnavailable
 from stockgate.settings import ConfigError, Settings
@@ -97,6 +100,9 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
             # (the engine loads the scripts again on its first NOSCRIPT).
             log.warning("stock store unreachable at start-up: %s", type(exc).__name__)
         await operator.startup(app)
+        # The console's per-tenant counters reach Redis once a second, off the hot path.
+        tallying_stop = asyncio.Event()
+        tallying = asyncio.create_task(app.state.tally.run(client, tallying_stop))
         sharing = None
         if settings.metrics_dir:
             app.state.metrics_share = share = ProcessShare(metrics, settings.metrics_dir)
@@ -104,6 +110,10 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
         try:
             yield
         finally:
+            for stream in app.state.console_streams.values():
+                stream.stop.set()
+            tallying_stop.set()  # its last flush, before the client closes
+            await tallying
             if sharing is not None:
                 sharing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -119,7 +129,7 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
     app = Starlette(
         routes=[*holds.routes, *stock.routes, *webhooks.routes, *operator.routes,
                 *health.routes, *openapi.routes, *bundles.routes, *incoming.routes,
-                *allocation.routes],
+                *allocation.routes, Mount("/console", app=ConsoleApp())],
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={StockgateError: _stock_error, HTTPException: _http_error,
                             RedisConnectionError: _store_down, RedisTimeoutError: _store_down,
@@ -132,4 +142,7 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
     app.state.metrics_share = None
     app.state.body_deadlines = BodyDeadlines()
     app.state.keyring = KeyRing(settings)
+    app.state.tally = Tally()
+    app.state.console_cache = {}
+    app.state.console_streams = {}
     return app

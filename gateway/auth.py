@@ -115,4 +115,5 @@ def authenticate(request: Request, scope: Scope) -> Principal:
     if scope not in principal.scopes:
         raise Forbidden(f"this API key lacks the {scope} scope")
     ring.throttle(principal)
+    request.app.state.tally.count(principal.tenant, "requests")
     return principal

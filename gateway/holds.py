@@ -26,8 +26,11 @@ async def create_hold(request: Request) -> JSONReply:
         if exc.status in (404, 409):
             metrics.holds["rejected"] += 1
             metrics.rejections[exc.code] += 1
+            state.tally.count(principal.tenant, "refusals")
         raise
     metrics.holds["replayed" if replayed else "created"] += 1
+    if not replayed:
+        state.tally.count(principal.tenant, "holds")
     # A replay answers exactly like the first call (same status, same body).
     return JSONReply(HoldCreated.of(reply), status_code=201, headers=replay_headers(replayed))
 

@@ -334,6 +334,8 @@ def build() -> dict[str, Any]:
                 _query("sku", {"type": "string"}, "only this SKU"),
                 _query("type", {"enum": sorted(EVENT_TYPES)}, "only this event type"),
                 _query("channel", {"type": "string"}, "only events from this channel"),
+                _query("ref", {"type": "string"},
+                       "only events from this order, refund, hold or fulfilment id"),
                 _query("since", {"type": "integer"}, "ms since the epoch, inclusive"),
                 _query("until", {"type": "integer"}, "ms since the epoch"),
                 _query("cursor", {"type": "string"}, "next_cursor of the previous page"),

@@ -66,10 +66,10 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
         raise MalformedRequest(f"{name} must be a whole number") from None
 
 
-async def list_events(request: Request) -> JSONReply:
-    principal = authenticate(request, "operator")
+def event_query(request: Request, tenant: str) -> EventQuery:
+    """The audit query a request's filters ask for (GET /v1/events, the console's events)."""
     params = request.query_params
-    type_ = params.get("type")
+    type_ = params.get("type") or None
     if type_ is not None and type_ not in EVENT_TYPES:
         raise MalformedRequest(f"unknown event type {type_!r}")
     cursor = params.get("cursor") or None
@@ -81,9 +81,13 @@ async def list_events(request: Request) -> JSONReply:
     limit = _int_param(request, "limit", 100) or 100
     if not 1 <= limit <= MAX_PAGE:
         raise MalformedRequest(f"limit must be within 1..{MAX_PAGE}")
-    query = EventQuery(tenant=principal.tenant, sku=params.get("sku"), type=type_,
-                       channel=params.get("channel"), since_ms=_int_param(request, "since"),
-                       until_ms=_int_param(request, "until"), cursor=cursor, limit=limit)
+    return EventQuery(tenant=tenant, sku=params.get("sku") or None, type=type_,
+                      channel=params.get("channel") or None, ref=params.get("ref") or None,
+                      since_ms=_int_param(request, "since"),
+                      until_ms=_int_param(request, "until"), cursor=cursor, limit=limit)
+
+
+async def read_events(request: Request, query: EventQuery) -> JSONReply:
     try:
         page: EventPage = await request.app.state.audit.query(query)
     except Exception as exc:
@@ -94,6 +98,11 @@ async def list_events(request: Request) -> JSONReply:
         return JSONReply(down.body(), status_code=down.status,
                          headers={"Retry-After": str(down.retry_after)})
     return JSONReply(EventsReply(events=page.events, next_cursor=page.next_cursor))
+
+
+async def list_events(request: Request) -> JSONReply:
+    principal = authenticate(request, "operator")
+    return await read_events(request, event_query(request, principal.tenant))
 
 
 async def get_alerts(request: Request) -> JSONReply:
@@ -113,14 +122,18 @@ async def get_deliveries(request: Request) -> JSONReply:
     return JSONReply(DeliveriesReply(deliveries=found))
 
 
+def retry_reply(record: FailedDelivery) -> JSONReply:
+    return JSONReply(RetryReply(id=record.id, status="queued", channel=record.channel,
+                                sku=record.sku, location=record.location), status_code=202)
+
+
 async def retry(request: Request) -> JSONReply:
     principal = authenticate(request, "operator")
     record = await retry_delivery(request.app.state.redis, principal.tenant,
                                   request.path_params["delivery_id"])
     if record is None:
         raise NotFound("no failed delivery with this id", id=request.path_params["delivery_id"])
-    return JSONReply(RetryReply(id=record.id, status="queued", channel=record.channel,
-                                sku=record.sku, location=record.location), status_code=202)
+    return retry_reply(record)
 
 
 routes: list[Route] = [

@@ -77,6 +77,7 @@ async def receive_webhook(request: Request) -> JSONReply:
     request.state.raw_body = body
     delivery: Delivery = adapter.verify(channel, request.headers, body, time.time(),
                                         settings.webhook_tolerance_s)
+    state.tally.count(channel.tenant, "requests")  # verified: a forger cannot inflate it
     metrics = state.metrics
     if delivery.ping:
         metrics.webhooks[(channel_id, "ping")] += 1

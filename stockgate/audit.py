@@ -49,11 +49,16 @@ class EventQuery(msgspec.Struct, frozen=True):
     # sales among its carts' holds) filters in the query, so other rows cannot fill its page.
     types: tuple[str, ...] | None = None
     channel: str | None = None
+    # The order, refund, hold or fulfilment id the event came from (its source ref): an
+    # order's whole story in one query.
+    ref: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
     # Stream id of the last event of the previous page.
     cursor: str | None = None
     limit: int = 100
+    # The console reads the latest first; the cursor then pages back in time.
+    newest_first: bool = False
 
 
 class EventPage(msgspec.Struct, frozen=True):
@@ -98,7 +103,8 @@ def _row(event: Event) -> tuple[Any, ...]:
 def _where(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
     """WHERE clause shared by both stores; `mark` is the driver's placeholder."""
     clauses, args = [f"tenant = {mark}"], [q.tenant]
-    for column, value in (("sku", q.sku), ("type", q.type), ("channel", q.channel)):
+    for column, value in (("sku", q.sku), ("type", q.type), ("channel", q.channel),
+                          ("ref", q.ref)):
         if value is not None:
             clauses.append(f"{column} = {mark}")
             args.append(value)
@@ -116,9 +122,14 @@ def _where(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
         args.append(q.until_ms)
     if q.cursor:
         ms, seq = split_id(q.cursor)
-        clauses.append(f"(id_ms > {mark} OR (id_ms = {mark} AND id_seq > {mark}))")
+        after = "<" if q.newest_first else ">"
+        clauses.append(f"(id_ms {after} {mark} OR (id_ms = {mark} AND id_seq {after} {mark}))")
         args += [ms, ms, seq]
     return " AND ".join(clauses), args
+
+
+def _order(q: EventQuery) -> str:
+    return "id_ms DESC, id_seq DESC" if q.newest_first else "id_ms, id_seq"
 
 
 def _page(bodies: list[str], limit: int) -> EventPage:
@@ -165,6 +176,7 @@ class SqliteAuditStore:
               body TEXT NOT NULL, PRIMARY KEY (tenant, id_ms, id_seq));
             CREATE INDEX IF NOT EXISTS audit_events_sku ON audit_events (tenant, sku, id_ms);
             CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (tenant, ts);
+            CREATE INDEX IF NOT EXISTS audit_events_ref ON audit_events (tenant, ref, id_ms);
         """)
         return db
 
@@ -196,7 +208,7 @@ class SqliteAuditStore:
 
     async def query(self, q: EventQuery) -> EventPage:
         where, args = _where(q, "?")
-        sql = (f"SELECT body FROM audit_events WHERE {where} ORDER BY id_ms, id_seq LIMIT ?")
+        sql = f"SELECT body FROM audit_events WHERE {where} ORDER BY {_order(q)} LIMIT ?"
         assert self._db is not None
         async with self._lock:
             rows = await asyncio.to_thread(
@@ -256,6 +268,8 @@ class PostgresAuditStore:
                                    "ON audit_events (tenant, sku, id_ms)")
                 await conn.execute("CREATE INDEX IF NOT EXISTS audit_events_ts "
                                    "ON audit_events (tenant, ts)")
+                await conn.execute("CREATE INDEX IF NOT EXISTS audit_events_ref "
+                                   "ON audit_events (tenant, ref, id_ms)")
         except BaseException:
             await conn.close()
             raise
@@ -312,7 +326,7 @@ class PostgresAuditStore:
 
     async def query(self, q: EventQuery) -> EventPage:
         where, args = _where(q, "%s")
-        sql = f"SELECT body FROM audit_events WHERE {where} ORDER BY id_ms, id_seq LIMIT %s"
+        sql = f"SELECT body FROM audit_events WHERE {where} ORDER BY {_order(q)} LIMIT %s"
         async with self._lock:
             cur = await (await self._live()).execute(sql, [*args, q.limit + 1])
             rows = await cur.fetchall()

@@ -144,6 +144,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # so that one scrape sums them all (gateway/metrics.py). `serve` sets it, through
     # STOCKGATE_METRICS_DIR, to a directory of its own for the run; empty: this process only.
     metrics_dir: str = ""
+    # The operator console (/console): how long a sign-in lasts, and how many live streams
+    # one gateway process serves at once (each holds a Redis read every second).
+    console_session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 8 * 3600
+    console_max_streams: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     tenants: dict[Name, Tenant] = {}
     api_keys: dict[Name, ApiKey] = {}
     channels: dict[Name, Channel] = {}
