@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import secrets
@@ -81,6 +82,9 @@ class DemoOptions(Struct, frozen=True):
     # Upper bound on waiting for expiry, the outbox and every channel after the load.
     settle_timeout_s: float = 30.0
     keep_data: bool = False
+    # After the report, keep the whole system up (gateway, worker, simulators) until Ctrl-C,
+    # so that its console can be looked at; `on_report` is then called with the result first.
+    keep_running: bool = False
     bundles: dict[str, dict[str, int]] = msgspec.field(default_factory=lambda: dict(BUNDLES))
     # Where the stock lives: "" the embedded server, LOCAL_CLUSTER a local Redis Cluster
     # started for the run, else a Cluster URL (its data outlives the run: the demo then
@@ -280,6 +284,10 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
             c.start()
         stack.start()
         stack_settings = load_settings(str(stack.config_path), env=stack.env())
+        # The gateway listens on loopback only: its secret may go to this terminal (see
+        # stockgate.cli.console_notice).
+        print(f"Console: {stack.gateway_url}/console  (sign in with key demo-operator: "
+              f"{cfg.operator_key})", flush=True)
         _seed(stack.gateway_url, cfg.operator_key, catalogue)
         _define_bundles(stack.gateway_url, cfg.operator_key, opts.bundles)
         # Let the seed reach the channels first: the lag figures are about the sale.
@@ -346,6 +354,14 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
             result.data_dir = data_dir
         (reports / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(result)))
         (reports / "summary.txt").write_text(summary(result) + "\n")
+        if opts.keep_running:
+            print(summary(result))
+            print(f"Still running: the console is at {stack.gateway_url}/console (key "
+                  f"demo-operator: {cfg.operator_key}). Ctrl-C stops everything.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    stack.check_alive()
+                    time.sleep(1)
         return result
     finally:
         stack.close()
@@ -372,7 +388,8 @@ def demo_store(settings: Settings, cluster: bool) -> str:
     return url if url and is_cluster_url(url) else ""
 
 
-def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False) -> int:
+def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False,
+             keep: bool = False) -> int:
     """The `stockgate demo` command: run, print the summary, exit 0 only if all holds."""
     try:
         store = demo_store(settings, cluster)
@@ -386,10 +403,12 @@ def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False) ->
     # One line per HTTP call would bury the summary.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        result = run_scenario(settings, DemoOptions(duration_s=duration_s, store=store))
+        result = run_scenario(settings, DemoOptions(duration_s=duration_s, store=store,
+                                                    keep_running=keep))
     except Exception as exc:
         print(f"demo failed to run: {exc}", file=sys.stderr)
         return 2
-    print(summary(result))
+    if not keep:  # printed already, before the wait
+        print(summary(result))
     print(f"(demo took {time.monotonic() - started:.0f} s)")
     return 0 if passed(result) else 1

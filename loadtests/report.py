@@ -283,6 +283,8 @@ def summary(r: DemoResult) -> str:
     if r.data_dir:
         out.append(f"Logs and data kept in {r.data_dir}")
     if r.console_url:
+        # The run's gateway stops with the demo: say how to keep it for a look.
         out.append(f"Console: {r.console_url}"
-                   + (f" (sign in with key {r.console_key})" if r.console_key else ""))
+                   + (f" (sign in with key {r.console_key})" if r.console_key else "")
+                   + "; up while the demo runs, `stockgate demo --keep` keeps it after")
     return "\n".join(out)

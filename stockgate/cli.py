@@ -284,7 +284,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(2)
     from loadtests.demo import run_demo
 
-    raise SystemExit(run_demo(settings, duration_s=args.duration, cluster=args.cluster))
+    raise SystemExit(run_demo(settings, duration_s=args.duration, cluster=args.cluster,
+                              keep=args.keep))
 
 
 def _redis(settings: Settings, args: argparse.Namespace) -> None:
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the arq workers").set_defaults(func=_worker)
     demo = sub.add_parser("demo", help="flash-sale demo with channel simulators and a report")
     demo.add_argument("--duration", type=int, default=30, help="seconds of load")
+    demo.add_argument("--keep", action="store_true",
+                      help="after the report, keep everything running (for the console) "
+                           "until Ctrl-C")
     demo.add_argument("--cluster", action="store_true",
                       help="keep the stock on a local Redis Cluster (3 primaries + 3 "
                            "replicas) started for the run; a Cluster REDIS_URL is used as is")

@@ -271,4 +271,6 @@ def test_the_demo_report_ends_with_the_console_link() -> None:
     base.console_url, base.console_key = "http://127.0.0.1:8765/console", "demo-operator"
     after = summary(base).splitlines()
     assert after[:-1] == before.splitlines()
-    assert after[-1] == "Console: http://127.0.0.1:8765/console (sign in with key demo-operator)"
+    assert after[-1] == ("Console: http://127.0.0.1:8765/console (sign in with key "
+                         "demo-operator); up while the demo runs, `stockgate demo --keep` "
+                         "keeps it after")
