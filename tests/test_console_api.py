@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from gateway_support import OPERATOR, STOREFRONT, bearer, receive
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
+from gateway.app import create_app
 from stockgate.deliveries import FailedDelivery, encode_failed, member_of
 from stockgate.keys import tenant_keys, worker_keys
+from stockgate.settings import Settings
 from workers.outbox import decode_entries
 
 pytest_plugins = ["gateway_fixtures"]
@@ -168,7 +171,7 @@ async def read_ticks(app: Starlette, cookie: str, want: int, after: Any = None
     done.set()  # hang up, if the stream did not end on its own
     await asyncio.wait_for(task, 5)
     waiter.cancel()
-    assert status == [200]
+    assert status == [200], f"status {status}"
     return ticks
 
 
@@ -197,3 +200,22 @@ async def test_one_live_stream_per_console(web: httpx.AsyncClient, app: Starlett
     assert len(second) == 1
     assert len(await asyncio.wait_for(first, 5)) < 10  # ended, long before 1000 ticks
     assert app.state.console_streams == {}
+
+
+async def test_live_streams_are_bounded_per_process(
+        gw_settings: Settings, redis: Redis) -> None:
+    settings = msgspec.structs.replace(gw_settings, console_max_streams=1)
+    application = create_app(settings, redis)
+    async with application.router.lifespan_context(application):
+        cookies = []
+        for _ in range(2):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
+                                         base_url="https://console.test") as c:
+                assert (await c.post("/console/session", json={"key": OPERATOR})
+                        ).status_code == 200
+                cookies.append(f"sg_console={c.cookies['sg_console']}")
+        first = asyncio.create_task(read_ticks(application, cookies[0], 3))
+        await asyncio.sleep(0.5)
+        with pytest.raises(AssertionError, match="503"):
+            await read_ticks(application, cookies[1], 1)
+        assert len(await first) == 3

@@ -109,6 +109,11 @@ async def test_expired_rotated_and_signed_out_sessions_end(
         **gw_settings.api_keys, "op": ApiKey(secret="op-rotated-0123456789", tenant="acme",
                                              scopes=("operator",))})
     assert console_session.read(rotated, value) is None
+    # The key moved to another tenant in the config: its old cookies named the old one.
+    moved = msgspec.structs.replace(gw_settings, api_keys={
+        **gw_settings.api_keys, "op": ApiKey(secret=OPERATOR, tenant="globex",
+                                             scopes=("operator",))})
+    assert console_session.read(moved, value) is None
     assert console_session.read(gw_settings, value) is not None
     expired = msgspec.structs.replace(gw_settings, console_session_ttl_s=-1)
     stale, _ = console_session.issue(expired, "op")

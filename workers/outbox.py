@@ -286,10 +286,10 @@ class OutboxConsumer:
         await mark_events(self.redis, self.settings, tenant, events)
         await self.alerts(tenant, events)
         if audited:  # else the entries come round again, and are counted then
-            for event in events:
-                self.tally.count(tenant, "changes")
-                if event.type == "oversell_rejected":
-                    self.tally.count(tenant, "oversell_attempts")
+            self.tally.count(tenant, "changes", len(events))
+            refused = sum(1 for e in events if e.type == "oversell_rejected")
+            if refused:
+                self.tally.count(tenant, "oversell_attempts", refused)
         ids = ([e.id for e in events] if audited else []) + bad
         if ids:
             await self.redis.xack(tenant_keys(tenant).outbox, CONSUMER_GROUP, *ids)
