@@ -18,7 +18,8 @@ run: $(STAMP)
 # The suites that run a second time against a local Redis Cluster (3 primaries, 3 replicas):
 # same tests, RedisCluster client, tenants on every primary (tests/conftest.py).
 CLUSTER_SUITE := tests/test_scripts.py tests/test_concurrency.py tests/test_gateway_holds.py \
-	tests/test_gateway_webhooks.py tests/test_workers_e2e.py tests/test_flash_sale.py
+	tests/test_gateway_webhooks.py tests/test_workers_e2e.py tests/test_flash_sale.py \
+	tests/test_console_api.py
 
 test: $(STAMP) fuse browser
 	$(BIN)/ruff check .
