@@ -144,5 +144,6 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
     app.state.keyring = KeyRing(settings)
     app.state.tally = Tally()
     app.state.console_cache = {}
+    app.state.console_skus = {}
     app.state.console_streams = {}
     return app

@@ -44,6 +44,7 @@ from stockgate.deliveries import FailedDelivery, failed_deliveries, retry_delive
 from stockgate.errors import StockgateError, StoreUnavailable, UnknownSku
 from stockgate.keys import tenant_keys
 from stockgate.models import AdjustRequest, Event, StockView
+from stockgate.settings import Settings
 
 log = logging.getLogger("stockgate.console")
 
@@ -65,6 +66,10 @@ SECURITY_HEADERS = [
 OVERVIEW_MAX_SKUS = 20_000
 RATE_NAMES = ("holds", "refusals", "oversell_attempts", "requests", "changes")
 OVERVIEW_SHARED_S = 0.5
+# A long outage parks a delivery per target: the page lists the newest, the count says all.
+MAX_DELIVERIES_SHOWN = 200
+# The tenant's sorted SKU list, kept this long for searches typed one key at a time.
+SKU_LIST_KEEP_S = 5.0
 HOT_WINDOW_S = 30
 HOT_SKUS = 10
 STREAM_MAX_S = 3600  # a live stream ends after an hour; EventSource reconnects on its own
@@ -119,8 +124,9 @@ class SkuDetail(msgspec.Struct, frozen=True):
 
 class ChannelsReply(msgspec.Struct, frozen=True):
     channels: list[activity.ChannelSync]
-    deliveries: list[FailedDelivery]
+    deliveries: list[FailedDelivery]  # the newest MAX_DELIVERIES_SHOWN, newest first
     drift: list[Alert]
+    deliveries_total: int = 0
 
 
 class Tick(msgspec.Struct, frozen=True):
@@ -151,8 +157,9 @@ async def session(request: Request, *, change: bool = False) -> sessions.Token:
     if await request.app.state.redis.exists(sessions.signed_out_key(token)):
         raise Unauthorized("this console session was signed out")
     if change:
-        presented = request.headers.get(sessions.CSRF_HEADER, "")
-        expected = sessions.csrf_token(settings, token)
+        # Bytes: a header may hold any latin-1 text, and compare_digest refuses non-ASCII str.
+        presented = request.headers.get(sessions.CSRF_HEADER, "").encode("latin-1")
+        expected = sessions.csrf_token(settings, token).encode()
         if not (presented and hmac.compare_digest(presented, expected)):
             raise CsrfRefused("missing or wrong X-CSRF-Token")
         if not sessions.same_origin(request):
@@ -171,10 +178,12 @@ def _guard(request: Request) -> sessions.SignInGuard:
 async def sign_in(request: Request) -> Response:
     if not sessions.same_origin(request):
         raise CsrfRefused("cross-site sign-in refused")
+    body = await read_json(request, sessions.SignIn)
+    # From here to the verdict nothing awaits: a guess whose body arrives late is checked
+    # against every failure counted before it, not against the state when its headers came.
     client = request.client.host if request.client else "?"
     guard = _guard(request)
     guard.check(client)
-    body = await read_json(request, sessions.SignIn)
     try:
         value, token = sessions.sign_in(request, body.key)
     except StockgateError:
@@ -197,6 +206,9 @@ async def sign_out(request: Request) -> Response:
     token = await session(request, change=True)
     remaining = max(token.exp_ms - sessions.now_ms(), 1)
     await request.app.state.redis.set(sessions.signed_out_key(token), b"1", px=remaining)
+    stream = request.app.state.console_streams.get(token.sid)
+    if stream is not None:
+        stream.stop.set()  # other processes' streams see the mark at their next tick
     log.info("console sign-out: key %s, tenant %s", token.key, token.tenant)
     reply = Response(status_code=204)
     reply.headers.append("set-cookie", sessions.cookie_header(request, "", 0))
@@ -238,6 +250,8 @@ def _static(request: Request, name: str) -> Response:
 # ---- reads -----------------------------------------------------------------------------------
 
 def _summary(sku: str, raw: dict[bytes, bytes]) -> SkuSummary:
+    """The SKU's totals over its locations; low stock as the low_stock alert means it
+    (available under the SKU's threshold, workers/outbox.py)."""
     totals = dict.fromkeys(("on_hand", "reserved", "committed", "unavailable", "safety"), 0)
     available = 0
     cells: dict[str, dict[str, int]] = {}
@@ -254,7 +268,7 @@ def _summary(sku: str, raw: dict[bytes, bytes]) -> SkuSummary:
         available += max(cell.get("on_hand", 0) - cell.get("reserved", 0)
                          - cell.get("committed", 0) - cell.get("unavailable", 0)
                          - cell.get("safety", 0), 0)
-    return SkuSummary(sku=sku, available=available, low_stock=0 < available <= low, **totals)
+    return SkuSummary(sku=sku, available=available, low_stock=available < low, **totals)
 
 
 async def _summaries(request: Request, tenant: str, skus: list[str]) -> list[SkuSummary]:
@@ -296,7 +310,8 @@ async def overview(request: Request) -> Response:
         last_minute=await activity.last_seconds(redis, token.tenant, RATE_NAMES, 60,
                                                 now_ms=now),
         channels=await activity.channel_sync(redis, state.settings, token.tenant, now_ms=now),
-        alerts=await list_alerts(redis, token.tenant, limit=20),
+        alerts=[_scrubbed_alert(state.settings, a)
+                for a in await list_alerts(redis, token.tenant, limit=20)],
         partial=len(skus) > OVERVIEW_MAX_SKUS)
     body = _encode(reply)
     took = time.monotonic() - started
@@ -312,15 +327,28 @@ async def stock_list(request: Request) -> Response:
     token = await session(request)
     query = request.query_params.get("q", "").strip().lower()
     limit = _limit(request, 50, 500)
-    skus = await request.app.state.engine.skus(token.tenant)
+    skus = await _sku_list(request, token.tenant)
     found = [s for s in skus if query in s.lower()] if query else skus
     return JSONReply(StockList(skus=await _summaries(request, token.tenant, found[:limit]),
                                total=len(found)))
 
 
+async def _sku_list(request: Request, tenant: str) -> list[str]:
+    """The tenant's SKUs, sorted, read at most every SKU_LIST_KEEP_S per process: the page
+    searches as the operator types, and a large catalogue's SMEMBERS is not free."""
+    state = request.app.state
+    cache: dict[str, tuple[float, list[str]]] = state.console_skus
+    hit = cache.get(tenant)
+    if hit is not None and time.monotonic() < hit[0]:
+        return hit[1]
+    skus = await state.engine.skus(tenant)
+    cache[tenant] = (time.monotonic() + SKU_LIST_KEEP_S, skus)
+    return skus
+
+
 def _limit(request: Request, default: int, most: int) -> int:
     raw = request.query_params.get("limit") or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
         raise MalformedRequest(f"limit must be within 1..{most}")
     return int(raw)
 
@@ -375,9 +403,27 @@ async def channels(request: Request) -> Response:
     state = request.app.state
     alerts = await list_alerts(state.redis, token.tenant, limit=1000)
     drift = [a for a in alerts if a.type in ("drift", "channel_moved_unexplained")][:50]
+    parked = await failed_deliveries(state.redis, token.tenant)
     return JSONReply(ChannelsReply(
         channels=await activity.channel_sync(state.redis, state.settings, token.tenant),
-        deliveries=await failed_deliveries(state.redis, token.tenant), drift=drift))
+        deliveries=[_scrubbed_delivery(state.settings, d)
+                    for d in reversed(parked[-MAX_DELIVERIES_SHOWN:])],
+        drift=[_scrubbed_alert(state.settings, a) for a in drift],
+        deliveries_total=len(parked)))
+
+
+def _scrubbed_delivery(settings: Settings, d: FailedDelivery) -> FailedDelivery:
+    """Records written before the workers scrubbed errors may still hold a channel's
+    credentials: the page never gets them."""
+    return msgspec.structs.replace(
+        d, last_error=activity.scrub(d.last_error, settings.channels.get(d.channel)))
+
+
+def _scrubbed_alert(settings: Settings, a: Alert) -> Alert:
+    if not a.channel:
+        return a
+    return msgspec.structs.replace(
+        a, detail=activity.scrub(a.detail, settings.channels.get(a.channel)))
 
 
 async def retry(request: Request) -> Response:
@@ -392,7 +438,8 @@ async def retry(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     token = await session(request)
-    query = msgspec.structs.replace(event_query(request, token.tenant), newest_first=True)
+    query = msgspec.structs.replace(event_query(request, token.tenant, blank_is_any=True),
+                                    newest_first=True)
     return await read_events(request, query)
 
 
@@ -403,67 +450,88 @@ class _Hot:
 
     def __init__(self) -> None:
         self.seconds: deque[tuple[int, Counter[str]]] = deque()
-        self.available: dict[str, dict[str, int]] = {}
 
-    def add(self, second: int, event: Event) -> None:
+    def add(self, second: int, sku: str) -> None:
         if not self.seconds or self.seconds[-1][0] != second:
             self.seconds.append((second, Counter()))
-        self.seconds[-1][1][event.sku] += 1
-        if event.after is not None:
-            self.available.setdefault(event.sku, {})[event.location] = event.after.available
+        self.seconds[-1][1][sku] += 1
 
-    def top(self, now_s: int) -> list[dict[str, Any]]:
+    def top(self, now_s: int) -> list[tuple[str, int]]:
         while self.seconds and self.seconds[0][0] <= now_s - HOT_WINDOW_S:
             self.seconds.popleft()
         total: Counter[str] = Counter()
         for _, counts in self.seconds:
             total.update(counts)
-        return [{"sku": sku, "changes": n,
-                 "available": sum(max(v, 0) for v in self.available.get(sku, {}).values())}
-                for sku, n in total.most_common(HOT_SKUS)]
+        return total.most_common(HOT_SKUS)
 
 
 class _Stream:
     """One console's live stream: `stop` ends it; `superseded` says a newer stream of the
     same console took its place (the page then does not reconnect and steal it back)."""
 
-    __slots__ = ("stop", "superseded")
+    __slots__ = ("stop", "superseded", "tenant")
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
         self.stop = asyncio.Event()
         self.superseded = False
 
 
+def _supersede(stream: _Stream) -> None:
+    stream.superseded = True
+    stream.stop.set()
+
+
+async def _tick(redis: Any, token: sessions.Token, outbox: str, last_id: str, hot: _Hot
+                ) -> tuple[str, Tick | None]:
+    """One second's tick from the outbox entries after `last_id`: (the new last id, the tick,
+    None when the session was signed out meanwhile)."""
+    changes = 0
+    entries = await redis.xrange(outbox, min=f"({last_id}", count=5000)
+    for entry_id, fields in entries:
+        last_id = entry_id.decode()
+        raw = fields.get(b"e")
+        if raw is not None:
+            event = _decode_event(raw)
+            hot.add(event.ts // 1000, event.sku)
+            changes += 1
+    now = sessions.now_ms()
+    top = hot.top(now // 1000)
+    keys = tenant_keys(token.tenant)
+    # The hot SKUs' cells read now, every location: an event only tells the cell it changed.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(sessions.signed_out_key(token))
+        for sku, _ in top:
+            pipe.hgetall(keys.stock(sku))
+        signed_out, *cells = await pipe.execute()
+    if signed_out:
+        return last_id, None
+    rates = await activity.last_seconds(redis, token.tenant, ("requests", "holds"), 5)
+    return last_id, Tick(
+        ts=now, changes_per_s=float(changes), requests_per_s=rates.get("requests", 0) / 5,
+        holds_per_s=rates.get("holds", 0) / 5,
+        hot=[{"sku": sku, "changes": n, "available": _summary(sku, raw).available}
+             for (sku, n), raw in zip(top, cells, strict=True)])
+
+
 async def _ticks(request: Request, token: sessions.Token, live_stream: _Stream,
                  last_id: str) -> AsyncIterator[bytes]:
-    """A tick a second from the outbox entries after `last_id`, until stopped."""
+    """A tick a second until stopped, signed out, or the session or STREAM_MAX_S ends."""
     stop = live_stream.stop
     redis = request.app.state.redis
     outbox = tenant_keys(token.tenant).outbox
     hot = _Hot()
-    ends = time.monotonic() + STREAM_MAX_S
+    ends_ms = min(token.exp_ms, sessions.now_ms() + STREAM_MAX_S * 1000)
     yield b"retry: 2000\n\n"
-    while not stop.is_set() and time.monotonic() < ends:
-        changes = 0
+    while not stop.is_set() and sessions.now_ms() < ends_ms:
         try:
-            entries = await redis.xrange(outbox, min=f"({last_id}", count=5000)
-            for entry_id, fields in entries:
-                last_id = entry_id.decode()
-                raw = fields.get(b"e")
-                if raw is None:
-                    continue
-                event = _decode_event(raw)
-                hot.add(event.ts // 1000, event)
-                changes += 1
-            rates = await activity.last_seconds(redis, token.tenant, ("requests", "holds"), 5)
+            last_id, tick = await _tick(redis, token, outbox, last_id, hot)
         except (RedisError, OSError, msgspec.DecodeError) as exc:
             log.warning("console live stream: %s", type(exc).__name__)
             yield b": store unreachable\n\n"
         else:
-            now = sessions.now_ms()
-            tick = Tick(ts=now, changes_per_s=float(changes),
-                        requests_per_s=rates.get("requests", 0) / 5,
-                        holds_per_s=rates.get("holds", 0) / 5, hot=hot.top(now // 1000))
+            if tick is None:
+                break
             yield b"event: tick\ndata: " + _encode(tick) + b"\n\n"
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
@@ -474,17 +542,25 @@ async def _ticks(request: Request, token: sessions.Token, live_stream: _Stream,
 async def live(request: Request) -> Response:
     token = await session(request)
     state = request.app.state
+    settings = state.settings
     # Where the stream starts, read before the reply starts: a store that is down is a 503.
     last = await state.redis.xrevrange(tenant_keys(token.tenant).outbox, count=1)
     last_id = last[0][0].decode() if last else "0-0"
     streams: dict[str, _Stream] = state.console_streams
     previous = streams.pop(token.sid, None)
     if previous is not None:  # one stream per console: a reload ends the one it replaces
-        previous.superseded = True
-        previous.stop.set()
-    if len(streams) >= state.settings.console_max_streams:
-        raise StoreUnavailable("too many live consoles on this gateway process")
-    stream = streams[token.sid] = _Stream()
+        _supersede(previous)
+    mine = [sid for sid, s in streams.items() if s.tenant == token.tenant]  # oldest first
+    if len(mine) >= settings.console_max_streams_per_tenant:
+        _supersede(streams.pop(mine[0]))  # a tenant's newest console takes its own oldest's
+    elif len(streams) >= settings.console_max_streams:
+        # Full: the tenant holding the most streams gives up its oldest, if it holds more
+        # than this tenant would; one tenant's many sign-ins cannot shut the others out.
+        tenant, held = Counter(s.tenant for s in streams.values()).most_common(1)[0]
+        if held <= len(mine) + 1:
+            raise StoreUnavailable("too many live consoles on this gateway process")
+        _supersede(streams.pop(next(sid for sid, s in streams.items() if s.tenant == tenant)))
+    stream = streams[token.sid] = _Stream(token.tenant)
 
     async def body() -> AsyncIterator[bytes]:
         try:

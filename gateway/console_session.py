@@ -31,7 +31,6 @@ from stockgate.settings import Settings
 COOKIE = "sg_console"
 CSRF_HEADER = "x-csrf-token"
 _CONTEXT = b"stockgate console session v1"
-_LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
 
 
 class Token(msgspec.Struct, frozen=True, array_like=True):
@@ -135,22 +134,25 @@ def same_origin(request: Request) -> bool:
 
 
 def cookie_header(request: Request, value: str, max_age_s: int) -> str:
-    """Secure when the page came over https, or from a loopback host (browsers keep Secure
-    cookies there over plain http); a plain-http deployment elsewhere would lose a Secure
-    cookie, so it gets none and the README says to put TLS in front."""
+    """Secure always (browsers keep Secure cookies from http://localhost and 127.0.0.1 too):
+    behind a TLS proxy the gateway itself sees plain http, and a cookie without it would
+    travel in clear on any http request to the host. `console_insecure_cookie` drops it for
+    a plain-http lab gateway on another host."""
     parts = [f"{COOKIE}={value}", "Path=/console", "HttpOnly", "SameSite=Strict",
              f"Max-Age={max_age_s}"]
-    if request.url.scheme == "https" or request.url.hostname in _LOOPBACK:
+    if not request.app.state.settings.console_insecure_cookie:
         parts.append("Secure")
     return "; ".join(parts)
 
 
 class SignInGuard:
     """Failed sign-ins per client address, in this process: a key cannot be guessed online.
-    Ten failures lock the address out for a minute."""
+    Ten failures lock the address out for a minute. Behind a reverse proxy the address is
+    the proxy's unless `trusted_proxies` names it (gateway/server.py)."""
 
     limit = 10
     window_s = 60.0
+    max_addresses = 10_000
 
     def __init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
@@ -166,9 +168,22 @@ class SignInGuard:
             raise RateLimited(self.window_s - (now - recent[0]))
 
     def failed(self, client: str) -> None:
-        if len(self._failures) > 10_000:  # bounded: an address sweep cannot grow it forever
-            self._failures.clear()
-        self._failures.setdefault(client, []).append(time.monotonic())
+        now = time.monotonic()
+        if client not in self._failures and len(self._failures) >= self.max_addresses:
+            self._evict(now)
+        self._failures.setdefault(client, []).append(now)
+
+    def _evict(self, now: float) -> None:
+        """Bounded, and never by forgetting a locked address: a sweep of fresh addresses
+        must not unlock one. Expired entries go first, then the oldest unlocked ones."""
+        for client, times in list(self._failures.items()):
+            if now - times[-1] >= self.window_s:
+                del self._failures[client]
+        for client, times in list(self._failures.items()):
+            if len(self._failures) < self.max_addresses:
+                break
+            if len(times) < self.limit:
+                del self._failures[client]
 
 
 def sign_in(request: Request, secret: str) -> tuple[str, Token]:

@@ -56,34 +56,48 @@ class RetryReply(msgspec.Struct, frozen=True):
     location: str
 
 
+INT64 = 2**63
+
+
 def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise MalformedRequest(f"{name} must be a whole number") from None
+    if not -INT64 <= value < INT64:  # the audit stores' integer columns: 64-bit signed
+        raise MalformedRequest(f"{name} is out of range")
+    return value
 
 
-def event_query(request: Request, tenant: str) -> EventQuery:
-    """The audit query a request's filters ask for (GET /v1/events, the console's events)."""
+def event_query(request: Request, tenant: str, *, blank_is_any: bool = False) -> EventQuery:
+    """The audit query a request's filters ask for (GET /v1/events, the console's events).
+    On /v1/events an empty `sku=` or `channel=` matches events with none (an empty channel:
+    changes made through the API); the console's form sends blank fields for "any"."""
     params = request.query_params
-    type_ = params.get("type") or None
+
+    def text(name: str) -> str | None:
+        value = params.get(name)
+        return None if blank_is_any and not value else value
+
+    type_ = text("type")
     if type_ is not None and type_ not in EVENT_TYPES:
         raise MalformedRequest(f"unknown event type {type_!r}")
     cursor = params.get("cursor") or None
     if cursor:
         try:
-            split_id(cursor)
+            ms, seq = split_id(cursor)
         except Exception:
             raise MalformedRequest("invalid cursor") from None
+        if not (0 <= ms < INT64 and 0 <= seq < INT64):
+            raise MalformedRequest("invalid cursor")
     limit = _int_param(request, "limit", 100) or 100
     if not 1 <= limit <= MAX_PAGE:
         raise MalformedRequest(f"limit must be within 1..{MAX_PAGE}")
-    return EventQuery(tenant=tenant, sku=params.get("sku") or None, type=type_,
-                      channel=params.get("channel") or None, ref=params.get("ref") or None,
-                      since_ms=_int_param(request, "since"),
+    return EventQuery(tenant=tenant, sku=text("sku"), type=type_, channel=text("channel"),
+                      ref=text("ref"), since_ms=_int_param(request, "since"),
                       until_ms=_int_param(request, "until"), cursor=cursor, limit=limit)
 
 

@@ -69,8 +69,10 @@ KEEP_ALIVE_S = 5
 def uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
     return {"host": host, "port": port, "loop": _loop(), "http": _http(),
             "access_log": False, "log_level": settings.log_level.lower(),
-            # Nothing reads the client address, so X-Forwarded-* parsing is wasted work.
-            "proxy_headers": False, "server_header": False,
+            # X-Forwarded-* is parsed only from the proxies the config trusts: the console's
+            # sign-in guard and its https then see the client's (otherwise the proxy's).
+            "proxy_headers": bool(settings.trusted_proxies),
+            "forwarded_allow_ips": settings.trusted_proxies or None, "server_header": False,
             "lifespan": "on", "timeout_graceful_shutdown": 10,
             "timeout_keep_alive": KEEP_ALIVE_S, "limit_concurrency": settings.max_connections}
 

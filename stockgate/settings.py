@@ -148,6 +148,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # one gateway process serves at once (each holds a Redis read every second).
     console_session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86_400)] = 8 * 3600
     console_max_streams: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    console_max_streams_per_tenant: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    # Send the console's session cookie without `Secure`: only for a plain-http gateway on
+    # another host than the browser's (a lab); loopback and https need nothing.
+    console_insecure_cookie: bool = False
+    # Addresses of the reverse proxies in front of the gateway (uvicorn's
+    # forwarded_allow_ips, e.g. "10.0.0.5,10.0.0.6"): their X-Forwarded-For/-Proto are then
+    # believed, so the console sees the client's address (its sign-in guard) and https.
+    trusted_proxies: str = ""
     tenants: dict[Name, Tenant] = {}
     api_keys: dict[Name, ApiKey] = {}
     channels: dict[Name, Channel] = {}

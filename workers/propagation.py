@@ -725,6 +725,9 @@ class Propagator:
     async def _count_failures(self, tenant: str, channel: str, token: str,
                               claimed: Sequence[Claimed], error: str) -> None:
         keys = worker_keys(tenant)
+        # Before anything keeps or prints it: a channel's error page may echo the request,
+        # token included, into the parked delivery, the alert and the log.
+        error = activity.scrub(error, self.settings.channels.get(channel))
         self.tally.count(tenant, f"push_fail:{channel}", len(claimed))
         try:
             await activity.record_error(self.redis, tenant, channel, error,

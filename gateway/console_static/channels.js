@@ -15,11 +15,13 @@ export function mount(root) {
   const updated = h('span', { class: 'muted' });
   // Retry outcomes by delivery id, so a refresh that rebuilds a row keeps showing them.
   const retried = new Map();
+  // The server lists the newest parked deliveries; the total says how many there are.
+  const shown = h('span', { id: 'deliveries-shown', class: 'muted' });
 
   root.append(
     h('div', { class: 'view-head' }, h('h2', null, 'Channels'), updated, status),
     h('div', { class: 'card' }, h('h3', null, 'Sync state'), table),
-    h('div', { class: 'card' }, h('h3', null, 'Failed deliveries'),
+    h('div', { class: 'card' }, h('h3', null, 'Failed deliveries ', shown),
       h('table', { id: 'deliveries-table', class: 'table' },
         h('thead', null, h('tr', null, ['Channel', 'SKU', 'Location', 'Attempts', 'Last error', 'Failed at', 'Status', ''].map((t) =>
           h('th', { scope: 'col', class: t === 'Attempts' ? 'num' : null }, t)))),
@@ -85,6 +87,8 @@ export function mount(root) {
     updateChannelTable(table, data.channels || [], now);
 
     const ds = data.deliveries || [];
+    const total = data.deliveries_total || ds.length;
+    setText(shown, total > ds.length ? `(newest ${ds.length} of ${total})` : '');
     if (!ds.length) deliveries.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 8 }, 'No failed deliveries.')));
     else {
       if (deliveries.querySelector('tr.empty')) deliveries.replaceChildren();
