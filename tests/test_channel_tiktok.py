@@ -27,12 +27,16 @@ import pytest
 from gateway_support import gateway_settings
 from redis.asyncio import Redis
 from starlette.datastructures import Headers
-from workers_helpers import settings_with
+from workers_helpers import channels_match, running_worker, settings_with, wait_for
 
 from gateway.app import create_app
 from gateway.channels import tiktok as gw_tiktok
 from gateway.errors import Unauthorized
 from stockgate.alerts import list_alerts
+from stockgate.deliveries import failed_deliveries
+from stockgate.embedded import EmbeddedRedis
+from stockgate.jobs import enqueue_fetch_order
+from stockgate.models import Line
 from stockgate.settings import Channel, Settings, TikTokConfig
 from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
@@ -466,3 +470,46 @@ async def test_get_order_detail_sample_maps_to_one_unit_per_line_item() -> None:
     # The sample: UNPAID, one line item (seller_sku red_iphone_256), no quantity field.
     assert order.state == "open" and order.status == "UNPAID"
     assert [(ln.sku, ln.qty) for ln in order.lines] == [("red_iphone_256", 1)]
+
+
+# ---- through the workers: back-pressure and the order fetch -------------------------------
+
+async def test_workers_converge_under_the_rate_limit_and_fetch_webhook_orders(
+        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path, sim_factory: Sims) -> None:
+    sim = tiktok_sim(sim_factory)
+    sim.state.rate_limit_per_s = 2.0  # TikTok's 36009002 / HTTP 429 past it
+    # Configured faster than the channel allows, so the channel's 429s do the pacing.
+    channel = channel_for(sim, rate_limit_per_s=20.0)
+    settings = settings_with(tmp_path, {"tt": channel})
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    await engine.adjust("default", "HAT", reason="receipt", idempotency_key="r", delta=500)
+    await engine.adjust("default", "CAP", reason="receipt", idempotency_key="c", delta=50)
+    try:
+        async with running_worker(settings, redis_server.url):
+            for start in range(0, 200, 50):
+                await asyncio.gather(*(engine.hold("default", [Line("HAT", 1)],
+                                                   hold_id=f"h{i}")
+                                       for i in range(start, start + 50)))
+            await wait_for(lambda: channels_match(engine, {"tt": sim}, ["HAT", "CAP"]), 15.0)
+            assert sim.state.count("HAT", "main") == 300
+            print(f"\ntiktok: {sim.state.writes} writes, {sim.state.limited} 429s")
+            assert sim.state.limited >= 1  # the channel did push back
+            # Back-pressure is not failure: nothing parked, no delivery alert.
+            assert await failed_deliveries(redis, "default") == []
+            assert not await list_alerts(redis, "default", type="delivery_failing")
+            # A webhook names an order; the worker reads its lines from Get Order Detail.
+            sim.state.rate_limit_per_s = 0.0
+            sim.state.orders["7001"] = {"status": "AWAITING_SHIPMENT", "line_items": [
+                line("CAP", "AWAITING_SHIPMENT"), line("CAP", "AWAITING_SHIPMENT")]}
+            await enqueue_fetch_order(redis, "default", "tt", "7001", "notif-1")
+
+            async def committed() -> bool:
+                view = await engine.stock("default", "CAP")
+                return view.locations["main"].committed == 2
+
+            await wait_for(committed, 10.0)
+            await wait_for(lambda: channels_match(engine, {"tt": sim}, ["CAP"]), 10.0)
+            assert sim.state.count("CAP", "main") == 48
+    finally:
+        engine.scripts.close()

@@ -166,17 +166,25 @@ def routes(state: ChannelState) -> list[Route]:
         if not any(item_exists(f"{product}/{s.get('id')}") for s in skus
                    if isinstance(s, dict)) and state.known_items is not None:
             return envelope(None, 12052032, "The product does not exist")
+        for entry in skus:
+            cells = entry.get("inventory") if isinstance(entry, dict) else None
+            if not isinstance(cells, list) or not cells:
+                return envelope(None, 36009004, "Invalid parameter. Each of `skus` needs its "
+                                "`inventory`.", 400)
+            if any(not isinstance(c, dict) or not isinstance(c.get("quantity"), int)
+                   or c["quantity"] < 0 for c in cells):
+                # Refused whole, before anything is applied.
+                return envelope(None, 12019024, "stock count is invalid")
         errors, applied = [], False
         with state.counts_lock:
             for entry in skus:
                 sku_id = str(entry.get("id", "")) if isinstance(entry, dict) else ""
                 item = f"{product}/{sku_id}"
                 if not sku_id:
-                    return envelope(None, 12052036, "The SKU ID is necessary")
-                cells = entry.get("inventory")
-                if not isinstance(cells, list) or not cells:
-                    return envelope(None, 36009004, f"Inventory of skus[{sku_id}] is required",
-                                    400)
+                    errors.append({"code": 12052036, "message": "The SKU ID is necessary",
+                                   "detail": {"sku_id": "", "extra_errors": []}})
+                    continue
+                cells = entry["inventory"]
                 if not item_exists(item):
                     errors.append({"code": 12052990, "message": "Check failed",
                                    "detail": {"sku_id": sku_id, "extra_errors": []}})
@@ -188,10 +196,6 @@ def routes(state: ChannelState) -> list[Route]:
                             {"warehouse_id": str(c.get("warehouse_id")), "code": 12052097,
                              "message": "The warehouse does not exist"} for c in bad]}})
                     continue
-                for cell in cells:
-                    qty = cell.get("quantity")
-                    if not isinstance(qty, int) or qty < 0:
-                        return envelope(None, 12019024, "stock count is invalid")
                 for cell in cells:
                     state.store(state.key(item), state.location_key(str(cell["warehouse_id"])),
                                 int(cell["quantity"]))
