@@ -444,6 +444,12 @@ async def test_order_life_maps_statuses_to_order_fulfil_and_cancel(
             orders["9003"]["status"] = "UNPAID"
             await apply_channel_order(engine, adapter, "default", "tt", "9003")
             assert await hat() == (0, 8)
+            # Fulfilled by TikTok from its own warehouses: none of Stockgate's units.
+            orders["9004"] = {"status": "AWAITING_SHIPMENT", "line_items": [
+                line("HAT", "AWAITING_SHIPMENT")], "fulfillment_type": "FULFILLMENT_BY_TIKTOK"}
+            assert await apply_channel_order(engine, adapter, "default", "tt",
+                                             "9004") == "incomplete"
+            assert await hat() == (0, 8)
             # An order TikTok does not know is an error to retry, never a guess.
             with pytest.raises(PushError):
                 await apply_channel_order(engine, adapter, "default", "tt", "404404")

@@ -85,6 +85,8 @@ READ_LIMIT = 20
 ORDER_IDS_LIMIT = 50  # Get Order Detail: "ids" up to 50 (the SDKs' docstrings)
 # An access token is refreshed this long before TikTok's expiry (tokens live days).
 REFRESH_EARLY_S = 600.0
+# Get Order Detail's `fulfillment_type` (FULFILLMENT_BY_SELLER in the documented sample).
+FULFILLED_BY_TIKTOK = "FULFILLMENT_BY_TIKTOK"
 RATE_LIMITED = 36009002
 INTERNAL_ERROR = 36009003
 TOKEN_EXPIRED = 105002
@@ -391,6 +393,9 @@ class TikTokAdapter(ChannelAdapter):
         order = orders[0]
         status = str(order.get("status", ""))
         items = [li for li in order.get("line_items") or [] if isinstance(li, dict)]
+        if order.get("fulfillment_type") == FULFILLED_BY_TIKTOK:
+            # Units in TikTok's own warehouses (FBT): none of Stockgate's were sold.
+            return ChannelOrder(order_id, "incomplete", self._lines(items), status=status)
         shipments: list[Shipment] = []
         state = _STATES.get(status, "open")  # an unknown status: the sale stands
         if state == "partially_shipped":

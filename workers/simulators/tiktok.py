@@ -244,7 +244,8 @@ def routes(state: ChannelState) -> list[Route]:
             orders.append({"id": order_id, "status": found["status"],
                            "create_time": found.get("create_time", 1619611561),
                            "update_time": found.get("update_time", int(time.time())),
-                           "fulfillment_type": "FULFILLMENT_BY_SELLER",
+                           "fulfillment_type": found.get("fulfillment_type",
+                                                         "FULFILLMENT_BY_SELLER"),
                            "line_items": lines})
         return envelope({"orders": orders})
 
