@@ -47,6 +47,7 @@ from loadtests.stack import (
     StackConfig,
     new_secret,
 )
+from loadtests.tiktok_channel import tiktok_channel
 from stockgate.bundles import Bundles
 from stockgate.cli import operator_key
 from stockgate.cluster import Store, connect, is_cluster_url
@@ -272,6 +273,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                          "whsec_" + base64.b64encode(os.urandom(24)).decode(),
                          opts.channel_rate_per_s,
                          allocation=MARKETPLACE_ALLOCATION),
+        tiktok_channel("tiktok-shop", skus, opts.channel_rate_per_s),
     ]
     cfg = StackConfig(data_dir=data_dir, storefront_key=new_secret(),
                       operator_key=new_secret(), channels=[c.spec for c in channels],
@@ -397,7 +399,7 @@ def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False,
         print(f"stockgate demo: {exc}", file=sys.stderr)
         return 2
     where = f" (stock on {_store_name(store)})" if store else ""
-    print(f"Stockgate demo: starting server, gateway, worker and 3 channel simulators{where}; "
+    print(f"Stockgate demo: starting server, gateway, worker and the channel simulators{where}; "
           f"then {duration_s} s of flash-sale load ...", flush=True)
     started = time.monotonic()
     # One line per HTTP call would bury the summary.

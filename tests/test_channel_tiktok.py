@@ -519,3 +519,21 @@ async def test_workers_converge_under_the_rate_limit_and_fetch_webhook_orders(
             assert sim.state.count("CAP", "main") == 48
     finally:
         engine.scripts.close()
+
+
+def test_demo_channel_config_loads_with_its_ids_and_secrets_from_env(tmp_path: Path) -> None:
+    from loadtests.stack import StackConfig, config_env, render_config
+    from loadtests.tiktok_channel import tiktok_channel
+    from stockgate.settings import load_settings
+
+    demo = tiktok_channel("tiktok-shop", ["DROP-CAP", "TEE-001"], 50.0)
+    cfg = StackConfig(data_dir=str(tmp_path), storefront_key="sf-0123456789abcdef",
+                      operator_key="op-0123456789abcdef", channels=[demo.spec])
+    path = tmp_path / "stockgate.toml"
+    path.write_text(render_config(cfg))
+    assert sim_tiktok.REFRESH_TOKEN not in path.read_text()  # env: references only
+    channel = load_settings(str(path), env=config_env(cfg)).channels["tiktok-shop"]
+    assert channel.kind == "tiktok" and channel.tiktok is not None
+    assert channel.tiktok.refresh_token == sim_tiktok.REFRESH_TOKEN
+    assert sorted(channel.variant_skus.values()) == ["DROP-CAP", "TEE-001"]
+    assert channel.location_for("7068517275539719942") == "main"
