@@ -47,7 +47,7 @@ from loadtests.stack import (
     StackConfig,
     new_secret,
 )
-from loadtests.tiktok_channel import tiktok_channel
+from loadtests.tiktok_channel import TIKTOK_APP_KEY, tiktok_channel
 from stockgate.bundles import Bundles
 from stockgate.cli import operator_key
 from stockgate.cluster import Store, connect, is_cluster_url
@@ -133,6 +133,9 @@ def _locust(stack: Stack, channels: list[SimulatedChannel], opts: DemoOptions,
         "SG_HOLD_TTL_S": str(opts.hold_ttl_s),
         "SG_LATENCY_OUT": str(record_path),
     })
+    if tiktok := by_kind.get("tiktok"):
+        env["SG_TIKTOK"] = "|".join([tiktok.name, tiktok.spec.secret, TIKTOK_APP_KEY,
+                                     tiktok.server.url])
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
             "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s}s",
             "--host", stack.gateway_url, "--only-summary", "--exit-code-on-error", "0",

@@ -12,6 +12,7 @@ from workers.simulators import tiktok as sim_tiktok
 # Made-up TikTok ids (decimal, as TikTok's are): product n, its one SKU, one warehouse.
 PRODUCT_BASE = 1729592969712200000
 WAREHOUSE_ID = "7068517275539719942"
+TIKTOK_APP_KEY = sim_tiktok.APP_KEY
 
 
 def item_of(n: int) -> str:

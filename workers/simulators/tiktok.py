@@ -249,6 +249,25 @@ def routes(state: ChannelState) -> list[Route]:
                            "line_items": lines})
         return envelope({"orders": orders})
 
+    async def sim_order(request: Request) -> Response:
+        """Not TikTok's: the demo places (or re-states) an order here before it sends the
+        order's webhook, as a shopper's checkout on TikTok would. Body {"order_id", "status",
+        "lines": [{"sku", "qty"}]}; each unit becomes a line item of the SKU's ids."""
+        body = json.loads(await request.body())
+        order_id = str(body["order_id"])
+        items = []
+        for ln in body.get("lines") or []:
+            item = state.sku_items.get(str(ln["sku"])) or state.mint(str(ln["sku"]))
+            product, _, sku_id = item.partition("/")
+            items += [{"product_id": product, "sku_id": sku_id, "seller_sku": str(ln["sku"]),
+                       "display_status": body["status"], "package_id": ""}
+                      ] * int(ln.get("qty", 1))
+        if order_id in state.orders and not items:
+            state.orders[order_id]["status"] = str(body["status"])
+        else:
+            state.orders[order_id] = {"status": str(body["status"]), "line_items": items}
+        return JSONResponse({})
+
     def route(path: str, endpoint: Any, methods: list[str]) -> Route:
         return Route(path, recorded(state, endpoint), methods=methods)
 
@@ -256,7 +275,8 @@ def routes(state: ChannelState) -> list[Route]:
             route("/product/202309/products/{product_id}/inventory/update", update_inventory,
                   ["POST"]),
             route("/product/202309/inventory/search", inventory_search, ["POST"]),
-            route("/order/202309/orders", order_detail, ["GET"])]
+            route("/order/202309/orders", order_detail, ["GET"]),
+            route("/_sim/orders", sim_order, ["POST"])]
 
 
 async def _gate(state: ChannelState) -> Response | None:
