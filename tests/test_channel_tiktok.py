@@ -368,23 +368,24 @@ async def test_forged_or_stale_webhooks_are_refused(gw: httpx.AsyncClient, case:
     assert r.status_code == 401, r.text
 
 
-async def test_cancelled_status_applies_at_once_and_returns_ask_for_review(
-        gw: httpx.AsyncClient, redis: Redis) -> None:
+async def test_cancelled_status_applies_at_once_and_refunded_returns_queue_a_fetch(
+        gw: httpx.AsyncClient, queue_redis: Redis) -> None:
     body = event(1, {"order_id": "576653688135258180", "order_status": "CANCELLED",
                      "update_time": int(time.time())})
     r = await gw.post("/webhooks/tt", content=body, headers=signed(body))
     assert r.status_code == 200 and r.json()["results"][0]["op"] == "cancel", r.text
-    refund_only = event(12, {"order_id": "576653688135258180", "return_id": "4035",
-                             "return_type": "REFUND_ONLY", "return_status": "x"})
-    r = await gw.post("/webhooks/tt", content=refund_only, headers=signed(refund_only))
+    pending = event(12, {"order_id": "576653688135258181", "return_id": "4035",
+                         "return_type": "RETURN_AND_REFUND",
+                         "return_status": "AWAITING_BUYER_SHIP"})
+    r = await gw.post("/webhooks/tt", content=pending, headers=signed(pending))
     assert r.json()["status"] == "ignored"
-    goods_back = event(12, {"order_id": "576653688135258180", "return_id": "4036",
-                            "return_type": "RETURN_AND_REFUND",
-                            "return_status": "RETURN_OR_REFUND_REQUEST_COMPLETE"})
-    r = await gw.post("/webhooks/tt", content=goods_back, headers=signed(goods_back))
-    assert r.json()["results"][0]["op"] == "refund_review", r.text
-    alerts = await list_alerts(redis, "acme", type="refund_needs_review")
-    assert any("return 4036" in a.detail for a in alerts)
+    done = event(12, {"order_id": "576653688135258181", "return_id": "4035",
+                      "return_type": "RETURN_AND_REFUND",
+                      "return_status": "RETURN_OR_REFUND_REQUEST_COMPLETE"},
+                 notification="n-return-4035")
+    r = await gw.post("/webhooks/tt", content=done, headers=signed(done))
+    assert r.status_code == 202 and r.json()["topic"] == "RETURN_STATUS_CHANGE", r.text
+    assert await queue_redis.exists("arq:job:fetch:tt:n-return-4035")
     product = event(5, {"product_id": 576486316948490000, "status": "X"})
     r = await gw.post("/webhooks/tt", content=product, headers=signed(product))
     assert r.json()["status"] == "ignored"
@@ -432,29 +433,48 @@ async def test_order_life_maps_statuses_to_order_fulfil_and_cancel(
                 assert await life("9001", status, line("HAT", "IN_TRANSIT", "P1"),
                                   line("HAT", status, "P2")) == "fulfilled"
                 assert await hat() == (0, 8)
+            # Returns: only a RETURN_AND_REFUND whose refund went through brings goods back,
+            # once per return however often the order is fetched.
+            tt = sim.state.tiktok  # type: ignore[attr-defined]
+            sku_id = CATALOGUE["HAT"].partition("/")[2]
+            back = [{"sku_id": sku_id, "seller_sku": "hat-red-m"}]  # mapped by its id
+            tt.returns["9001"] = [
+                {"return_id": "R1", "return_type": "REFUND", "return_line_items": back,
+                 "return_status": "RETURN_OR_REFUND_REQUEST_COMPLETE"},
+                {"return_id": "R2", "return_type": "RETURN_AND_REFUND",
+                 "return_status": "AWAITING_BUYER_SHIP", "return_line_items": back}]
+            await life("9001", "COMPLETED", line("HAT", "COMPLETED", "P1"),
+                       line("HAT", "COMPLETED", "P2"))
+            assert await hat() == (0, 8)  # nothing came back yet
+            tt.returns["9001"][1]["return_status"] = "RETURN_OR_REFUND_REQUEST_COMPLETE"
+            for _ in range(2):
+                outcome = await life("9001", "COMPLETED", line("HAT", "COMPLETED", "P1"),
+                                     line("HAT", "COMPLETED", "P2"))
+                assert outcome.endswith("1 of 1 return(s) restocked"), outcome
+                assert await hat() == (0, 9)  # one unit back on the shelf, once
             # Placed, then cancelled: the units go back on sale; a late fetch changes nothing.
             await life("9002", "AWAITING_SHIPMENT", line("HAT", "AWAITING_SHIPMENT"))
-            assert await hat() == (1, 8)
+            assert await hat() == (1, 9)
             assert await life("9002", "CANCELLED", line("HAT", "CANCELLED")) == "cancelled"
-            assert await hat() == (0, 8)
+            assert await hat() == (0, 9)
             await life("9002", "AWAITING_SHIPMENT", line("HAT", "AWAITING_SHIPMENT"))
-            assert await hat() == (0, 8)
+            assert await hat() == (0, 9)
             # Cancelled before Stockgate heard of it: its late placement commits nothing.
             assert await life("9003", "CANCELLED", line("HAT", "CANCELLED")) == "cancelled"
             orders["9003"]["status"] = "UNPAID"
             await apply_channel_order(engine, adapter, "default", "tt", "9003")
-            assert await hat() == (0, 8)
+            assert await hat() == (0, 9)
             # Fulfilled by TikTok from its own warehouses: none of Stockgate's units.
             orders["9004"] = {"status": "AWAITING_SHIPMENT", "line_items": [
                 line("HAT", "AWAITING_SHIPMENT")], "fulfillment_type": "FULFILLMENT_BY_TIKTOK"}
             assert await apply_channel_order(engine, adapter, "default", "tt",
                                              "9004") == "incomplete"
-            assert await hat() == (0, 8)
+            assert await hat() == (0, 9)
             # An order TikTok does not know is an error to retry, never a guess.
             with pytest.raises(PushError):
                 await apply_channel_order(engine, adapter, "default", "tt", "404404")
         view = await engine.stock("default", "HAT")
-        assert view.available == 8
+        assert view.available == 9  # 10 received, 2 sold, 1 back
     finally:
         engine.scripts.close()
 

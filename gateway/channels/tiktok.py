@@ -22,9 +22,10 @@ queues a fetch of the order (Get Order Detail, workers/adapters/tiktok.py), whos
 decides order / fulfil / cancel. A CANCELLED status is applied at once: the signed body says
 so, and the order's units go back on sale without waiting for the fetch (which then replays
 the cancel). A cancellation event queues a fetch (the request may be rejected: only the
-order's status says). A return event cannot say which units came back (it names no lines):
-nothing is restocked and an operator is asked to review the return (`refund_needs_review`);
-the return's lines would need the Return Refund API, which Stockgate does not call yet.
+order's status says). A return event names no lines: one whose status says the refund went
+through (RETURN_OR_REFUND_REQUEST_SUCCESS or _COMPLETE) queues a fetch, which reads the
+order's returns (Search Returns) and restocks those whose goods came back to the seller
+(RETURN_AND_REFUND), once per return id; the other statuses change nothing.
 
 Replays: a notification id seen before is a duplicate (and so is the same body under any id);
 the body's `timestamp` may not be ahead of the clock by more than the webhook tolerance, nor
@@ -46,7 +47,6 @@ from gateway.channels.base import (
     FetchOrder,
     Operation,
     OrderCancelled,
-    RefundReview,
     equal,
     order_ref,
     parse,
@@ -62,9 +62,9 @@ TOPICS = {ORDER_STATUS_CHANGE: "ORDER_STATUS_CHANGE",
           RETURN_STATUS_CHANGE: "RETURN_STATUS_CHANGE"}
 # Settings.idempotency_ttl_s is at least a day: a body this old is still remembered if seen.
 MAX_AGE_S = 86_400
-# Return types whose goods travel back to the seller (a REFUND_ONLY return leaves them with
-# the buyer, a REPLACEMENT sends more out); named in the SDKs above, not on TikTok's page.
-GOODS_BACK = frozenset({"RETURN_AND_REFUND"})
+# Return statuses after which a return's refund went through (Search Returns' descriptions,
+# workers/adapters/tiktok.py): whether its goods came back is the return's type, read then.
+REFUNDED = frozenset({"RETURN_OR_REFUND_REQUEST_SUCCESS", "RETURN_OR_REFUND_REQUEST_COMPLETE"})
 
 
 class EventData(msgspec.Struct, frozen=True):
@@ -128,9 +128,6 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
     ref = order_ref(channel_id, order_id)
     if event.type == ORDER_STATUS_CHANGE and data.order_status == "CANCELLED":
         return delivery, [OrderCancelled(ref, 0, data.update_time * 1000)]
-    if event.type == RETURN_STATUS_CHANGE:
-        if data.return_type not in GOODS_BACK:
-            return delivery, []
-        # One review per return, however many status changes it goes through.
-        return delivery, [RefundReview(ref, [], f"return {data.return_id}")]
+    if event.type == RETURN_STATUS_CHANGE and data.return_status not in REFUNDED:
+        return delivery, []
     return delivery, [FetchOrder(order_id)]

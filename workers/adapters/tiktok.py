@@ -34,6 +34,12 @@ rymndcs/tiktok_shop_rb_api test/fixtures/*.json, which record the pages' samples
   the same fields used here): GET /order/202309/orders?ids=<comma-separated> answers
   data.orders[] of {id, status, update_time, line_items[] of {id, sku_id, product_id,
   seller_sku, display_status, package_id}}. A line item has no quantity: each is one unit.
+- Partner Center, Search Returns (202309), its field descriptions quoted in a generated
+  interface of the page (SearchReturnsRequestInterface / ...ResponseInterface): POST
+  /return_refund/202309/returns/search with {"order_ids": [...]} (page_size up to 50 in the
+  query) answers data.return_orders[] of {order_id, return_id, return_type (REFUND,
+  RETURN_AND_REFUND, REPLACEMENT), return_status, return_line_items[] of
+  {order_line_item_id, sku_id, seller_sku}}.
 - https://partner.tiktokshop.com/docv2/page/authorization-overview-202407: GET
   https://auth.tiktok-shops.com/api/v2/token/refresh?app_key&app_secret&refresh_token
   &grant_type=refresh_token answers data {access_token, access_token_expire_in (a Unix time),
@@ -78,6 +84,14 @@ UPDATE_PATH = "/product/202309/products/{product_id}/inventory/update"
 SEARCH_PATH = "/product/202309/inventory/search"
 ORDERS_PATH = "/order/202309/orders"
 REFRESH_PATH = "/api/v2/token/refresh"
+RETURNS_PATH = "/return_refund/202309/returns/search"
+# Search Returns: RETURN_AND_REFUND "Buyer is required to send the items back to the seller.
+# The seller will need to review the condition of the returned items before a refund can be
+# issued"; RETURN_OR_REFUND_REQUEST_SUCCESS "The buyer will be refunded", ..._COMPLETE "The
+# buyer has been refunded". A REFUND leaves the goods with the buyer, a REPLACEMENT sends more.
+GOODS_BACK_TYPES = frozenset({"RETURN_AND_REFUND"})
+GOODS_BACK_STATUSES = frozenset({"RETURN_OR_REFUND_REQUEST_SUCCESS",
+                                 "RETURN_OR_REFUND_REQUEST_COMPLETE"})
 # Targets per push_batch; split into one call per product. Not a documented TikTok limit (a
 # product's SKUs are few): it bounds the calls one lane makes in one push.
 BATCH_LIMIT = 100
@@ -154,6 +168,9 @@ class TikTokAdapter(ChannelAdapter):
         self._cipher = config.shop_cipher if config else ""
         self._auth_url = (config.auth_url if config else "").rstrip("/")
         self._token: _Token | None = None
+        # sku_id -> product_id of the mapped SKUs (a return line names the SKU id only)
+        self._products = {ids.partition("/")[2]: ids.partition("/")[0]
+                          for ids in self.channel.variant_skus}
         # One refresh at a time per channel: concurrent pushes wait for it and share its token.
         self._refreshing = asyncio.Lock()
         self.refreshes = 0
@@ -406,8 +423,30 @@ class TikTokAdapter(ChannelAdapter):
                                           []).append(li)
             shipments = [Shipment(package, self._lines(lis))
                          for package, lis in sorted(by_package.items())]
+        # Goods can only come back once they left: only a shipped order is asked for returns.
+        returns = await self._returns(order_id) if state == "shipped" else []
         return ChannelOrder(order_id, state, self._lines(items), status=status,
-                            shipments=shipments)
+                            shipments=shipments, returns=returns)
+
+    async def _returns(self, order_id: str) -> list[Shipment]:
+        """The order's returns whose goods came back to the seller (Search Returns): each
+        return line item is one order line item, so one unit."""
+        data = await self.api("POST", RETURNS_PATH, body={"order_ids": [order_id]},
+                              query={"page_size": "50"})
+        found = []
+        for ret in data.get("return_orders") or []:
+            if not isinstance(ret, dict) or str(ret.get("order_id")) != order_id:
+                continue
+            if ret.get("return_type") not in GOODS_BACK_TYPES or \
+                    ret.get("return_status") not in GOODS_BACK_STATUSES:
+                continue
+            items = [li for li in ret.get("return_line_items") or [] if isinstance(li, dict)]
+            lines = self._lines({"sku_id": li.get("sku_id"), "seller_sku": li.get("seller_sku"),
+                                 "product_id": self._products.get(str(li.get("sku_id")))}
+                                for li in items)
+            if lines:
+                found.append(Shipment(str(ret.get("return_id")), lines))
+        return found
 
     def _lines(self, items: Iterable[dict[str, Any]]) -> list[OrderLine]:
         """One unit per line item, summed by SKU: the mapped ids' SKU, else the seller SKU."""

@@ -8,8 +8,8 @@ sorted query and body, wrapped in the app secret; 106001 with HTTP 401 otherwise
 not on the pages quoted: 401 as TikTok answers its other credential errors), the timestamp
 (within 5 minutes, 36009004), Update Inventory with its per-SKU `errors` (the documented
 sample's codes: 12052990 "Check failed" with 12052097 "The warehouse does not exist"),
-Inventory Search, Get Order Detail, and the rate limit (36009002, HTTP 429, no Retry-After:
-TikTok documents none) and internal errors (36009003, HTTP 500).
+Inventory Search, Get Order Detail, Search Returns, and the rate limit (36009002, HTTP 429,
+no Retry-After: TikTok documents none) and internal errors (36009003, HTTP 500).
 
 Catalogue: `state.sku_items` maps a SKU to "<product_id>/<sku_id>"; with `state.known_items`
 None every decimal id exists, else only those. Counts are kept under the SKU (state.aliases)
@@ -70,6 +70,9 @@ class TikTokSim:
         self.tokens: dict[str, float] = {}
         self.refreshes = 0
         self.bad_signatures = 0
+        # order id -> its returns as Search Returns shows them ({"return_id", "return_type",
+        # "return_status", "return_line_items": [{"sku_id", "seller_sku"}]})
+        self.returns: dict[str, list[dict[str, Any]]] = {}
 
     def expire_all(self) -> None:
         """Every token issued so far is expired from now on (as after its life ran out)."""
@@ -249,6 +252,25 @@ def routes(state: ChannelState) -> list[Route]:
                            "line_items": lines})
         return envelope({"orders": orders})
 
+    async def search_returns(request: Request) -> Response:
+        raw = await request.body()
+        if refused := await checked(request, raw):
+            return refused
+        try:
+            order_ids = [str(i) for i in json.loads(raw).get("order_ids") or []]
+        except (ValueError, AttributeError):
+            return envelope(None, 36009004, "Invalid parameter.", 400)
+        found = [{"order_id": order_id, "role": "BUYER", "create_time": 1619611561,
+                  "update_time": int(time.time()),
+                  **{k: v for k, v in ret.items() if k != "return_line_items"},
+                  "return_line_items": [
+                      {"return_line_item_id": f"{ret['return_id']}{n:03d}",
+                       "order_line_item_id": f"{order_id}{n:03d}", **li}
+                      for n, li in enumerate(ret.get("return_line_items", []))]}
+                 for order_id in order_ids for ret in sim.returns.get(order_id, [])]
+        return envelope({"return_orders": found, "total_count": len(found),
+                         "next_page_token": ""})
+
     async def sim_order(request: Request) -> Response:
         """Not TikTok's: the demo places (or re-states) an order here before it sends the
         order's webhook, as a shopper's checkout on TikTok would. Body {"order_id", "status",
@@ -276,6 +298,7 @@ def routes(state: ChannelState) -> list[Route]:
                   ["POST"]),
             route("/product/202309/inventory/search", inventory_search, ["POST"]),
             route("/order/202309/orders", order_detail, ["GET"]),
+            route("/return_refund/202309/returns/search", search_returns, ["POST"]),
             route("/_sim/orders", sim_order, ["POST"])]
 
 
