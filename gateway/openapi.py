@@ -150,6 +150,7 @@ _WEBHOOK_HEADERS = {
     "X-WC-Webhook-Delivery-ID": "woocommerce: delivery id (unsigned; dedupe)",
     "X-Stockgate-Secret": "bigcommerce: the shared secret set as a custom header when the hook "
                           "was created (the channel's `secret_header`, this name by default)",
+    "Authorization": "tiktok: hex HMAC-SHA256(app secret, app key + raw body)",
     "webhook-id": "standard: message id (signed)",
     "webhook-timestamp": "standard: Unix seconds (signed; 5-minute tolerance)",
     "webhook-signature": "standard: space-separated `v1,<base64 HMAC-SHA256 of "

@@ -47,6 +47,7 @@ from loadtests.stack import (
     StackConfig,
     new_secret,
 )
+from loadtests.tiktok_channel import TIKTOK_APP_KEY, tiktok_channel
 from stockgate.bundles import Bundles
 from stockgate.cli import operator_key
 from stockgate.cluster import Store, connect, is_cluster_url
@@ -132,6 +133,9 @@ def _locust(stack: Stack, channels: list[SimulatedChannel], opts: DemoOptions,
         "SG_HOLD_TTL_S": str(opts.hold_ttl_s),
         "SG_LATENCY_OUT": str(record_path),
     })
+    if tiktok := by_kind.get("tiktok"):
+        env["SG_TIKTOK"] = "|".join([tiktok.name, tiktok.spec.secret, TIKTOK_APP_KEY,
+                                     tiktok.server.url])
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
             "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{opts.duration_s}s",
             "--host", stack.gateway_url, "--only-summary", "--exit-code-on-error", "0",
@@ -272,6 +276,7 @@ def run_scenario(settings: Settings, opts: DemoOptions) -> DemoResult:
                          "whsec_" + base64.b64encode(os.urandom(24)).decode(),
                          opts.channel_rate_per_s,
                          allocation=MARKETPLACE_ALLOCATION),
+        tiktok_channel("tiktok-shop", skus, opts.channel_rate_per_s),
     ]
     cfg = StackConfig(data_dir=data_dir, storefront_key=new_secret(),
                       operator_key=new_secret(), channels=[c.spec for c in channels],
@@ -397,7 +402,7 @@ def run_demo(settings: Settings, duration_s: int = 30, cluster: bool = False,
         print(f"stockgate demo: {exc}", file=sys.stderr)
         return 2
     where = f" (stock on {_store_name(store)})" if store else ""
-    print(f"Stockgate demo: starting server, gateway, worker and 3 channel simulators{where}; "
+    print(f"Stockgate demo: starting server, gateway, worker and the channel simulators{where}; "
           f"then {duration_s} s of flash-sale load ...", flush=True)
     started = time.monotonic()
     # One line per HTTP call would bury the summary.

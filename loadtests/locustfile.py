@@ -44,6 +44,8 @@ class ScenarioConfig:
     hold_ttl_s: int
     hot_share: float
     latency_out: str
+    # TikTok Shop: (channel id, app secret, app key, simulator URL), or None.
+    tiktok: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> ScenarioConfig:
@@ -66,6 +68,7 @@ class ScenarioConfig:
             hold_ttl_s=int(env.get("SG_HOLD_TTL_S", "5")),
             hot_share=float(env.get("SG_HOT_SHARE", "0.7")),
             latency_out=env.get("SG_LATENCY_OUT", ""),
+            tiktok=tuple(env["SG_TIKTOK"].split("|", 3)) if env.get("SG_TIKTOK") else None,
         )
 
 
@@ -209,6 +212,8 @@ class ChannelTraffic(FastHttpUser):
             kinds.append(self._shopify_order)
         if CONFIG.woo:
             kinds.append(self._woo_order)
+        if CONFIG.tiktok:
+            kinds.append(self._tiktok_order)
         self.kinds = kinds
 
     @task
@@ -357,3 +362,49 @@ class ChannelTraffic(FastHttpUser):
                                      "total": f"-{order['total']}"}]}
             if self._woo("order.updated", refunded, "woo order.updated refunded")[0]:
                 RECORDER.count("orders_refunded")
+
+    # ---- TikTok Shop ------------------------------------------------------------------------
+
+    def _tiktok(self, order_id: str, status: str, name: str,
+                body: bytes | None = None) -> tuple[bool, bytes]:
+        """The order's ORDER_STATUS_CHANGE, signed as TikTok signs it: Authorization = hex
+        HMAC-SHA256(app secret, app key + raw body). It names the order only: the worker
+        reads the lines from the simulator's Get Order Detail."""
+        assert CONFIG.tiktok is not None
+        channel, secret, app_key, _ = CONFIG.tiktok
+        now = int(time.time())
+        body = body or json.dumps({
+            "type": 1, "tts_notification_id": str(next(_ids)),
+            "shop_id": "7495540735365777507", "timestamp": now,
+            "data": {"order_id": order_id, "order_status": status, "update_time": now,
+                     "is_on_hold_order": False}}, separators=(",", ":")).encode()
+        digest = hmac.new(secret.encode(), app_key.encode() + body, hashlib.sha256).hexdigest()
+        return self._post(channel, body, {"Authorization": digest}, name), body
+
+    def _tiktok_state(self, order_id: str, status: str,
+                      lines: list[tuple[str, int]] | None = None) -> bool:
+        assert CONFIG.tiktok is not None
+        payload = {"order_id": order_id, "status": status,
+                   "lines": [{"sku": sku, "qty": qty} for sku, qty in lines or []]}
+        with self.client.post(f"{CONFIG.tiktok[3]}/_sim/orders", json=payload,
+                              name="tiktok checkout (simulator)", catch_response=True) as resp:
+            if resp.status_code == 200:
+                return True
+            resp.failure(f"tiktok simulator: {resp.status_code}")
+            return False
+
+    def _tiktok_order(self) -> None:
+        order_id = str(576_000_000_000_000_000 + next(_ids) % 10**15)
+        if not self._tiktok_state(order_id, "AWAITING_SHIPMENT", self._lines()):
+            return
+        ok, body = self._tiktok(order_id, "AWAITING_SHIPMENT", "tiktok ORDER_STATUS_CHANGE")
+        if not ok:
+            return
+        fate = self.rng.random()
+        if fate < 0.10:
+            # TikTok retries a notification it thinks failed: the same body.
+            if self._tiktok(order_id, "", "tiktok duplicate delivery", body)[0]:
+                RECORDER.count("webhooks_duplicated")
+        elif fate < 0.18 and self._tiktok_state(order_id, "CANCELLED"):
+            if self._tiktok(order_id, "CANCELLED", "tiktok ORDER_STATUS_CHANGE cancelled")[0]:
+                RECORDER.count("orders_cancelled")

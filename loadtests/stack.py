@@ -39,6 +39,10 @@ class ChannelSpec(Struct, frozen=True):
     rate_limit_per_s: float = 50.0
     # The channel's default allocation rule as a TOML inline table ("": none).
     allocation: str = ""
+    # More of the channel's table, as TOML lines (ids maps, a marketplace's own sub-table),
+    # and the variables its `env:` references read.
+    extra_toml: str = ""
+    extra_env: dict[str, str] = {}
 
 
 class StackConfig(Struct, frozen=True):
@@ -99,6 +103,8 @@ def render_config(cfg: StackConfig) -> str:
         ]
         if ch.allocation:
             out.append(f"allocation = {ch.allocation}")
+        if ch.extra_toml:
+            out.append(ch.extra_toml)
     return "\n".join(out) + "\n"
 
 
@@ -106,6 +112,8 @@ def config_env(cfg: StackConfig) -> dict[str, str]:
     env = {"SG_DEMO_STOREFRONT_KEY": cfg.storefront_key,
            "SG_DEMO_OPERATOR_KEY": cfg.operator_key}
     env.update({_env_name(ch.name): ch.secret for ch in cfg.channels})
+    for ch in cfg.channels:
+        env.update(ch.extra_env)
     return env
 
 

@@ -19,7 +19,7 @@ import msgspec
 from stockgate.allocation import AllocationRule
 from stockgate.cluster import is_cluster_url
 
-ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "tiktok"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -35,6 +35,18 @@ class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: tuple[Scope, ...] = ("storefront",)
     # Requests per second allowed for this key (token bucket); 0 disables the limit.
     rate_limit_per_s: float = 0.0
+
+
+class TikTokConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """TikTok Shop Partner API credentials (docs/marketplace-tiktok.md). The app secret is the
+    channel's `secret`: TikTok signs webhooks and API requests with the same one."""
+
+    app_key: str
+    # Long-lived; exchanged for access tokens (GET <auth_url>/api/v2/token/refresh).
+    refresh_token: str
+    # Identifies the shop on every shop-scoped call (Get Authorized Shops' `cipher`).
+    shop_cipher: str = ""
+    auth_url: str = "https://auth.tiktok-shops.com"
 
 
 class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -69,6 +81,8 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What this channel is shown of each SKU unless the SKU sets its own rule
     # (stockgate/allocation.py); none: the whole pool.
     allocation: AllocationRule | None = None
+    # TikTok Shop (kind "tiktok"): app key, refresh token, shop cipher.
+    tiktok: TikTokConfig | None = None
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

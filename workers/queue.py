@@ -91,8 +91,41 @@ def order_ref(channel_id: str, order_id: str) -> str:
 
 async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
                               channel_id: str, order_id: str) -> str:
-    """Apply the order's current status; returns a short outcome for the log."""
+    """Apply the order's current status, then its returns; returns a short outcome for the
+    log."""
     order = await adapter.fetch_order(order_id)
+    outcome = await _apply_status(engine, adapter, tenant, channel_id, order_id, order)
+    if order.returns:
+        outcome += await _restock_returns(engine, tenant, channel_id, order)
+    return outcome
+
+
+async def _restock_returns(engine: StockEngine, tenant: str, channel_id: str,
+                           order: ChannelOrder) -> str:
+    """Goods the channel says came back: each return restocked once (its id), from the
+    order's shipped units."""
+    ref = order_ref(channel_id, order.order_id)
+    done = 0
+    for ret in order.returns:
+        lines = _by_sku(_stock_lines(ret.lines, None, order.order_id, channel_id))
+        if not lines:
+            continue
+        try:
+            reply, replayed = await engine.restock(tenant, f"{ref}:return-{ret.shipment_id}",
+                                                   lines, order_id=ref, channel=channel_id,
+                                                   take_from="shipped")
+        except (OrderNotFound, InvalidRequest, IdempotencyConflict) as exc:
+            log.warning("order %s from %s: return %s not restocked: %s", order.order_id,
+                        channel_id, ret.shipment_id, _describe(exc))
+            continue
+        if not replayed:
+            await check_refund(engine.redis, tenant, reply, channel=channel_id)
+        done += 1
+    return f", {done} of {len(order.returns)} return(s) restocked"
+
+
+async def _apply_status(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
+                        channel_id: str, order_id: str, order: ChannelOrder) -> str:
     ref = order_ref(channel_id, order_id)
     if order.state == "incomplete":
         return "incomplete"  # the shopper never finished checkout: nothing was sold

@@ -9,6 +9,7 @@ from workers.adapters.base import ChannelAdapter, ChannelOrder, OrderLine, PushE
 from workers.adapters.bigcommerce import BigCommerceAdapter
 from workers.adapters.generic import GenericAdapter
 from workers.adapters.shopify import ShopifyAdapter
+from workers.adapters.tiktok import TikTokAdapter
 from workers.adapters.woocommerce import WooCommerceAdapter
 
 ADAPTERS: dict[str, type[ChannelAdapter]] = {
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {
     "woocommerce": WooCommerceAdapter,
     "bigcommerce": BigCommerceAdapter,
     "standard": GenericAdapter,
+    "tiktok": TikTokAdapter,
 }
 
 

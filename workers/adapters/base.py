@@ -104,6 +104,9 @@ class ChannelOrder(msgspec.Struct, frozen=True):
     status: str = ""
     # Read only for a partially shipped order: the other states need no shipment detail.
     shipments: list[Shipment] = []
+    # Returns whose goods the channel says came back to the seller, each under its own id
+    # (the restock's idempotency key): restocked from the order's shipped units.
+    returns: list[Shipment] = []
 
     @property
     def cancelled(self) -> bool:
