@@ -19,7 +19,7 @@ import msgspec
 from stockgate.allocation import AllocationRule
 from stockgate.cluster import is_cluster_url
 
-ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "amazon"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -35,6 +35,24 @@ class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: tuple[Scope, ...] = ("storefront",)
     # Requests per second allowed for this key (token bucket); 0 disables the limit.
     rate_limit_per_s: float = 0.0
+
+
+class AmazonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Amazon Selling Partner API ids and Login with Amazon credentials
+    (docs/marketplace-amazon.md); secrets as `env:` references. The channel's `api_url` is the
+    SP-API regional endpoint (https://sellingpartnerapi-na.amazon.com, -eu, -fe); its `secret`
+    and `secret_header` are the API key an EventBridge connection sends with each
+    order-change notification."""
+
+    seller_id: str
+    marketplace_id: str  # e.g. ATVPDKIKX0DER (amazon.com); patchListingsItem takes one
+    lwa_client_id: str
+    lwa_client_secret: str
+    lwa_refresh_token: str
+    lwa_token_url: str = "https://api.amazon.com/auth/o2/token"
+    # The listings' Amazon product type, required in a patchListingsItem body; "PRODUCT" is
+    # accepted for offer-only attributes such as fulfillment_availability.
+    product_type: str = "PRODUCT"
 
 
 class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -69,6 +87,8 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What this channel is shown of each SKU unless the SKU sets its own rule
     # (stockgate/allocation.py); none: the whole pool.
     allocation: AllocationRule | None = None
+    # Amazon (kind "amazon"): seller, marketplace and LWA credentials.
+    amazon: AmazonConfig | None = None
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from stockgate.settings import Channel
+from workers.adapters.amazon import AmazonAdapter
 from workers.adapters.base import ChannelAdapter, ChannelOrder, OrderLine, PushError
 from workers.adapters.bigcommerce import BigCommerceAdapter
 from workers.adapters.generic import GenericAdapter
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {
     "woocommerce": WooCommerceAdapter,
     "bigcommerce": BigCommerceAdapter,
     "standard": GenericAdapter,
+    "amazon": AmazonAdapter,
 }
 
 
