@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,11 +24,18 @@ import msgspec
 import pytest
 from gateway_support import cell, gateway_settings, receive
 from redis.asyncio import Redis
+from workers_helpers import channels_match, running_worker, settings_with, settled, wait_for
 
+from stockgate.alerts import list_alerts
+from stockgate.deliveries import failed_deliveries
+from stockgate.embedded import EmbeddedRedis
+from stockgate.models import Line
 from stockgate.settings import AmazonConfig, Channel, Settings, load_settings
+from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
 from workers.adapters.amazon import REFRESH_MARGIN_S, AmazonAdapter
 from workers.adapters.base import PushItem, channel_wide
+from workers.queue import apply_channel_order
 from workers.simulators import SimulatorServer
 from workers.simulators.amazon import AmazonSim, amazon_of
 
@@ -82,7 +90,7 @@ async def test_push_is_one_documented_patch_per_sku_with_one_token(sim_factory: 
         results = await adapter.push_batch(items({"SKU-1": 7, "SKU-2": 0, "SKU-3": 12}))
         assert [r.status for r in results] == ["ok"] * 3
         await adapter.push_batch(items({"SKU-1": 6}))
-    assert (server.state.count("SKU-1"), server.state.count("SKU-2")) == (6, 0)
+    assert (server.state.count("SKU-1", "main"), server.state.count("SKU-2", "main")) == (6, 0)
     # One LWA refresh for every call, form-encoded as documented.
     token_calls = [r for r in sent if r.url.path == "/auth/o2/token"]
     assert len(token_calls) == 1 and sim.refreshes == 1
@@ -124,7 +132,7 @@ async def test_an_expired_token_is_refreshed_once_and_the_call_sent_once_more(
         sim.expire_tokens()  # an hour went by on Amazon's side
         sent.clear()
         [result] = await adapter.push_batch(items({"SKU-1": 2}))
-    assert result.status == "ok" and server.state.count("SKU-1") == 2
+    assert result.status == "ok" and server.state.count("SKU-1", "main") == 2
     assert sim.refused_tokens == 1 and sim.refreshes == 2
     assert [(r.method, r.url.path.split("/")[1]) for r in sent] == [
         ("PATCH", "listings"), ("POST", "auth"), ("PATCH", "listings")]
@@ -153,7 +161,7 @@ async def test_a_refused_refresh_token_fails_the_call_and_names_no_secret(
     assert "invalid_grant" in text
     for secret in ("Atzr|revoked-by-seller", sim.client_secret, sim.client_id):
         assert secret not in text
-    assert not patches(sent) and server.state.count("SKU-1") is None
+    assert not patches(sent) and server.state.count("SKU-1", "main") is None
 
 
 async def test_an_invalid_submission_fails_alone(sim_factory: Sims) -> None:
@@ -165,7 +173,7 @@ async def test_an_invalid_submission_fails_alone(sim_factory: Sims) -> None:
     assert [r.status for r in results] == ["ok", "failed", "ok"]
     assert not results[1].retryable and "INVALID" in results[1].error
     assert "90000900" in results[1].error
-    assert (server.state.count("SKU-1"), server.state.count("SKU-3")) == (1, 3)
+    assert (server.state.count("SKU-1", "main"), server.state.count("SKU-3", "main")) == (1, 3)
 
 
 async def test_a_sku_is_one_escaped_path_segment(sim_factory: Sims) -> None:
@@ -177,7 +185,7 @@ async def test_a_sku_is_one_escaped_path_segment(sim_factory: Sims) -> None:
         assert await adapter.get_available("never-pushed", "main") is None
     raw = patches(sent)[0].url.raw_path.decode()
     assert raw.startswith(f"/listings/2021-08-01/items/{SELLER}/A%2FB%20%3F%231?")
-    assert server.state.count("A/B ?#1") == 4
+    assert server.state.count("A/B ?#1", "main") == 4
 
 
 async def test_the_usage_plan_429_is_back_pressure(sim_factory: Sims) -> None:
@@ -414,7 +422,7 @@ async def test_bodies_that_are_not_a_notification(client: httpx.AsyncClient) -> 
         assert r.status_code == 400, (payload, r.text)
 
 
-def test_settings_read_amazon_credentials_from_the_environment(tmp_path: Any) -> None:
+def test_settings_read_amazon_credentials_from_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "stockgate.toml"
     path.write_text("""
 [channels.amz]
@@ -444,3 +452,63 @@ def test_an_amazon_channel_without_its_table_is_refused() -> None:
     with pytest.raises(ValueError, match="amazon"):
         adapter_for("amz", Channel(kind="amazon", secret="s"), None)  # type: ignore[arg-type]
 
+
+
+# ---- through the propagation machinery -------------------------------------------------------
+
+async def test_a_flash_sale_converges_through_the_usage_plan(
+        redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path, sim_factory: Sims) -> None:
+    """A worker pushes 12 hot SKUs while another client of the same seller keeps the usage
+    plan's bucket nearly empty: the 429s hold the channel (back-pressure), no delivery fails,
+    parks or alerts, and Amazon ends up showing every count."""
+    server = sim_factory("amazon")
+    sim = amazon_of(server.state)
+    sim.rate, sim.burst = 8.0, 2
+    channel = msgspec.structs.replace(amazon_channel(server.url, sim), rate_limit_per_s=50.0)
+    settings = settings_with(tmp_path, {"amz": channel})
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    skus = [f"HOT-{n}" for n in range(12)]
+    for sku in skus:
+        await engine.adjust("default", sku, reason="receipt", idempotency_key=f"r-{sku}",
+                            delta=40)
+    async with running_worker(settings, redis_server.url):
+        for round_ in range(3):
+            await asyncio.gather(*(engine.hold("default", [Line(sku, 1)],
+                                               hold_id=f"h-{sku}-{round_}") for sku in skus))
+        await wait_for(lambda: channels_match(engine, {"amz": server}, skus), 20.0)
+        await wait_for(lambda: settled(redis), 10.0)
+    assert all(server.state.count(sku, "main") == 37 for sku in skus)
+    assert server.state.limited > 0  # the plan refused some calls ...
+    assert await failed_deliveries(redis, "default") == []  # ... and nothing failed for it
+    assert [a for a in await list_alerts(redis, "default")
+            if a["type"] in ("delivery_failing", "channel_throttled")] == []
+    assert sim.refreshes == 1  # one LWA token for the whole run
+
+
+async def test_a_fetched_order_goes_through_the_same_rules(
+        redis: Redis, tmp_path: Path, sim_factory: Sims) -> None:
+    """The worker's path for a notification without items: getOrder and getOrderItems, then
+    the lifecycle rules; its shipment ids are the gateway's, so a unit shipped by either is
+    shipped once."""
+    server = sim_factory("amazon")
+    sim = amazon_of(server.state)
+    settings = settings_with(tmp_path, {"amz": amazon_channel(server.url, sim)})
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    await engine.adjust("default", "SKU-F", reason="receipt", idempotency_key="r", delta=10)
+    order_id = "902-3159896-1390999"
+    item = {"OrderItemId": "OI1", "SellerSKU": "SKU-F", "QuantityOrdered": 3,
+            "QuantityShipped": 0}
+    async with httpx.AsyncClient() as client:
+        adapter = adapter_for("amz", settings.channels["amz"], client)
+        for status, shipped, on_hand, committed in (("Pending", 0, 10, 3),
+                                                    ("Unshipped", 0, 10, 3),
+                                                    ("PartiallyShipped", 1, 9, 2),
+                                                    ("PartiallyShipped", 1, 9, 2),
+                                                    ("Shipped", 3, 7, 0)):
+            sim.orders[order_id] = {"OrderStatus": status,
+                                    "OrderItems": [{**item, "QuantityShipped": shipped}]}
+            await apply_channel_order(engine, adapter, "default", "amz", order_id)
+            view = (await engine.stock("default", "SKU-F")).locations["main"]
+            assert (view.on_hand, view.committed) == (on_hand, committed), status

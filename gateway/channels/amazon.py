@@ -6,11 +6,15 @@ to the ORDER_CHANGE notification, follow the Set up notifications using the Amaz
 Service workflow", https://developer-docs.amazon.com/sp-api/docs/subscribe-to-mfn-notifications;
 its EventBridge workflow carries only listings and product-type notifications,
 https://developer-docs.amazon.com/sp-api/docs/set-up-notifications-with-amazon-eventbridge).
-An EventBridge Pipe takes the queue's messages to an EventBridge API destination (a pipe's
-SQS source, https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-sqs.html), whose
-connection uses API key authorization: a header name and value of the merchant's choosing,
-sent with every request (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-api-destination-connection.html).
-That header is the channel's `secret_header` and `secret`, compared in constant time.
+An EventBridge Pipe takes the queue's messages (a pipe's SQS source,
+https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-sqs.html) to an EventBridge
+API destination, "the target of an event bus rule, or pipe"
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/api-destinations.html), whose
+connection uses API_KEY authorization: ApiKeyName is "the name of the header to use for the
+APIKeyValue" (https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_ConnectionApiKeyAuthResponseParameters.html).
+That header is the channel's `secret_header` and `secret`, compared in constant time. The key
+authenticates the sender; the body itself is not signed (EventBridge signs nothing), so the
+key must be long, random and sent only over HTTPS.
 
 Body. Accepted as any of the shapes that route can give, unwrapped at most twice:
 - an EventBridge event {"version", "id", "detail-type", "source", "account", "time",

@@ -20,7 +20,8 @@ What the documentation says, and what this adapter does with it:
   500/s per application). `x-amzn-RateLimit-Limit` on a 200 gives the rate applied to this
   account (https://developer-docs.amazon.com/sp-api/docs/usage-plans-and-rate-limits): the
   adapter paces calls with a token bucket at that rate (burst 5) and, on a 429, holds the
-  channel for one token's time (SP-API sends no Retry-After; a Retry-After, if present, wins).
+  channel for one token's time (the model's 429 declares only x-amzn-RequestId, no
+  Retry-After; a Retry-After, if one is sent, wins).
 - Batch: there is no batch form of patchListingsItem. The batch path is the Feeds API's
   JSON_LISTINGS_FEED (up to thousands of SKUs per feed, processed asynchronously in minutes);
   it is NOT implemented here: per-SKU PATCH within the rate limit gives 5 SKUs/s per seller,
@@ -80,6 +81,9 @@ FULFILLMENT_CHANNEL = "DEFAULT"  # merchant-fulfilled
 # patchListingsItem's default usage plan: 5 requests/s, burst 5.
 RATE_PER_S = 5.0
 BURST = 5
+# Calls are paced a little under the stated rate: Amazon's bucket counts arrivals, and a
+# call's time on the wire varies, so two calls paced exactly 1/rate apart can arrive closer.
+PACE_SHARE = 0.9
 # A token this close to its expiry is refreshed before use.
 REFRESH_MARGIN_S = 60.0
 # The adapter waits this long at most for a call slot of its own bucket; a longer wait is
@@ -227,12 +231,13 @@ class AmazonAdapter(ChannelAdapter):
     def _take(self) -> float:
         """0 if a call may go now (a token taken), else seconds until one is free."""
         now = time.monotonic()
-        self._tokens = min(float(BURST), self._tokens + (now - self._tokens_at) * self.rate)
+        rate = self.rate * PACE_SHARE
+        self._tokens = min(float(BURST), self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         if self._tokens >= 1:
             self._tokens -= 1
             return 0.0
-        return (1 - self._tokens) / self.rate
+        return (1 - self._tokens) / rate
 
     async def _pace(self) -> None:
         while wait := self._take():
@@ -249,7 +254,7 @@ class AmazonAdapter(ChannelAdapter):
     def _retry_after(self, response: httpx.Response) -> float:
         given = seconds(response.headers.get("Retry-After", ""))
         if given is None:
-            # No Retry-After from SP-API: one token of the rate the header states.
+            # SP-API documents no Retry-After: one token of the rate the header states.
             self._note_rate(response)
             given = 1.0 / self.rate
         return min(max(given, 0.05), RETRY_AFTER_MAX_S)

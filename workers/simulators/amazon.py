@@ -57,6 +57,9 @@ class AmazonSim:
     refresh_token: str = "Atzr|refresh-token"
     seller_id: str = "A3TH9S8BH6GOGM"
     marketplace_id: str = "ATVPDKIKX0DER"
+    # Amazon keeps one merchant-fulfilled quantity per SKU; the simulator files it under this
+    # location so tests and the demo read it as they read the other channels' counts.
+    location: str = "main"
     token_ttl_s: int = 3600
     rate: float = 5.0
     burst: int = 5
@@ -206,7 +209,7 @@ def routes(state: ChannelState) -> list[Route]:
                     quantity = given
         if quantity is not None:
             with state.counts_lock:
-                state.store(sku, "", quantity)
+                state.store(sku, sim.location, quantity)
             state.writes += 1
         return JSONResponse({"sku": sku, "status": "ACCEPTED",
                              "submissionId": uuid.uuid4().hex, "issues": []})
@@ -216,10 +219,10 @@ def routes(state: ChannelState) -> list[Route]:
             return bad
         sku = request.path_params["sku"]
         if (sim.listed_skus is not None and sku not in sim.listed_skus) or (
-                sim.listed_skus is None and (sku, "") not in state.counts):
+                sim.listed_skus is None and (sku, sim.location) not in state.counts):
             return errors(404, "NOT_FOUND", f"SKU '{sku}' not found in marketplace "
                                             f"{sim.marketplace_id}")
-        count = state.counts.get((sku, ""))
+        count = state.counts.get((sku, sim.location))
         availability = [{"fulfillmentChannelCode": "DEFAULT", "quantity": count}] if (
             count is not None) else []
         return JSONResponse({"sku": sku, "fulfillmentAvailability": availability})
