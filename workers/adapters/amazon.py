@@ -23,7 +23,7 @@ What the documentation says, and what this adapter does with it:
   channel for one token's time (the model's 429 declares only x-amzn-RequestId, no
   Retry-After; a Retry-After, if one is sent, wins).
 - Batch: there is no batch form of patchListingsItem. The batch path is the Feeds API's
-  JSON_LISTINGS_FEED (up to thousands of SKUs per feed, processed asynchronously in minutes);
+  JSON_LISTINGS_FEED (many SKUs per feed, processed asynchronously);
   it is NOT implemented here: per-SKU PATCH within the rate limit gives 5 SKUs/s per seller,
   each applied within seconds, which suits hot SKUs in a flash sale. A catalogue of tens of
   thousands of SKUs needs the feed for its full syncs (docs/marketplace-amazon.md).
