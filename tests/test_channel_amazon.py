@@ -341,6 +341,18 @@ async def test_replays_change_nothing(client: httpx.AsyncClient) -> None:
     assert (state["committed"], state["available"]) == (2, 3)
 
 
+async def test_notifications_without_ids_are_told_apart(client: httpx.AsyncClient) -> None:
+    await receive(client, "SKU-1", 5)
+    for n in (1, 2):
+        note = notification(f"111-0000007-000000{n}", "Unshipped", [("SKU-1", 1, 0)])
+        del note["NotificationMetadata"]
+        r = await deliver(client, note)
+        assert r.json()["status"] == "applied", r.text
+        assert r.json()["delivery_id"].startswith("sha256-")
+    assert (await deliver(client, note)).json()["status"] == "duplicate"
+    assert (await cell(client, "SKU-1"))["committed"] == 2
+
+
 async def test_an_order_through_its_life(client: httpx.AsyncClient) -> None:
     """Pending commits at once (no hold: a marketplace order names none), Unshipped is the
     same sale, PartiallyShipped ships the units it counts, Shipped the rest; a second order

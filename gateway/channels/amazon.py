@@ -46,6 +46,8 @@ no storefront hold. ORDER_CHANGE carries no returns or refunds: those are left t
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 from starlette.datastructures import Headers
 
@@ -176,8 +178,12 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
     note, outer = unwrap(body)
     notification_id = note.NotificationMetadata.notification_id if (
         note.NotificationMetadata) else ""
-    delivery = Delivery(f"notification-{notification_id}" if notification_id else outer,
-                        note.NotificationType)
+    if notification_id:
+        delivery_id = f"notification-{notification_id}"
+    else:
+        # No id anywhere: the body's digest, never "" (which every such body would share).
+        delivery_id = outer or "sha256-" + hashlib.sha256(body).hexdigest()
+    delivery = Delivery(delivery_id, note.NotificationType)
     change = note.Payload.order_change_notification if note.Payload else None
     if note.NotificationType != TOPIC or change is None or not change.amazon_order_id:
         return delivery, []
