@@ -26,6 +26,8 @@ from gateway_support import cell, gateway_settings, receive
 from redis.asyncio import Redis
 from workers_helpers import channels_match, running_worker, settings_with, settled, wait_for
 
+from gateway.channels import amazon as amazon_gateway
+from gateway.channels.base import OrderFulfilled, OrderPlaced
 from stockgate.alerts import list_alerts
 from stockgate.deliveries import failed_deliveries
 from stockgate.embedded import EmbeddedRedis
@@ -33,7 +35,7 @@ from stockgate.models import Line
 from stockgate.settings import AmazonConfig, Channel, Settings, load_settings
 from stockgate.stock import StockEngine
 from workers.adapters import PushError, adapter_for
-from workers.adapters.amazon import REFRESH_MARGIN_S, AmazonAdapter
+from workers.adapters.amazon import REFRESH_MARGIN_S, AmazonAdapter, Submission
 from workers.adapters.base import PushItem, channel_wide
 from workers.queue import apply_channel_order
 from workers.simulators import SimulatorServer
@@ -524,3 +526,48 @@ async def test_a_fetched_order_goes_through_the_same_rules(
             await apply_channel_order(engine, adapter, "default", "amz", order_id)
             view = (await engine.stock("default", "SKU-F")).locations["main"]
             assert (view.on_hand, view.committed) == (on_hand, committed), status
+
+
+# ---- contract: the documented shapes (tests/fixtures/amazon/) ---------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "amazon"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+async def test_the_push_body_is_the_documented_merge(sim_factory: Sims) -> None:
+    doc = fixture("patch_fulfillment_availability.json")
+    server = sim_factory("amazon")
+    async with connected(server) as (adapter, sent):
+        [result] = await adapter.push_batch(items({"DROP-1": 20}))
+    assert result.status == "ok"
+    assert json.loads(patches(sent)[0].content) == doc["request"]
+    # Both documented answers decode as the adapter reads them.
+    accepted = msgspec.json.decode(json.dumps(doc["accepted"]), type=Submission)
+    invalid = msgspec.json.decode(json.dumps(doc["invalid"]), type=Submission)
+    assert accepted.status == "ACCEPTED" and invalid.issues[0].code == "90000900"
+
+
+@pytest.mark.parametrize("wrapping", ["record", "event", "array", "bare"])
+def test_the_documented_notification_decodes_in_every_wrapping(wrapping: str) -> None:
+    doc = fixture("order_change_notification.json")
+    note = doc["notification"]
+    record = {**doc["record"], "body": json.dumps(note)}
+    body = {"record": record, "array": [record], "bare": note,
+            "event": {"version": "0", "id": "evt-1", "detail-type": "Event from aws:sqs",
+                      "source": "Pipe orders", "detail": record}}[wrapping]
+    channel = amazon_channel("http://127.0.0.1:9", AmazonSim())
+    delivery, ops = amazon_gateway.decode("amz", channel, amazon_gateway.Delivery("", ""),
+                                          json.dumps(body).encode())
+    assert delivery.id == "notification-" + note["NotificationMetadata"]["NotificationId"]
+    assert delivery.topic == "ORDER_CHANGE"
+    ref = "amz:113-4471235-7734621"
+    placed, shipped = ops
+    assert isinstance(placed, OrderPlaced) and placed.hold_id is None
+    assert [(ln.sku, ln.qty) for ln in placed.lines] == [("DROP-1", 2), ("DROP-2", 1)]
+    assert placed.placed_at_ms and placed.state_at_ms > placed.placed_at_ms
+    assert isinstance(shipped, OrderFulfilled)
+    assert shipped.fulfilment_id == f"{ref}:shipment-49151234567890-1"
+    assert [(ln.sku, ln.qty) for ln in shipped.lines] == [("DROP-1", 1)]
