@@ -40,6 +40,7 @@ from workers.adapters.base import PushItem, channel_wide
 from workers.queue import apply_channel_order
 from workers.simulators import SimulatorServer
 from workers.simulators.amazon import AmazonSim, amazon_of
+from workers.simulators.amazon import sell as sim_sell
 
 pytest_plugins = ["gateway_fixtures"]  # app, client (gw_settings is overridden below)
 
@@ -571,3 +572,18 @@ def test_the_documented_notification_decodes_in_every_wrapping(wrapping: str) ->
     assert isinstance(shipped, OrderFulfilled)
     assert shipped.fulfilment_id == f"{ref}:shipment-49151234567890-1"
     assert [(ln.sku, ln.qty) for ln in shipped.lines] == [("DROP-1", 1)]
+
+
+async def test_the_simulator_sells_and_its_notification_lands(client: httpx.AsyncClient,
+                                                              sim_factory: Sims) -> None:
+    """What a demo needs of the marketplace: Amazon sells on its own (its count drops) and
+    the pipe delivers the order's ORDER_CHANGE, which commits the units in Stockgate."""
+    server = sim_factory("amazon")
+    await receive(client, "SKU-1", 5)
+    server.state.store("SKU-1", "main", 5)
+    record = sim_sell(server.state, "SKU-1", 2)
+    assert record is not None and server.state.count("SKU-1", "main") == 3
+    assert sim_sell(server.state, "SKU-1", 4) is None  # Amazon shows only 3
+    r = await deliver(client, record)
+    assert r.json()["status"] == "applied", r.text
+    assert (await cell(client, "SKU-1"))["committed"] == 2

@@ -24,6 +24,9 @@ workers/adapters/amazon.py):
   carries x-amzn-RequestId, and a 200 x-amzn-RateLimit-Limit (the rate applied).
 - GET /orders/v0/orders/{id} and /orderItems answer {"payload": {...}} for the orders a test
   put in `AmazonSim.orders`.
+- sell() is Amazon selling on its own: its shown quantity drops and it gives the order's
+  ORDER_CHANGE as the SQS record an EventBridge pipe would POST to /webhooks/{channel}, for
+  the demo's marketplace traffic.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class AmazonSim:
     refreshes: int = 0
     refused_tokens: int = 0
     patches: list[dict[str, Any]] = field(default_factory=list)
+    sold: int = 0  # orders placed by sell()
     # Orders API: id -> {"OrderStatus", "FulfillmentChannel", "OrderItems": [...]}
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     _level: float = -1.0
@@ -92,6 +96,54 @@ class AmazonSim:
                 return False
             self._level = level - 1
             return True
+
+
+def order_change(sim: AmazonSim, order_id: str, status: str,
+                 lines: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """An ORDER_CHANGE notification of this seller (schemas/notifications/
+    OrderChangeNotification.json): `lines` are (SellerSKU, Quantity, QuantityShipped)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    return {"NotificationVersion": "1.0", "NotificationType": "ORDER_CHANGE",
+            "PayloadVersion": "1.0", "EventTime": now,
+            "Payload": {"OrderChangeNotification": {
+                "NotificationLevel": "OrderLevel", "SellerId": sim.seller_id,
+                "AmazonOrderId": order_id, "OrderChangeType": "OrderStatusChange",
+                "OrderChangeTrigger": {"TimeOfOrderChange": now,
+                                       "ChangeReason": "Order status changed"},
+                "Summary": {
+                    "MarketplaceId": sim.marketplace_id, "OrderStatus": status,
+                    "PurchaseDate": now, "DestinationPostalCode": None,
+                    "FulfillmentType": "MFN", "OrderType": "StandardOrder",
+                    "OrderItems": [
+                        {"OrderItemId": f"{order_id.replace('-', '')}{n}", "SellerSKU": sku,
+                         "SupplySourceId": None, "Quantity": qty, "QuantityShipped": shipped}
+                        for n, (sku, qty, shipped) in enumerate(lines)]}}},
+            "NotificationMetadata": {
+                "ApplicationId": "amzn1.sellerapps.app.simulated",
+                "SubscriptionId": "simulated", "PublishTime": now,
+                "NotificationId": str(uuid.uuid4())}}
+
+
+def pipe_record(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification as an SQS message an EventBridge pipe passes to an API destination."""
+    return {"messageId": str(uuid.uuid4()), "receiptHandle": "simulated",
+            "body": json.dumps(notification), "attributes": {}, "messageAttributes": {},
+            "md5OfBody": "", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:simulated",
+            "awsRegion": "us-east-1"}
+
+
+def sell(state: ChannelState, sku: str, qty: int) -> dict[str, Any] | None:
+    """Amazon sells `qty` of `sku` on its own (its shown quantity drops, as Amazon's does
+    when an order is placed): the pipe record of the order's ORDER_CHANGE to deliver, or
+    None when Amazon shows fewer units."""
+    sim = amazon_of(state)
+    if not state.sell(sku, sim.location, qty):
+        return None
+    with sim._lock:
+        sim.sold += 1
+        order_id = f"113-{sim.sold:07d}-{secrets.randbelow(10_000_000):07d}"
+    return pipe_record(order_change(sim, order_id, "Unshipped", [(sku, qty, 0)]))
 
 
 def amazon_of(state: ChannelState) -> AmazonSim:
