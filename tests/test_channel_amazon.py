@@ -400,6 +400,21 @@ async def test_an_order_through_its_life(client: httpx.AsyncClient) -> None:
     assert (s1["on_hand"], s1["committed"], s1["available"]) == (7, 0, 7)
 
 
+async def test_a_partial_shipment_delivered_after_the_shipment_changes_nothing(
+        client: httpx.AsyncClient, redis: Redis) -> None:
+    await receive(client, "SKU-1", 5)
+    order = "111-0000008-0000001"
+    shipped = eventbridge(notification(order, "Shipped", [("SKU-1", 3, 3)]))
+    partial = eventbridge(notification(order, "PartiallyShipped", [("SKU-1", 3, 2)]))
+    assert (await deliver(client, shipped)).status_code == 200
+    late = (await deliver(client, partial)).json()
+    assert [r["outcome"] for r in late["results"]] == ["replayed"] * 3, late
+    s1 = await cell(client, "SKU-1")
+    assert (s1["on_hand"], s1["committed"]) == (2, 0)
+    assert [a for a in await list_alerts(redis, "acme")
+            if a["type"] == "webhook_not_applied"] == []
+
+
 async def test_a_cancel_before_its_order_commits_nothing(client: httpx.AsyncClient) -> None:
     await receive(client, "SKU-1", 4)
     order = "111-0000004-0000001"

@@ -216,10 +216,14 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
     ops: list[Operation] = [OrderPlaced(ref, lines, None, skipped, placed_at, state_at)]
     if not lines:
         return ops
-    if state == "shipped":
-        ops.append(OrderFulfilled(ref, shipped_fulfilment_id(ref)))
-    elif state == "partially_shipped":
+    if state in ("shipped", "partially_shipped"):
+        # Shipped too names its units one by one: SQS does not keep order, and a
+        # PartiallyShipped delivered after it then only repeats fulfilments already applied.
         ops += _shipped_units(channel, ref, summary.order_items)
+    if state == "shipped":
+        # Whatever the units did not cover (QuantityShipped absent, past the cap, an
+        # unmapped line's siblings) ships with the order's status; nothing open is a no-op.
+        ops.append(OrderFulfilled(ref, shipped_fulfilment_id(ref)))
     return ops
 
 
