@@ -50,8 +50,9 @@ class AmazonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lwa_client_secret: str
     lwa_refresh_token: str
     lwa_token_url: str = "https://api.amazon.com/auth/o2/token"
-    # The listings' Amazon product type, required in a patchListingsItem body; "PRODUCT" is
-    # accepted for offer-only attributes such as fulfillment_availability.
+    # The listings' Amazon product type, required in a patchListingsItem body. "PRODUCT" (as
+    # offer-only tools send) is not confirmed by the docs found: set the catalogue's own
+    # product type if Amazon answers INVALID naming it.
     product_type: str = "PRODUCT"
 
 
