@@ -19,7 +19,7 @@ import msgspec
 from stockgate.allocation import AllocationRule
 from stockgate.cluster import is_cluster_url
 
-ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "tiktok"]
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "tiktok", "amazon"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -47,6 +47,25 @@ class TikTokConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Identifies the shop on every shop-scoped call (Get Authorized Shops' `cipher`).
     shop_cipher: str = ""
     auth_url: str = "https://auth.tiktok-shops.com"
+
+
+class AmazonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Amazon Selling Partner API ids and Login with Amazon credentials
+    (docs/marketplace-amazon.md); secrets as `env:` references. The channel's `api_url` is the
+    SP-API regional endpoint (https://sellingpartnerapi-na.amazon.com, -eu, -fe); its `secret`
+    and `secret_header` are the API key an EventBridge connection sends with each
+    order-change notification."""
+
+    seller_id: str
+    marketplace_id: str  # e.g. ATVPDKIKX0DER (amazon.com); patchListingsItem takes one
+    lwa_client_id: str
+    lwa_client_secret: str
+    lwa_refresh_token: str
+    lwa_token_url: str = "https://api.amazon.com/auth/o2/token"
+    # The listings' Amazon product type, required in a patchListingsItem body. "PRODUCT" (as
+    # offer-only tools send) is not confirmed by the docs found: set the catalogue's own
+    # product type if Amazon answers INVALID naming it.
+    product_type: str = "PRODUCT"
 
 
 class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -83,6 +102,8 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allocation: AllocationRule | None = None
     # TikTok Shop (kind "tiktok"): app key, refresh token, shop cipher.
     tiktok: TikTokConfig | None = None
+    # Amazon (kind "amazon"): seller, marketplace and LWA credentials.
+    amazon: AmazonConfig | None = None
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.channels import bigcommerce, shopify, standard, tiktok, woocommerce
+from gateway.channels import amazon, bigcommerce, shopify, standard, tiktok, woocommerce
 
 KINDS: dict[str, ModuleType] = {
     "shopify": shopify,
@@ -13,4 +13,5 @@ KINDS: dict[str, ModuleType] = {
     "bigcommerce": bigcommerce,
     "standard": standard,
     "tiktok": tiktok,
+    "amazon": amazon,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from stockgate.settings import Channel
+from workers.adapters.amazon import AmazonAdapter
 from workers.adapters.base import ChannelAdapter, ChannelOrder, OrderLine, PushError
 from workers.adapters.bigcommerce import BigCommerceAdapter
 from workers.adapters.generic import GenericAdapter
@@ -18,6 +19,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {
     "bigcommerce": BigCommerceAdapter,
     "standard": GenericAdapter,
     "tiktok": TikTokAdapter,
+    "amazon": AmazonAdapter,
 }
 
 
