@@ -18,8 +18,9 @@ import msgspec
 
 from stockgate.allocation import AllocationRule
 from stockgate.cluster import is_cluster_url
+from stockgate.ebay_settings import EbayConfig
 
-ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard"]
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "ebay"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -69,6 +70,7 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What this channel is shown of each SKU unless the SKU sets its own rule
     # (stockgate/allocation.py); none: the whole pool.
     allocation: AllocationRule | None = None
+    ebay: EbayConfig | None = None  # kind "ebay": OAuth credentials and polling
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own

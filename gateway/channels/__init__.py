@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.channels import bigcommerce, shopify, standard, woocommerce
+from gateway.channels import bigcommerce, ebay, shopify, standard, woocommerce
 
 KINDS: dict[str, ModuleType] = {
     "shopify": shopify,
     "woocommerce": woocommerce,
     "bigcommerce": bigcommerce,
     "standard": standard,
+    "ebay": ebay,
 }

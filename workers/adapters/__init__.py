@@ -7,6 +7,7 @@ import httpx
 from stockgate.settings import Channel
 from workers.adapters.base import ChannelAdapter, ChannelOrder, OrderLine, PushError
 from workers.adapters.bigcommerce import BigCommerceAdapter
+from workers.adapters.ebay import EbayAdapter
 from workers.adapters.generic import GenericAdapter
 from workers.adapters.shopify import ShopifyAdapter
 from workers.adapters.woocommerce import WooCommerceAdapter
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {
     "woocommerce": WooCommerceAdapter,
     "bigcommerce": BigCommerceAdapter,
     "standard": GenericAdapter,
+    "ebay": EbayAdapter,
 }
 
 

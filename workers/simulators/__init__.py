@@ -14,13 +14,14 @@ import uvicorn
 from starlette.applications import Starlette
 
 from stockgate.embedded import free_port
-from workers.simulators import bigcommerce, generic, shopify, woocommerce
+from workers.simulators import bigcommerce, ebay, generic, shopify, woocommerce
 from workers.simulators.state import ChannelState
 
 __all__ = ["ChannelState", "SimulatorServer", "simulator_app"]
 
 ROUTES = {"shopify": shopify.routes, "woocommerce": woocommerce.routes,
-          "bigcommerce": bigcommerce.routes, "standard": generic.routes}
+          "bigcommerce": bigcommerce.routes, "standard": generic.routes,
+          "ebay": ebay.routes}
 
 
 def simulator_app(state: ChannelState) -> Starlette:
