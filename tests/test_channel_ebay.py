@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 from starlette.datastructures import Headers
+from workers_helpers import running_worker, settings_with, wait_for
 
 from gateway.channels import KINDS
 from gateway.errors import Unauthorized
@@ -350,3 +351,33 @@ async def test_poll_all_runs_every_ebay_channel(sim: SimulatorServer,
     assert await poll_all(redis, engine, settings, adapters) == 1
     assert (await cell(engine, "A"))["committed"] == 1
     assert await poll_all(redis, engine, settings, adapters) == 0  # not due yet
+
+
+# ---- the real worker ----------------------------------------------------------------------
+
+async def test_a_running_worker_pushes_polls_and_pushes_back(
+        sim: SimulatorServer, redis: Redis, redis_server: Any, tmp_path: Any) -> None:
+    """`stockgate worker` as it runs: the per-second cron job polls eBay, the order it reads
+    is committed, and the new count goes back to eBay through the bulk call."""
+    book = book_of(sim.state)
+    channel = msgspec.structs.replace(ebay_channel(sim), rate_limit_per_s=50.0)
+    settings = settings_with(tmp_path, {CH: channel})
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    try:
+        async with running_worker(settings, redis_server.url):
+            await stock(engine, A=5)
+            await wait_for(lambda: _shows(sim, "A", 5), 10)
+            book.add_order("9-001", [("A", 2)])
+            took = await wait_for(lambda: _shows(sim, "A", 3), 10)
+            assert (await cell(engine, "A"))["committed"] == 2
+            book.cancel("9-001")
+            await wait_for(lambda: _shows(sim, "A", 5), 10)
+            print(f"\neBay order in -> count pushed back to eBay: {took:.2f}s "
+                  "(poll_interval_s 0.5)")
+    finally:
+        engine.scripts.close()
+
+
+async def _shows(sim: SimulatorServer, sku: str, count: int) -> bool:
+    return sim.state.count(sku) == count
