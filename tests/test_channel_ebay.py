@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -381,3 +382,64 @@ async def test_a_running_worker_pushes_polls_and_pushes_back(
 
 async def _shows(sim: SimulatorServer, sku: str, count: int) -> bool:
     return sim.state.count(sku) == count
+
+
+# ---- contract: the documented shapes (tests/fixtures/ebay/) ------------------------------
+
+def fixture(name: str) -> Any:
+    return json.loads((Path(__file__).parent / "fixtures" / "ebay" / name).read_text())
+
+
+async def test_bulk_request_and_reply_follow_the_documented_shapes(
+        client: httpx.AsyncClient) -> None:
+    doc = fixture("bulk_update_price_quantity.json")
+    template = doc["request_template"]["requests"][0]
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 7200})
+        return httpx.Response(207, json=doc["reply"])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as mocked:
+        channel = Channel(kind="ebay", secret="x", api_url="https://api.ebay.com",
+                          ebay=EbayConfig(client_id="i", client_secret="s", refresh_token="r"))
+        adapter = EbayAdapter("contract", channel, mocked)
+        results = await adapter.push_batch([PushItem("SKU-A", "main", 3),
+                                            PushItem("SKU-B", "main", 4)])
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert "400" in results[1].error
+    request = json.loads(sent[-1].content)["requests"][0]
+    assert set(request) <= set(template)
+    assert set(request["shipToLocationAvailability"]) == set(
+        template["shipToLocationAvailability"])
+    assert str(sent[-1].url) == doc["endpoint"].split(" ")[1]
+    assert str(sent[0].url) == "https://api.ebay.com/identity/v1/oauth2/token"
+
+
+async def test_get_orders_query_follows_the_documented_filter(
+        sim: SimulatorServer, client: httpx.AsyncClient) -> None:
+    doc = fixture("get_orders.json")
+    sent: list[httpx.Request] = []
+
+    async def keep(request: httpx.Request) -> None:
+        sent.append(request)
+
+    client.event_hooks["request"] = [keep]
+    adapter = adapter_of(sim, client)
+    await adapter.orders_modified_since(iso_ms("2016-05-15T08:25:43.511Z"))
+    query = sent[-1].url.query.decode()
+    assert "%5B2016-05-15T08%3A25%3A43.511Z..%5D" in query  # [ ] percent-encoded
+    assert parse_qs(query)["filter"] == [doc["filter_example"]]
+    assert parse_qs(query)["limit"] == [str(doc["limit_max"])]
+    # The simulator takes the documented example and refuses what eBay refuses.
+    base = sim.url + "/sell/fulfillment/v1/order"
+    auth = {"Authorization": f"Bearer {await adapter._token()}"}
+    ok = await client.get(base, params={"filter": doc["filter_example"]}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["limit"] == 50
+    too_many = await client.get(base, params={"limit": "201"}, headers=auth)
+    assert too_many.json()["errors"][0]["errorId"] == 31100
+    bad_date = await client.get(base, params={"filter": "lastmodifieddate:[yesterday..]"},
+                                headers=auth)
+    assert bad_date.json()["errors"][0]["errorId"] == 30810
