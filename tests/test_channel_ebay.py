@@ -443,3 +443,25 @@ async def test_get_orders_query_follows_the_documented_filter(
     bad_date = await client.get(base, params={"filter": "lastmodifieddate:[yesterday..]"},
                                 headers=auth)
     assert bad_date.json()["errors"][0]["errorId"] == 30810
+
+
+async def test_ebay_sells_on_its_own_and_lines_map_by_listing_id(
+        sim: SimulatorServer, client: httpx.AsyncClient, redis: Redis,
+        engine: StockEngine) -> None:
+    book = book_of(sim.state)
+    adapter = adapter_of(sim, client)
+    await stock(engine, A=5)
+    assert (await adapter.push_batch([PushItem("A", "main", 5)]))[0].status == "ok"
+    assert book.sell(sim.state, "10-001", "A", 2) and sim.state.count("A") == 3
+    assert not book.sell(sim.state, "10-002", "A", 4)  # eBay shows 3: no such checkout
+    # A line without a SKU is found by its listing id through variant_skus; one that maps
+    # to nothing is skipped and alerted, the rest of the order still counts.
+    order = book.add_order("10-003", [("", 1), ("", 1)])
+    order["lineItems"][0]["legacyItemId"] = "L-1"
+    order["lineItems"][1]["legacyItemId"] = "L-unknown"
+    mapped = EbayAdapter(CH, msgspec.structs.replace(
+        ebay_channel(sim), variant_skus={"L-1": "A"}), client)
+    await poll(redis, engine, mapped)
+    assert (await cell(engine, "A"))["committed"] == 3
+    assert [a.ref for a in await list_alerts(redis, T, type="unmapped_line")] == [
+        f"{CH}:10-003"]

@@ -122,6 +122,15 @@ class EbayBook:
         self.orders[order_id] = order
         return order
 
+    def sell(self, state: ChannelState, order_id: str, sku: str, qty: int) -> bool:
+        """A buyer checks out on eBay: the listing's quantity drops at once (as eBay's does)
+        and a paid order appears for getOrders. False, and nothing changes, when eBay shows
+        fewer than `qty`."""
+        if not state.sell(sku, "", qty):
+            return False
+        self.add_order(order_id, [(sku, qty)])
+        return True
+
     def touch(self, order_id: str) -> None:
         self.orders[order_id]["lastModifiedDate"] = _iso(self._now_ms())
 
