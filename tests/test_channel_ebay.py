@@ -465,3 +465,26 @@ async def test_ebay_sells_on_its_own_and_lines_map_by_listing_id(
     assert (await cell(engine, "A"))["committed"] == 3
     assert [a.ref for a in await list_alerts(redis, T, type="unmapped_line")] == [
         f"{CH}:10-003"]
+
+
+async def test_a_pass_cut_short_keeps_the_cursor(sim: SimulatorServer,
+                                                 client: httpx.AsyncClient, redis: Redis,
+                                                 engine: StockEngine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages come in creation order, not by lastModifiedDate: a pass that stops before the
+    last page must not move the cursor past changes on the pages it did not read."""
+    import workers.ebay_orders as poller
+    monkeypatch.setattr(poller, "MAX_PAGES", 1)
+    book = book_of(sim.state)
+    adapter = adapter_of(sim, client)
+    await stock(engine, P=1000)
+    for n in range(205):
+        book.add_order(f"11-{n:03d}", [("P", 1)])
+    book.touch("11-000")  # the newest change sits on the first page
+    first = await poll(redis, engine, adapter)
+    assert first.applied == 200 and await redis.get(EbayKeys(T, CH).cursor) is None
+    monkeypatch.setattr(poller, "MAX_PAGES", 50)
+    second = await poll(redis, engine, adapter)
+    assert (second.applied, second.skipped) == (5, 200)
+    assert (await cell(engine, "P"))["committed"] == 205
+    assert await redis.get(EbayKeys(T, CH).cursor) is not None

@@ -16,9 +16,10 @@ How each pass works (one per channel at a time, at most one every `poll_interval
    by page (limit 200, offset, until no `next`): the overlap re-reads changes eBay indexed
    late, so none falls between two passes;
 3. skip an order whose (orderId, lastModifiedDate) was applied already (a key per order, kept
-   as long as the return window), apply the others, each one's shipments before its refund;
-4. save the cursor as the newest lastModifiedDate applied: only after the whole pass, so a
-   pass cut short (Redis or eBay down) is read again and deduplicated, never skipped.
+   idempotency_ttl_s, 3 days), apply the others, each one's shipments before its refund;
+4. save the cursor as the newest lastModifiedDate applied: only after a pass that read every
+   page, so a pass cut short (Redis or eBay down, MAX_PAGES) is read again and deduplicated,
+   never skipped.
 
 A 429 (a call quota reached) holds the channel's next pass until its Retry-After: back-
 pressure, no failure counted, the cursor unchanged.
@@ -131,6 +132,7 @@ async def _pass(redis: Redis, engine: StockEngine, adapter: EbayAdapter, tenant:
     since = max(cursor - int(config.poll_overlap_s * 1000), 0)
     newest = cursor
     offset = 0
+    complete = False
     for _ in range(MAX_PAGES):
         page = await adapter.orders_modified_since(since, offset)
         for order in page.orders:
@@ -148,8 +150,16 @@ async def _pass(redis: Redis, engine: StockEngine, adapter: EbayAdapter, tenant:
             newest = max(newest, min(modified, now))
         offset += len(page.orders)
         if not page.next or not page.orders:
+            complete = True
             break
-    if newest > cursor:
+    if not complete:
+        # Pages are not in lastModifiedDate order: an unread page may hold older changes
+        # than the newest read. The cursor stays; the next pass reads again from it and
+        # skips what this one applied.
+        log.warning("ebay %s: more than %d pages changed since the cursor; reading on in "
+                    "the next pass", channel_id, MAX_PAGES)
+        newest = cursor
+    elif newest > cursor:
         await redis.set(keys.cursor, newest)
     result.cursor_ms = newest
 
@@ -185,7 +195,9 @@ async def apply_ebay_order(redis: Redis, engine: StockEngine, adapter: EbayAdapt
         outcomes.append(f"failed-{exc.code}")
     finally:
         adapter.prefetched.pop(order.orderId, None)
-    await redis.set(marker, order.lastModifiedDate, ex=engine.settings.return_window_s)
+    # Only a pass's overlap or a cursor kept back reads an unchanged order again: a few days
+    # cover both (and without the marker a replay still changes nothing).
+    await redis.set(marker, order.lastModifiedDate, ex=engine.settings.idempotency_ttl_s)
     return "+".join(outcomes)
 
 
