@@ -488,3 +488,20 @@ async def test_a_pass_cut_short_keeps_the_cursor(sim: SimulatorServer,
     assert (second.applied, second.skipped) == (5, 200)
     assert (await cell(engine, "P"))["committed"] == 205
     assert await redis.get(EbayKeys(T, CH).cursor) is not None
+
+
+async def test_the_gateway_answers_401_to_any_ebay_webhook(redis: Redis, settings: Settings,
+                                                           engine: StockEngine) -> None:
+    from gateway.app import create_app
+    channel = Channel(kind="ebay", secret="s3cret", api_url="https://api.ebay.com",
+                      ebay=EbayConfig(client_id="i", client_secret="s", refresh_token="r"))
+    app = create_app(msgspec.structs.replace(settings, channels={CH: channel}), redis)
+    await stock(engine, A=5)
+    body = json.dumps({"orderId": "1", "lineItems": [{"sku": "A", "quantity": 5}]})
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw") as gw:
+        for headers in ({}, {"X-EBAY-SIGNATURE": "sig"}, {"X-Stockgate-Secret": "s3cret"}):
+            reply = await gw.post(f"/webhooks/{CH}", content=body,
+                                  headers={"Content-Type": "application/json", **headers})
+            assert reply.status_code == 401
+    assert (await cell(engine, "A"))["available"] == 5
