@@ -505,3 +505,29 @@ async def test_the_gateway_answers_401_to_any_ebay_webhook(redis: Redis, setting
                                   headers={"Content-Type": "application/json", **headers})
             assert reply.status_code == 401
     assert (await cell(engine, "A"))["available"] == 5
+
+
+async def test_a_call_refused_whole_is_sent_one_sku_at_a_time(
+        sim: SimulatorServer, client: httpx.AsyncClient) -> None:
+    """eBay's method page allows one SKU per call where its type pages allow 25: a many-SKU
+    call refused as a whole goes again one SKU per call, and nothing fails for it."""
+    book = book_of(sim.state)
+    sim.state.batch_items_limit = 1
+    adapter = adapter_of(sim, client)
+    results = await adapter.push_batch([PushItem(s, "main", 1) for s in ("A", "B", "C")])
+    assert [r.status for r in results] == ["ok"] * 3
+    assert book.bulk_calls == [["A"], ["B"], ["C"]]
+
+
+async def test_server_errors_fail_the_call_and_orders_are_fetched_by_id(
+        sim: SimulatorServer, client: httpx.AsyncClient) -> None:
+    book = book_of(sim.state)
+    adapter = adapter_of(sim, client)
+    book.add_order("12-001", [("A", 2)])
+    book.ship("12-001", [1])
+    order = await adapter.fetch_order("12-001")
+    assert (order.order_id, order.state, order.lines[0].sku) == ("12-001", "shipped", "A")
+    sim.state.fail_ratio = 1.0
+    with pytest.raises(PushError) as caught:
+        await adapter.push_batch([PushItem("A", "main", 1)])
+    assert caught.value.status == 500 and channel_wide(caught.value)
