@@ -517,6 +517,10 @@ async def test_a_call_refused_whole_is_sent_one_sku_at_a_time(
     results = await adapter.push_batch([PushItem(s, "main", 1) for s in ("A", "B", "C")])
     assert [r.status for r in results] == ["ok"] * 3
     assert book.bulk_calls == [["A"], ["B"], ["C"]]
+    posts = sum(1 for method, _ in sim.state.requests if method == "POST")
+    await adapter.push_batch([PushItem(s, "main", 2) for s in ("A", "B")])
+    assert adapter.batch_limit == 1  # remembered: no refused call first any more
+    assert sum(1 for method, _ in sim.state.requests if method == "POST") == posts + 2
 
 
 async def test_server_errors_fail_the_call_and_orders_are_fetched_by_id(

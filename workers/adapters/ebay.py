@@ -10,7 +10,8 @@ What this relies on, from eBay's documentation:
   https://developer.ebay.com/api-docs/sell/static/inventory/bulk-updates.html; the method
   page words it as "up to 25 offers" of one SKU,
   https://developer.ebay.com/api-docs/sell/inventory/resources/inventory_item/methods/bulkUpdatePriceQuantity,
-  so a 400 for a many-SKU call is split into one call per SKU). Each item's outcome comes
+  so a 400 for a many-SKU call is split into one call per SKU, and one SKU per call is kept
+  from then on when each went through alone). Each item's outcome comes
   back in `responses[]` as `{sku, offerId?, statusCode, errors?, warnings?}` with statusCode
   200 for a full success
   (https://developer.ebay.com/api-docs/sell/inventory/types/slr:PriceQuantityResponse); the
@@ -292,8 +293,8 @@ class EbayAdapter(ChannelAdapter):
             values[sku] = item.value
             members.setdefault(sku, []).append(n)
         skus = list(values)
-        for start in range(0, len(skus), BATCH_LIMIT):
-            chunk = skus[start:start + BATCH_LIMIT]
+        for start in range(0, len(skus), self.batch_limit):
+            chunk = skus[start:start + self.batch_limit]
             done = await self._bulk(chunk, values)
             for sku in chunk:
                 for n in members[sku]:
@@ -311,6 +312,10 @@ class EbayAdapter(ChannelAdapter):
             done: dict[str, ItemResult] = {}
             for sku in skus:
                 done |= await self._bulk([sku], values)
+            if all(r.status == "ok" for r in done.values()):
+                # Every SKU was fine alone: this account takes one SKU per call. Remember it
+                # (as WooCommerce's adapter remembers a lowered batch limit).
+                self.batch_limit = 1
             return done
         if status >= 400:
             error = PushError(f"{self.name}: HTTP {status} (eBay {_error_ids(response)})",
