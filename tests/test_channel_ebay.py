@@ -535,3 +535,19 @@ async def test_server_errors_fail_the_call_and_orders_are_fetched_by_id(
     with pytest.raises(PushError) as caught:
         await adapter.push_batch([PushItem("A", "main", 1)])
     assert caught.value.status == 500 and channel_wide(caught.value)
+
+
+async def test_an_order_placed_before_the_return_window_changes_nothing(
+        sim: SimulatorServer, client: httpx.AsyncClient, redis: Redis,
+        engine: StockEngine) -> None:
+    """Its record may be gone: applying its refund now would commit its units again."""
+    book = book_of(sim.state)
+    adapter = adapter_of(sim, client)
+    await stock(engine, A=5)
+    order = book.add_order("13-001", [("A", 2)])
+    order["creationDate"] = "2020-01-01T00:00:00.000Z"
+    book.refund("13-001")
+    result = await poll(redis, engine, adapter)
+    assert result.failed == 1 and (await cell(engine, "A"))["available"] == 5
+    assert [a.ref for a in await list_alerts(redis, T, type="stale_delivery")] == [
+        f"{CH}:13-001"]

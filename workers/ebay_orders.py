@@ -171,6 +171,19 @@ async def apply_ebay_order(redis: Redis, engine: StockEngine, adapter: EbayAdapt
     marker = keys.applied(order.orderId)
     if order.lastModifiedDate and await redis.get(marker) == order.lastModifiedDate.encode():
         return "seen"
+    placed = iso_ms(order.creationDate)
+    window_ms = engine.settings.return_window_s * 1000
+    if 0 < placed < await redis_ms(redis) - window_ms:
+        # As the gateway's rule for stale deliveries: an order placed before the return
+        # window may have no record left, so applying it would commit its units again.
+        ref = f"{channel_id}:{order.orderId}"
+        await raise_alert(redis, tenant, "stale_delivery",
+                          f"eBay order {ref} was placed more than "
+                          f"{engine.settings.return_window_s // 86_400} days ago (the return "
+                          "window); its change is not applied", channel=channel_id, ref=ref,
+                          once=f"stale_delivery:{ref}")
+        await redis.set(marker, order.lastModifiedDate, ex=engine.settings.idempotency_ttl_s)
+        return "failed-stale"
     outcomes = []
     try:
         stages = ["shipping", ""] if (order_state(order) == "refunded"
