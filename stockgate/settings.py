@@ -243,6 +243,8 @@ def load_settings(
     for name, channel in settings.channels.items():
         if not channel.secret:
             raise ConfigError(f"channels.{name}.secret is empty")
+        if channel.kind == "ebay" and channel.ebay is None:
+            raise ConfigError(f"channels.{name}: kind ebay needs a [channels.{name}.ebay] table")
     _refuse_shared_secrets(settings)
     return settings
 

@@ -24,7 +24,7 @@ from gateway.channels import KINDS
 from gateway.errors import Unauthorized
 from stockgate.alerts import list_alerts
 from stockgate.ebay_settings import EbayConfig
-from stockgate.settings import Channel, Settings, load_settings
+from stockgate.settings import Channel, ConfigError, Settings, load_settings
 from stockgate.stock import StockEngine
 from workers.adapters import ADAPTERS, PushError, adapter_for
 from workers.adapters.base import PushItem, channel_wide
@@ -89,6 +89,9 @@ def test_ebay_is_registered_and_configured_from_env(tmp_path: Any) -> None:
     ebay = settings.channels["eb"].ebay
     assert ebay is not None and (ebay.client_id, ebay.client_secret) == ("id", "sec")
     assert ebay.poll_interval_s == 5.0 and ebay.scopes[0].endswith("/sell.inventory")
+    path.write_text('[channels.eb]\nkind = "ebay"\nsecret = "x"\n')
+    with pytest.raises(ConfigError, match=r"channels\.eb: kind ebay needs"):
+        load_settings(str(path), {})
 
 
 def test_webhooks_are_refused_whatever_they_carry() -> None:

@@ -167,6 +167,7 @@ class TokenCache:
 
     def forget(self) -> None:
         self._tokens.clear()
+        self._locks.clear()
 
     async def token(self, key: str, client: httpx.AsyncClient, url: str, config: EbayConfig,
                     *, rejected: str | None = None) -> str:
