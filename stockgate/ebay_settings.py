@@ -27,6 +27,7 @@ class EbayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Orders come in by polling getOrders: at most one call every poll_interval_s per channel
     # (plus pages), each asking again for the last poll_overlap_s of changes so that a change
     # eBay indexes late is still read; a change already applied is recognised and skipped.
+    # The worker's cron looks once a second: under 1 s this polls once a second.
     poll_interval_s: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 5.0
     poll_overlap_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 120.0
     # With no cursor yet (the channel's first poll), orders modified this long ago are read.

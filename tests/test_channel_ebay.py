@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -370,6 +371,7 @@ async def test_a_running_worker_pushes_polls_and_pushes_back(
     await engine.load_scripts()
     try:
         async with running_worker(settings, redis_server.url):
+            started = time.monotonic()
             await stock(engine, A=5)
             await wait_for(lambda: _shows(sim, "A", 5), 10)
             book.add_order("9-001", [("A", 2)])
@@ -379,6 +381,9 @@ async def test_a_running_worker_pushes_polls_and_pushes_back(
             await wait_for(lambda: _shows(sim, "A", 5), 10)
             print(f"\neBay order in -> count pushed back to eBay: {took:.2f}s "
                   "(poll_interval_s 0.5)")
+            # The per-second cron starts a pass only when the interval has passed.
+            elapsed = time.monotonic() - started
+            assert 1 <= len(book.order_calls) <= elapsed / 0.5 + 2
     finally:
         engine.scripts.close()
 
