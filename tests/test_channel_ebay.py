@@ -559,3 +559,15 @@ async def test_an_order_placed_before_the_return_window_changes_nothing(
     assert result.failed == 1 and (await cell(engine, "A"))["available"] == 5
     assert [a.ref for a in await list_alerts(redis, T, type="stale_delivery")] == [
         f"{CH}:13-001"]
+
+
+async def test_a_token_refused_even_fresh_fails_the_call(sim: SimulatorServer,
+                                                         client: httpx.AsyncClient) -> None:
+    book = book_of(sim.state)
+    adapter = adapter_of(sim, client)
+    await adapter.push_batch([PushItem("A", "main", 1)])
+    book.token_life_s = 0  # every token eBay issues is dead on arrival
+    book.revoke_all()
+    with pytest.raises(PushError) as caught:
+        await adapter.push_batch([PushItem("A", "main", 2)])
+    assert caught.value.status == 401 and book.refused_tokens == 2  # one retry, no loop

@@ -321,7 +321,10 @@ class EbayAdapter(ChannelAdapter):
         if status >= 400:
             error = PushError(f"{self.name}: HTTP {status} (eBay {_error_ids(response)})",
                               status=status)
-            if status >= 500 or status in (408, 425):
+            if status >= 500 or status in (401, 403, 408, 425):
+                # About the call, not the items: a token eBay refused even fresh (consent
+                # revoked, a scope missing) fails the call, retried with backoff and parked
+                # with its alert like any failed call, never one item at a time.
                 raise error
             return {sku: ItemResult("failed", error=str(error)[:300], retryable=False)
                     for sku in skus}
