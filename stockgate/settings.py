@@ -18,8 +18,10 @@ import msgspec
 
 from stockgate.allocation import AllocationRule
 from stockgate.cluster import is_cluster_url
+from stockgate.ebay_settings import EbayConfig
 
-ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "tiktok", "amazon"]
+ChannelKind = Literal["shopify", "woocommerce", "bigcommerce", "standard", "tiktok", "amazon",
+                      "ebay"]
 Scope = Literal["storefront", "operator"]
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -104,6 +106,7 @@ class Channel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tiktok: TikTokConfig | None = None
     # Amazon (kind "amazon"): seller, marketplace and LWA credentials.
     amazon: AmazonConfig | None = None
+    ebay: EbayConfig | None = None  # kind "ebay": OAuth credentials and polling
 
     def location_for(self, channel_location: object) -> str | None:
         """Stockgate location of one of the channel's location ids (None: the channel's own
@@ -284,6 +287,8 @@ def load_settings(
     for name, channel in settings.channels.items():
         if not channel.secret:
             raise ConfigError(f"channels.{name}.secret is empty")
+        if channel.kind == "ebay" and channel.ebay is None:
+            raise ConfigError(f"channels.{name}: kind ebay needs a [channels.{name}.ebay] table")
     _refuse_shared_secrets(settings)
     return settings
 

@@ -29,6 +29,7 @@ from stockgate.cluster import connect, is_cluster_url
 from stockgate.jobs import job_deserializer, job_serializer
 from stockgate.settings import ConfigError, Settings
 from workers.channel_counts import apply_channel_count
+from workers.ebay_orders import EBAY_POLL_JOB, ebay_poll_job
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
 from workers.reconcile import reconcile
@@ -71,7 +72,7 @@ def quiet_cron_logs() -> None:
     """Install QuietCron on arq's worker logger, once per process."""
     arq_log = logging.getLogger("arq.worker")
     if not any(isinstance(f, QuietCron) for f in arq_log.filters):
-        arq_log.addFilter(QuietCron(EXPIRE_JOB))
+        arq_log.addFilter(QuietCron(EXPIRE_JOB, EBAY_POLL_JOB))
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -113,6 +114,7 @@ class WorkerSettings:
         cron(expire_job, second=EVERY_SECOND, microsecond=0, timeout=10, max_tries=1,
              run_at_startup=True),
         cron(reconcile_job, second={30}, timeout=JOB_TIMEOUT_S, max_tries=1),
+        cron(ebay_poll_job, second=EVERY_SECOND, microsecond=0, timeout=JOB_TIMEOUT_S, max_tries=1),
     ]
     on_startup = startup
     on_shutdown = shutdown

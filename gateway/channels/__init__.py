@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.channels import amazon, bigcommerce, shopify, standard, tiktok, woocommerce
+from gateway.channels import amazon, bigcommerce, ebay, shopify, standard, tiktok, woocommerce
 
 KINDS: dict[str, ModuleType] = {
     "shopify": shopify,
@@ -14,4 +14,5 @@ KINDS: dict[str, ModuleType] = {
     "standard": standard,
     "tiktok": tiktok,
     "amazon": amazon,
+    "ebay": ebay,
 }

@@ -8,6 +8,7 @@ from stockgate.settings import Channel
 from workers.adapters.amazon import AmazonAdapter
 from workers.adapters.base import ChannelAdapter, ChannelOrder, OrderLine, PushError
 from workers.adapters.bigcommerce import BigCommerceAdapter
+from workers.adapters.ebay import EbayAdapter
 from workers.adapters.generic import GenericAdapter
 from workers.adapters.shopify import ShopifyAdapter
 from workers.adapters.tiktok import TikTokAdapter
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {
     "standard": GenericAdapter,
     "tiktok": TikTokAdapter,
     "amazon": AmazonAdapter,
+    "ebay": EbayAdapter,
 }
 
 

@@ -14,14 +14,14 @@ import uvicorn
 from starlette.applications import Starlette
 
 from stockgate.embedded import free_port
-from workers.simulators import amazon, bigcommerce, generic, shopify, tiktok, woocommerce
+from workers.simulators import amazon, bigcommerce, ebay, generic, shopify, tiktok, woocommerce
 from workers.simulators.state import ChannelState
 
 __all__ = ["ChannelState", "SimulatorServer", "simulator_app"]
 
 ROUTES = {"shopify": shopify.routes, "woocommerce": woocommerce.routes,
           "bigcommerce": bigcommerce.routes, "standard": generic.routes,
-          "tiktok": tiktok.routes, "amazon": amazon.routes}
+          "tiktok": tiktok.routes, "amazon": amazon.routes, "ebay": ebay.routes}
 
 
 def simulator_app(state: ChannelState) -> Starlette:
