@@ -34,7 +34,13 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway import console_session as sessions
 from gateway.errors import Forbidden, MalformedRequest, NotFound, Unauthorized
 from gateway.http import JSONReply, error_reply, read_json
-from gateway.operator import event_query, read_events, retry_reply
+from gateway.operator import (
+    event_query,
+    read_events,
+    retry_reply,
+    scrubbed_alert,
+    scrubbed_delivery,
+)
 from stockgate import activity
 from stockgate.alerts import Alert, list_alerts
 from stockgate.audit import EventQuery, audit_unreachable
@@ -44,7 +50,6 @@ from stockgate.deliveries import FailedDelivery, failed_deliveries, retry_delive
 from stockgate.errors import StockgateError, StoreUnavailable, UnknownSku
 from stockgate.keys import tenant_keys
 from stockgate.models import AdjustRequest, Event, StockView
-from stockgate.settings import Settings
 
 log = logging.getLogger("stockgate.console")
 
@@ -310,7 +315,7 @@ async def overview(request: Request) -> Response:
         last_minute=await activity.last_seconds(redis, token.tenant, RATE_NAMES, 60,
                                                 now_ms=now),
         channels=await activity.channel_sync(redis, state.settings, token.tenant, now_ms=now),
-        alerts=[_scrubbed_alert(state.settings, a)
+        alerts=[scrubbed_alert(state.settings, a)
                 for a in await list_alerts(redis, token.tenant, limit=20)],
         partial=len(skus) > OVERVIEW_MAX_SKUS)
     body = _encode(reply)
@@ -406,24 +411,10 @@ async def channels(request: Request) -> Response:
     parked = await failed_deliveries(state.redis, token.tenant)
     return JSONReply(ChannelsReply(
         channels=await activity.channel_sync(state.redis, state.settings, token.tenant),
-        deliveries=[_scrubbed_delivery(state.settings, d)
+        deliveries=[scrubbed_delivery(state.settings, d)
                     for d in reversed(parked[-MAX_DELIVERIES_SHOWN:])],
-        drift=[_scrubbed_alert(state.settings, a) for a in drift],
+        drift=[scrubbed_alert(state.settings, a) for a in drift],
         deliveries_total=len(parked)))
-
-
-def _scrubbed_delivery(settings: Settings, d: FailedDelivery) -> FailedDelivery:
-    """Records written before the workers scrubbed errors may still hold a channel's
-    credentials: the page never gets them."""
-    return msgspec.structs.replace(
-        d, last_error=activity.scrub(d.last_error, settings.channels.get(d.channel)))
-
-
-def _scrubbed_alert(settings: Settings, a: Alert) -> Alert:
-    if not a.channel:
-        return a
-    return msgspec.structs.replace(
-        a, detail=activity.scrub(a.detail, settings.channels.get(a.channel)))
 
 
 async def retry(request: Request) -> Response:
@@ -551,27 +542,44 @@ async def live(request: Request) -> Response:
     if previous is not None:  # one stream per console: a reload ends the one it replaces
         _supersede(previous)
     mine = [sid for sid, s in streams.items() if s.tenant == token.tenant]  # oldest first
-    if len(mine) >= settings.console_max_streams_per_tenant:
+    per_tenant = min(settings.console_max_streams_per_tenant, settings.console_max_streams)
+    if len(mine) >= per_tenant:
         _supersede(streams.pop(mine[0]))  # a tenant's newest console takes its own oldest's
     elif len(streams) >= settings.console_max_streams:
         # Full: the tenant holding the most streams gives up its oldest, if it holds more
         # than this tenant would; one tenant's many sign-ins cannot shut the others out.
         tenant, held = Counter(s.tenant for s in streams.values()).most_common(1)[0]
-        if held <= len(mine) + 1:
+        if held > len(mine) + 1:
+            _supersede(streams.pop(next(sid for sid, s in streams.items()
+                                        if s.tenant == tenant)))
+        elif mine:  # no fairer victim: the tenant's own oldest, as at its own cap
+            _supersede(streams.pop(mine[0]))
+        else:
             raise StoreUnavailable("too many live consoles on this gateway process")
-        _supersede(streams.pop(next(sid for sid, s in streams.items() if s.tenant == tenant)))
     stream = streams[token.sid] = _Stream(token.tenant)
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in _ticks(request, token, stream, last_id):
-                yield chunk
-        finally:
-            if streams.get(token.sid) is stream:
-                del streams[token.sid]
+    def release() -> None:
+        if streams.get(token.sid) is stream:
+            del streams[token.sid]
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return _LiveResponse(release, _ticks(request, token, stream, last_id),
+                         media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _LiveResponse(StreamingResponse):
+    """Gives the stream's slot back however the reply ends, even when the client left
+    before the body was first asked for (its generator's own `finally` never runs then)."""
+
+    def __init__(self, release: Any, content: AsyncIterator[bytes], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 # ---- the mounted app -------------------------------------------------------------------------

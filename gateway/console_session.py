@@ -156,6 +156,7 @@ class SignInGuard:
 
     def __init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
+        self._next_evict = 0.0
 
     def check(self, client: str) -> None:
         now = time.monotonic()
@@ -169,21 +170,28 @@ class SignInGuard:
 
     def failed(self, client: str) -> None:
         now = time.monotonic()
-        if client not in self._failures and len(self._failures) >= self.max_addresses:
+        if (client not in self._failures and len(self._failures) >= self.max_addresses
+                and now >= self._next_evict):
             self._evict(now)
         self._failures.setdefault(client, []).append(now)
 
     def _evict(self, now: float) -> None:
         """Bounded, and never by forgetting a locked address: a sweep of fresh addresses
-        must not unlock one. Expired entries go first, then the oldest unlocked ones."""
+        must not unlock one. Expired entries go first, then the oldest unlocked ones, down
+        to 90% at once: one O(n) pass per tenth of the table, not one per failure. When
+        locked addresses fill it, it may grow (by the failures of the next second, each
+        locking nothing) rather than be scanned again for every failure."""
         for client, times in list(self._failures.items()):
             if now - times[-1] >= self.window_s:
                 del self._failures[client]
+        low = self.max_addresses * 9 // 10
         for client, times in list(self._failures.items()):
-            if len(self._failures) < self.max_addresses:
+            if len(self._failures) <= low:
                 break
             if len(times) < self.limit:
                 del self._failures[client]
+        if len(self._failures) >= self.max_addresses:
+            self._next_evict = now + 1.0
 
 
 def sign_in(request: Request, secret: str) -> tuple[str, Token]:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway.auth import authenticate
 from gateway.errors import MalformedRequest, NotFound
 from gateway.http import JSONReply
+from stockgate import activity
 from stockgate.alerts import Alert, list_alerts
 from stockgate.audit import (
     AuditUnavailable,
@@ -29,6 +30,7 @@ from stockgate.audit import (
 )
 from stockgate.deliveries import FailedDelivery, failed_deliveries, retry_delivery
 from stockgate.models import MAX_PAGE, Event
+from stockgate.settings import Settings
 
 EVENT_TYPES = {"hold", "release", "expire", "commit", "fulfil", "cancel", "restock", "adjust",
                "oversell_rejected", "bundle", "extend", "incoming", "receive",
@@ -124,7 +126,8 @@ async def get_alerts(request: Request) -> JSONReply:
     limit = _int_param(request, "limit", 100) or 100
     alerts = await list_alerts(request.app.state.redis, principal.tenant,
                                type=request.query_params.get("type"), limit=min(limit, 1000))
-    return JSONReply(AlertsReply(alerts=alerts))
+    settings = request.app.state.settings
+    return JSONReply(AlertsReply(alerts=[scrubbed_alert(settings, a) for a in alerts]))
 
 
 async def get_deliveries(request: Request) -> JSONReply:
@@ -133,7 +136,23 @@ async def get_deliveries(request: Request) -> JSONReply:
     if status != "failed":
         raise MalformedRequest("only status=failed is listed")
     found = await failed_deliveries(request.app.state.redis, principal.tenant)
-    return JSONReply(DeliveriesReply(deliveries=found))
+    settings = request.app.state.settings
+    return JSONReply(DeliveriesReply(deliveries=[scrubbed_delivery(settings, d)
+                                                 for d in found]))
+
+
+def scrubbed_delivery(settings: Settings, d: FailedDelivery) -> FailedDelivery:
+    """Records written before the workers scrubbed errors may still hold a channel's
+    credentials: neither the console nor this API hands them out."""
+    return msgspec.structs.replace(
+        d, last_error=activity.redact(d.last_error, settings.channels.get(d.channel)))
+
+
+def scrubbed_alert(settings: Settings, a: Alert) -> Alert:
+    if not a.channel:
+        return a
+    return msgspec.structs.replace(
+        a, detail=activity.redact(a.detail, settings.channels.get(a.channel)))
 
 
 def retry_reply(record: FailedDelivery) -> JSONReply:

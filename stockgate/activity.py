@@ -27,6 +27,7 @@ import base64
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -53,6 +54,7 @@ LAG_KEPT = 2000
 LAG_TTL_MS = 60 * 60 * 1000
 ERROR_TEXT_MAX = 500
 SECRET_MIN = 4
+PART_MIN = 8  # a user name of user:password, redacted alone (see redact)
 # channel_sync windows.
 LAG_WINDOW_MS = 5 * 60 * 1000
 LAG_SERIES_WINDOW_S = 600
@@ -265,21 +267,35 @@ async def forget_dirty(redis: Store, tenant: str, members: Sequence[str]) -> Non
 
 
 def scrub(text: str, channel: Channel | None) -> str:
+    """redact(), bounded to ERROR_TEXT_MAX: for an error about to be kept."""
+    return redact(text, channel)[:ERROR_TEXT_MAX]
+
+
+def redact(text: str, channel: Channel | None) -> str:
     """An adapter's error text without the channel's credentials, bounded. Adapters send the
     token in headers, never in URLs or messages, but an error can carry a response body (a
     channel echoing a request) or an exception's text: whatever it holds, the console (and
     Redis) never get the token, the webhook secret, or the forms they are sent in."""
     if channel is not None:
-        secrets = {channel.access_token, channel.secret, *channel.access_token.split(":")}
-        if channel.access_token:  # WooCommerce's basic auth header carries it in base64
-            secrets.add(base64.b64encode(channel.access_token.encode()).decode())
         userinfo = channel.api_url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-        secrets.update((userinfo, *userinfo.split(":")))
-        # Shorter than SECRET_MIN it guards nothing (and would blank every such letter).
-        for secret in sorted((s for s in secrets if len(s) >= SECRET_MIN), key=len,
-                             reverse=True):
+        # httpx sends api_url's user:password (percent-decoded) as a Basic auth header.
+        plain = urllib.parse.unquote(userinfo)
+        whole = {channel.access_token, channel.secret, userinfo, plain}
+        for pair in (channel.access_token, plain):  # Basic auth: base64 of user:password
+            if pair:
+                whole.add(base64.b64encode(pair.encode()).decode())
+        # A pair's password alone is a secret; its user name alone only when long: a short
+        # one ("shop") would blank that word in every message about the channel.
+        users, passwords = set(), set()
+        for pair in (channel.access_token, userinfo, plain):
+            user, _, password = pair.partition(":")
+            users.add(user)
+            passwords.add(password)
+        secrets = ({s for s in whole | passwords if len(s) >= SECRET_MIN}
+                   | {s for s in users if len(s) >= PART_MIN})
+        for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "[redacted]")
-    return text[:ERROR_TEXT_MAX]
+    return text
 
 
 async def record_error(redis: Store, tenant: str, channel: str, error: str,

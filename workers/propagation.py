@@ -38,6 +38,7 @@ import asyncio
 import logging
 import random
 import time
+import traceback
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -569,8 +570,11 @@ class Propagator:
             await self._channel_failed(tenant, channel_name, token, claimed, error)
             return 0
         except Exception as exc:  # a bug or a body the adapter could not read: count it
-            log.exception("push to %s: the adapter raised", channel_name)
-            error = PushError(f"{channel_name}: {type(exc).__name__}: {exc}"[:500])
+            text = activity.scrub(f"{channel_name}: {type(exc).__name__}: {exc}", channel)
+            # Not log.exception: the traceback's last line is the raw message.
+            log.error("push to %s: the adapter raised %s\n%s", channel_name, text,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            error = PushError(text)
             await self._channel_failed(tenant, channel_name, token, claimed, error)
             return 0
         await self._results(tenant, channel_name, token, claimed, results, interval)

@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stockgate import activity
 from stockgate.alerts import AlertType, check_refund, raise_alert
 from stockgate.audit import audit_unreachable
 from stockgate.errors import (
@@ -297,14 +298,19 @@ async def run_acknowledged(ctx: dict[str, Any], config: RetryConfig, job: Acknow
     try:
         return await asyncio.wait_for(attempt(), config.attempt_timeout_s)
     except Exception as exc:
+        # A channel's error page may echo the request: its credentials go before anything
+        # logs or keeps the text.
+        settings = getattr(ctx["runtime"], "settings", None)
+        described = activity.redact(
+            _describe(exc), settings.channels.get(job.channel) if settings else None)
         if retryable(exc) and job_try < config.max_tries:
             delay = retry_delay(config, job_try, exc)
             log.warning("%s: try %d/%d failed (%s), retrying in %.2fs", job.what, job_try,
-                        config.max_tries, _describe(exc), delay)
+                        config.max_tries, described, delay)
             raise Retry(defer=delay) from exc
         gave_up = (f"gave up after {job_try} tries" if retryable(exc)
                    else f"failed for good on try {job_try}")
-        detail = f"{job.what} was not applied: {gave_up}: {_describe(exc)}"
+        detail = f"{job.what} was not applied: {gave_up}: {described}"
         log.error("%s", detail)
         try:
             await raise_alert(ctx["runtime"].redis, job.tenant, job.alert, detail,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
+from stockgate.activity import scrub
 from stockgate.settings import Channel
 
 
@@ -174,7 +175,8 @@ class ChannelAdapter:
             raise PushError(f"{self.name}: rate limited", status=429,
                             retry_after=retry_after_s(response))
         if status >= 400:
-            raise PushError(f"{self.name}: HTTP {status} {_excerpt(response)}", status=status)
+            raise PushError(f"{self.name}: HTTP {status} {_excerpt(response, self.channel)}",
+                            status=status)
         if not response.content:
             return None
         try:
@@ -182,7 +184,7 @@ class ChannelAdapter:
         except msgspec.DecodeError:
             # A proxy's or the channel's maintenance page answered 200: nothing was applied.
             raise PushError(f"{self.name}: HTTP {status} with a body that is not JSON: "
-                            f"{_excerpt(response)}", status=502) from None
+                            f"{_excerpt(response, self.channel)}", status=502) from None
 
     # Items per call the channel accepts; propagation never hands push_batch more.
     batch_limit = 1
@@ -224,6 +226,7 @@ class ChannelAdapter:
         raise NotImplementedError(f"{self.channel.kind} orders arrive in full by webhook")
 
 
-def _excerpt(response: httpx.Response) -> str:
-    """The start of a body for an error message: one line, bounded, never the request."""
-    return " ".join(response.text[:200].split())
+def _excerpt(response: httpx.Response, channel: Channel | None = None) -> str:
+    """The start of a body for an error message: one line, bounded, never the request. The
+    channel's credentials are removed before the cut: a cut token could not be found after."""
+    return " ".join(scrub(response.text, channel)[:200].split())
