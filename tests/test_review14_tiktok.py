@@ -217,3 +217,17 @@ async def test_tiktok_signed_cancel_retried_after_a_day_is_not_lost_silently(
                                                                      c, alerts)
     finally:
         engine.scripts.close()
+
+
+# ---- 4 (Amazon's PurchaseDate): the ISO times the fetch path's stale rule reads ------------
+
+def test_iso_times_of_the_stale_rule() -> None:
+    """Amazon's PurchaseDate (ISO 8601, UTC "Z", with or without fractions); anything
+    unreadable is 0, which the rule reads as unknown (never stale)."""
+    from workers.adapters.base import iso_to_ms
+    assert iso_to_ms("2026-11-29T19:30:00.000Z") == 1_795_980_600_000
+    assert iso_to_ms("2026-11-29T19:30:00Z") == 1_795_980_600_000
+    assert iso_to_ms("2026-11-29T20:30:00+01:00") == 1_795_980_600_000
+    assert iso_to_ms("2026-11-29T19:30:00") == 1_795_980_600_000  # no zone: UTC
+    for junk in ("", "yesterday", None, 1_795_987_800, "2026-13-45T00:00:00Z"):
+        assert iso_to_ms(junk) == 0
