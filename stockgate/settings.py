@@ -48,6 +48,10 @@ class TikTokConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     refresh_token: str
     # Identifies the shop on every shop-scoped call (Get Authorized Shops' `cipher`).
     shop_cipher: str = ""
+    # The shop's id (Get Authorized Shops' `id`; webhooks carry it as `shop_id`). One app
+    # signs every shop's webhooks with the same secret: set, a body for another shop is
+    # ignored on this channel. Empty: not compared (one shop per app only).
+    shop_id: str = ""
     auth_url: str = "https://auth.tiktok-shops.com"
 
 

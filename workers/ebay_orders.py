@@ -171,19 +171,9 @@ async def apply_ebay_order(redis: Redis, engine: StockEngine, adapter: EbayAdapt
     marker = keys.applied(order.orderId)
     if order.lastModifiedDate and await redis.get(marker) == order.lastModifiedDate.encode():
         return "seen"
+    # The stale-order rule (placed before the return window: not applied, stale_delivery
+    # alert) is apply_channel_order's, shared with every fetch path: it reads placed_at_ms.
     placed = iso_ms(order.creationDate)
-    window_ms = engine.settings.return_window_s * 1000
-    if 0 < placed < await redis_ms(redis) - window_ms:
-        # As the gateway's rule for stale deliveries: an order placed before the return
-        # window may have no record left, so applying it would commit its units again.
-        ref = f"{channel_id}:{order.orderId}"
-        await raise_alert(redis, tenant, "stale_delivery",
-                          f"eBay order {ref} was placed more than "
-                          f"{engine.settings.return_window_s // 86_400} days ago (the return "
-                          "window); its change is not applied", channel=channel_id, ref=ref,
-                          once=f"stale_delivery:{ref}")
-        await redis.set(marker, order.lastModifiedDate, ex=engine.settings.idempotency_ttl_s)
-        return "failed-stale"
     outcomes = []
     try:
         stages = ["shipping", ""] if (order_state(order) == "refunded"
@@ -191,9 +181,12 @@ async def apply_ebay_order(redis: Redis, engine: StockEngine, adapter: EbayAdapt
                                       in ("shipped", "partially_shipped")) else [""]
         for stage in stages:
             # Shipments first: a refund after shipping then finds the units shipped.
-            adapter.prefetched[order.orderId] = adapter.channel_order(order, stage)
+            adapter.prefetched[order.orderId] = msgspec.structs.replace(
+                adapter.channel_order(order, stage), placed_at_ms=placed)
             outcomes.append(await apply_channel_order(engine, adapter, tenant, channel_id,
                                                       order.orderId))
+            if outcomes[-1] == "failed-stale":
+                break  # refused as a whole (and alerted): its later stages are too
     except StoreUnavailable:
         raise
     except StockgateError as exc:

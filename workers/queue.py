@@ -93,12 +93,38 @@ def order_ref(channel_id: str, order_id: str) -> str:
 async def apply_channel_order(engine: StockEngine, adapter: ChannelAdapter, tenant: str,
                               channel_id: str, order_id: str) -> str:
     """Apply the order's current status, then its returns; returns a short outcome for the
-    log."""
+    log. An order placed before the return window changes nothing (`stale_delivery`)."""
     order = await adapter.fetch_order(order_id)
+    if await _stale(engine, tenant, channel_id, order):
+        return "failed-stale"
     outcome = await _apply_status(engine, adapter, tenant, channel_id, order_id, order)
     if order.returns:
         outcome += await _restock_returns(engine, tenant, channel_id, order)
     return outcome
+
+
+async def _stale(engine: StockEngine, tenant: str, channel_id: str,
+                 order: ChannelOrder) -> bool:
+    """The one stale-order rule of every fetch path (webhook-queued fetches, the eBay poller),
+    as the gateway's for signed bodies (gateway/webhooks.py _unless_stale): an order placed
+    before the return window may have no record left (records live that long), so applying
+    it would commit and ship its units a second time. Judged on Redis's clock, the one the
+    records expire by; an unknown placement time (0) is never stale."""
+    window_ms = engine.settings.return_window_s * 1000
+    if order.placed_at_ms <= 0:
+        return False
+    seconds, micros = await engine.redis.time()
+    if order.placed_at_ms >= int(seconds) * 1000 + int(micros) // 1000 - window_ms:
+        return False
+    ref = order_ref(channel_id, order.order_id)
+    log.warning("order %s from %s: placed before the return window; not applied",
+                order.order_id, channel_id)
+    await raise_alert(engine.redis, tenant, "stale_delivery",
+                      f"order {ref} was placed more than "
+                      f"{engine.settings.return_window_s // 86_400} days ago (the return "
+                      "window); its change is not applied", channel=channel_id, ref=ref,
+                      once=f"stale_delivery:{ref}")
+    return True
 
 
 async def _restock_returns(engine: StockEngine, tenant: str, channel_id: str,
@@ -137,18 +163,22 @@ async def _apply_status(engine: StockEngine, adapter: ChannelAdapter, tenant: st
     if order.state == "open":
         if not lines:
             return "empty"
-        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id)
+        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id,
+                                      state_ms=order.state_ms)
         await _alert_unknown(engine.redis, tenant, channel_id, ref, reply)
         return "ordered"
     if order.state == "cancelled":
         # The channel's API says cancelled: an order not seen yet is recorded as cancelled,
         # so a stale "created" job commits nothing (the order script honours the record).
-        await engine.cancel(tenant, ref, channel=channel_id, tombstone=True)
+        # Its time is kept on the record: a fetch that read an older, open state and lands
+        # after this (a job running late) is then a no-op rather than a conflict.
+        await engine.cancel(tenant, ref, channel=channel_id, tombstone=True,
+                            state_ms=order.state_ms)
         return "cancelled"
     # Every other status moves a sale that Stockgate may not have seen yet (its created hook
     # was lost, or its job is still queued): count the sale first, so a shipment ships
     # committed units and a refund has something to review.
-    await _ensure_order(engine, tenant, channel_id, ref, lines)
+    await _ensure_order(engine, tenant, channel_id, ref, lines, order.state_ms)
     try:
         if order.state == "shipped":
             await engine.fulfil(tenant, ref, f"{ref}:status-{order.status_id}", [],
@@ -206,13 +236,15 @@ def _by_sku(lines: list[Line]) -> list[Line]:
 
 
 async def _ensure_order(engine: StockEngine, tenant: str, channel_id: str, ref: str,
-                        lines: list[Line]) -> None:
+                        lines: list[Line], state_ms: int = 0) -> None:
     """Place the order unless Stockgate already has it (the order script replays a known
-    order id)."""
+    order id; with the channel's `state_ms`, a newer state merges into the record, so lines
+    dropped since give their open units back before the shipment ships the rest)."""
     if not lines:
         return
     try:
-        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id)
+        reply, _ = await engine.order(tenant, ref, lines, channel=channel_id,
+                                      state_ms=state_ms)
     except IdempotencyConflict:
         # Known under other lines (edited in the channel since): that record is the sale.
         return

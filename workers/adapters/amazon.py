@@ -72,6 +72,7 @@ from workers.adapters.base import (
     PushError,
     PushItem,
     Shipment,
+    iso_to_ms,
     seconds,
 )
 
@@ -390,7 +391,9 @@ class AmazonAdapter(ChannelAdapter):
                             lines=[ln for ln in lines if ln.qty > 0],
                             status_id=status_id(status), status=status,
                             shipments=_unit_shipments(items) if state == "partially_shipped"
-                            else [])
+                            else [],
+                            # getOrder's PurchaseDate (ISO 8601): the fetch path's stale rule.
+                            placed_at_ms=iso_to_ms(order.get("PurchaseDate")))
 
 
 def _unit_shipments(items: list[dict[str, Any]]) -> list[Shipment]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -108,10 +109,33 @@ class ChannelOrder(msgspec.Struct, frozen=True):
     # Returns whose goods the channel says came back to the seller, each under its own id
     # (the restock's idempotency key): restocked from the order's shipped units.
     returns: list[Shipment] = []
+    # When the order was placed (Unix ms, 0: unknown). An order placed before the return window
+    # may have no record left, so applying it would commit its units again: the fetch path
+    # refuses it (workers/queue.py apply_channel_order).
+    placed_at_ms: int = 0
+    # When the channel says the order last changed (Unix ms, 0: unknown): a newer state of an
+    # order Stockgate already has is merged into its record (lines dropped since, e.g. a
+    # cancelled line item, give their units back) instead of refused as a conflict.
+    state_ms: int = 0
 
     @property
     def cancelled(self) -> bool:
         return self.state == "cancelled"
+
+
+def iso_to_ms(stamp: object) -> int:
+    """Unix milliseconds of an ISO 8601 time ("2026-12-07T01:02:03Z", with or without
+    fractions or an offset; a time without a zone is taken as UTC); 0 when absent or
+    unreadable, which the callers read as "unknown" (never as stale)."""
+    if not isinstance(stamp, str) or not stamp:
+        return 0
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return 0
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return max(0, int(parsed.timestamp() * 1000))
 
 
 def channel_wide(exc: PushError) -> bool:

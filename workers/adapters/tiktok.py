@@ -99,6 +99,9 @@ READ_LIMIT = 20
 ORDER_IDS_LIMIT = 50  # Get Order Detail: "ids" up to 50 (the SDKs' docstrings)
 # An access token is refreshed this long before TikTok's expiry (tokens live days).
 REFRESH_EARLY_S = 600.0
+# A failed refresh is the answer for this long to every push that asks meanwhile: long enough
+# to cover the pushes queued on the lock, short enough that a fixed token is used at once.
+REFRESH_FAILURE_HOLD_S = 5.0
 # Get Order Detail's `fulfillment_type` (FULFILLMENT_BY_SELLER in the documented sample).
 FULFILLED_BY_TIKTOK = "FULFILLMENT_BY_TIKTOK"
 RATE_LIMITED = 36009002
@@ -120,6 +123,8 @@ _STATES: dict[str, OrderState] = {
     "COMPLETED": "shipped", "CANCELLED": "cancelled"}
 # Line item display_status values of units that left (Get Order Detail).
 _SHIPPED_LINES = frozenset({"AWAITING_COLLECTION", "IN_TRANSIT", "DELIVERED", "COMPLETED"})
+# A line item cancelled on its own (the order goes on): that unit is not sold.
+CANCELLED_LINE = "CANCELLED"
 
 _SECRET_QUERY = re.compile(r"((?:app_secret|refresh_token|access_token)=)[^&\s\"']+")
 
@@ -174,6 +179,9 @@ class TikTokAdapter(ChannelAdapter):
         # One refresh at a time per channel: concurrent pushes wait for it and share its token.
         self._refreshing = asyncio.Lock()
         self.refreshes = 0
+        # The last refresh's failure and until when (monotonic) it stands: the pushes that
+        # waited on the lock share it instead of each sending the refused refresh again.
+        self._refresh_failed: tuple[PushError, float] | None = None
 
     # ---- the access token -------------------------------------------------------------------
 
@@ -185,7 +193,17 @@ class TikTokAdapter(ChannelAdapter):
         async with self._refreshing:
             if self._token is not stale and self._token is not None:
                 return self._token.value  # another push refreshed it meanwhile
-            self._token = await self._refresh()
+            failed = self._refresh_failed
+            if failed is not None and time.monotonic() < failed[1]:
+                # Refused moments ago (revoked token, TikTok down): asking again now would
+                # only repeat the refusal once per waiting push.
+                raise _again(failed[0])
+            try:
+                self._token = await self._refresh()
+            except PushError as exc:
+                self._refresh_failed = (exc, time.monotonic() + REFRESH_FAILURE_HOLD_S)
+                raise
+            self._refresh_failed = None
             return self._token.value
 
     async def _expired(self, used: str) -> None:
@@ -409,10 +427,19 @@ class TikTokAdapter(ChannelAdapter):
             raise PushError(f"{self.name}: order {order_id} not found", status=404)
         order = orders[0]
         status = str(order.get("status", ""))
-        items = [li for li in order.get("line_items") or [] if isinstance(li, dict)]
+        # TikTok cancels single line items (display_status CANCELLED) while the order goes on:
+        # such a unit was never sold, so it is neither committed nor shipped. A whole
+        # cancelled order is cancelled by its status, whatever its lines.
+        items = [li for li in order.get("line_items") or []
+                 if isinstance(li, dict) and li.get("display_status") != CANCELLED_LINE]
+        # Unix seconds; kept as ms. update_time orders this state against the record's (a
+        # newer one with fewer lines merges), create_time is what the stale rule judges.
+        timing = {"placed_at_ms": _ms(order.get("create_time")),
+                  "state_ms": _ms(order.get("update_time"))}
         if order.get("fulfillment_type") == FULFILLED_BY_TIKTOK:
             # Units in TikTok's own warehouses (FBT): none of Stockgate's were sold.
-            return ChannelOrder(order_id, "incomplete", self._lines(items), status=status)
+            return ChannelOrder(order_id, "incomplete", self._lines(items), status=status,
+                                **timing)
         shipments: list[Shipment] = []
         state = _STATES.get(status, "open")  # an unknown status: the sale stands
         if state == "partially_shipped":
@@ -426,7 +453,7 @@ class TikTokAdapter(ChannelAdapter):
         # Goods can only come back once they left: only a shipped order is asked for returns.
         returns = await self._returns(order_id) if state == "shipped" else []
         return ChannelOrder(order_id, state, self._lines(items), status=status,
-                            shipments=shipments, returns=returns)
+                            shipments=shipments, returns=returns, **timing)
 
     async def _returns(self, order_id: str) -> list[Shipment]:
         """The order's returns whose goods came back to the seller (Search Returns): each
@@ -458,6 +485,12 @@ class TikTokAdapter(ChannelAdapter):
         return [OrderLine(sku, n) for sku, n in qty.items()]
 
 
+def _again(exc: PushError) -> PushError:
+    """A fresh copy of a remembered failure: one exception object raised in several tasks
+    would pile their tracebacks onto each other."""
+    return PushError(str(exc), retry_after=exc.retry_after, status=exc.status)
+
+
 def _status_of(code: object, http_status: int) -> int:
     """A non-zero code's HTTP-like status: 401 for the app, token and signature families (a
     configuration to fix, the whole batch waits), 400 for the rest (about the request)."""
@@ -465,6 +498,13 @@ def _status_of(code: object, http_status: int) -> int:
     if http_status in (401, 403) or text.startswith(_CALL_FAMILIES):
         return 401
     return 400
+
+
+def _ms(unix_s: object) -> int:
+    """Milliseconds of TikTok's Unix-seconds time; 0 (unknown) for anything else."""
+    if isinstance(unix_s, bool) or not isinstance(unix_s, int | float) or unix_s <= 0:
+        return 0
+    return int(unix_s * 1000)
 
 
 def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:

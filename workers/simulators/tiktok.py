@@ -15,7 +15,8 @@ Catalogue: `state.sku_items` maps a SKU to "<product_id>/<sku_id>"; with `state.
 None every decimal id exists, else only those. Counts are kept under the SKU (state.aliases)
 and the warehouse's location name (state.location_names), as the other simulators do.
 Orders: `state.orders[order_id]` = {"status", "line_items": [{"sku_id", "product_id",
-"seller_sku", "display_status", "package_id"}]}.
+"seller_sku", "display_status", "package_id"}], and optionally "create_time" (default: when
+first read) and "update_time" (default: now), Unix seconds}.
 """
 
 from __future__ import annotations
@@ -245,7 +246,9 @@ def routes(state: ChannelState) -> list[Route]:
             lines = [{"id": f"{order_id}{n:03d}", "currency": "USD", **li}
                      for n, li in enumerate(found.get("line_items", []))]
             orders.append({"id": order_id, "status": found["status"],
-                           "create_time": found.get("create_time", 1619611561),
+                           # An order given no create time was placed when first read:
+                           # a fixed old one would be past the return window (stale).
+                           "create_time": found.setdefault("create_time", int(time.time())),
                            "update_time": found.get("update_time", int(time.time())),
                            "fulfillment_type": found.get("fulfillment_type",
                                                          "FULFILLMENT_BY_SELLER"),
