@@ -58,6 +58,7 @@ from gateway.channels.base import (
     OrderCancelled,
     OrderFulfilled,
     OrderPlaced,
+    Skipped,
     equal,
     iso_ms,
     lines_of,
@@ -72,6 +73,7 @@ from stockgate.amazon import (
     shipped_fulfilment_id,
     unit_shipment_id,
 )
+from stockgate.models import Line
 from stockgate.settings import Channel
 
 TOPIC = "ORDER_CHANGE"
@@ -208,11 +210,11 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
     state = STATUS_STATES.get(summary.order_status, "open")
     if state == "ignored":
         return []
-    if state == "cancelled":
-        return [OrderCancelled(ref, placed_at, state_at)]
     location = channel.location_for(None)
     lines, skipped = lines_of(channel, (
         (item.seller_sku, (), item.quantity) for item in summary.order_items), location)
+    if state == "cancelled":
+        return _cancelled(channel, ref, summary, lines, skipped, placed_at, state_at)
     ops: list[Operation] = [OrderPlaced(ref, lines, None, skipped, placed_at, state_at)]
     if not lines:
         return ops
@@ -225,6 +227,25 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
         # unmapped line's siblings) ships with the order's status; nothing open is a no-op.
         ops.append(OrderFulfilled(ref, shipped_fulfilment_id(ref)))
     return ops
+
+
+def _cancelled(channel: Channel, ref: str, summary: Summary, lines: list[Line],
+               skipped: list[Skipped], placed_at: int, state_at: int) -> list[Operation]:
+    """A Canceled order may have shipped part of its units first (the rest cancelled). SQS
+    keeps no order, so the PartiallyShipped that shipped them may land after this cancel,
+    when the cancel has already given every open unit back: the late shipment would then
+    find nothing open and the shipped units would stay on sale. So the cancel ships the
+    units its own QuantityShipped counts first, under the same per-unit fulfilment ids (a
+    PartiallyShipped before or after only repeats them), and releases only the rest."""
+    cancel = OrderCancelled(ref, placed_at, state_at)
+    assert summary.order_items is not None  # operations() fetches the order otherwise
+    if not lines or not any(item.quantity_shipped > 0 for item in summary.order_items):
+        return [cancel]
+    # The shipments need the order to exist: an order not seen yet is placed first. No
+    # state time: this is not a state of the open order, so an order already past it (or
+    # already cancelled) is left as it is (lua/order.lua), never refused as a conflict.
+    placed = OrderPlaced(ref, lines, None, skipped, placed_at, 0)
+    return [placed, *_shipped_units(channel, ref, summary.order_items), cancel]
 
 
 def _shipped_units(channel: Channel, ref: str, items: list[OrderItem]) -> list[Operation]:
