@@ -19,7 +19,7 @@ from stockgate.alerts import list_alerts
 from stockgate.settings import Settings
 from workers.adapters import PushError
 from workers.adapters.base import PushItem
-from workers.simulators.amazon import AmazonSim
+from workers.simulators.amazon import AmazonSim, amazon_of
 
 pytest_plugins = ["gateway_fixtures"]
 
@@ -71,6 +71,26 @@ async def test_amazon_order_of_another_marketplace_is_not_this_channels(
     r = await deliver(client, eventbridge(note))
     assert r.status_code == 200
     assert r.json()["status"] == "ignored", r.text
+
+
+async def test_a_fetched_order_of_another_marketplace_is_not_this_channels(
+        sim_factory: Any) -> None:
+    """The notification without OrderItems is fetched: getOrder's MarketplaceId is checked
+    the same way."""
+    server = sim_factory("amazon")
+    sim = amazon_of(server.state)
+    item = {"OrderItemId": "68828574383266", "SellerSKU": "SKU-1", "QuantityOrdered": 3,
+            "QuantityShipped": 0}
+    sim.orders = {
+        "902-3159896-1390916": {"OrderStatus": "Unshipped", "OrderItems": [item],
+                                "MarketplaceId": "A2EUQ1WTGCTBG2"},
+        "902-3159896-1390917": {"OrderStatus": "Unshipped", "OrderItems": [item]},
+    }
+    async with connected(server) as (adapter, _):
+        other = await adapter.fetch_order("902-3159896-1390916")
+        own = await adapter.fetch_order("902-3159896-1390917")
+    assert other.state == "incomplete"
+    assert own.state == "open"
 
 
 # ---- 9. one refresh under concurrency also when the refresh fails --------------------------

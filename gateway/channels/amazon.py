@@ -69,6 +69,7 @@ from gateway.errors import MalformedRequest, Unauthorized
 from stockgate.amazon import (
     SHIPPED_UNITS_MAX,
     STATUS_STATES,
+    another_marketplace,
     shipment_fulfilment_id,
     shipped_fulfilment_id,
     unit_shipment_id,
@@ -192,6 +193,10 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
     seller = channel.amazon.seller_id if channel.amazon else ""
     if seller and change.seller_id and change.seller_id != seller:
         # One application may serve several sellers through one queue: not this channel's.
+        return delivery, []
+    marketplace = channel.amazon.marketplace_id if channel.amazon else ""
+    if change.summary and another_marketplace(marketplace, change.summary.marketplace_id):
+        # One seller's notifications for every marketplace share one queue: not this one's.
         return delivery, []
     return delivery, operations(channel_id, channel, change)
 

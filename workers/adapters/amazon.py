@@ -58,6 +58,7 @@ import msgspec
 from stockgate.amazon import (
     SHIPPED_UNITS_MAX,
     STATUS_STATES,
+    another_marketplace,
     status_id,
     unit_shipment_id,
 )
@@ -382,6 +383,9 @@ class AmazonAdapter(ChannelAdapter):
         state: OrderState
         if order.get("FulfillmentChannel") == "AFN" or mapped == "ignored":
             state = "incomplete"  # Amazon's units, or no units: nothing Stockgate sold
+        elif another_marketplace(self.config.marketplace_id, str(order.get("MarketplaceId")
+                                                                 or "")):
+            state = "incomplete"  # another marketplace's sale, not this channel's units
         else:
             state = mapped
         lines = [OrderLine(sku=str(i.get("SellerSKU") or ""), qty=_int(i.get("QuantityOrdered")))
