@@ -18,6 +18,7 @@ from test_channel_amazon import amazon_channel, connected, deliver, eventbridge,
 from stockgate.alerts import list_alerts
 from stockgate.settings import Settings
 from workers.adapters import PushError
+from workers.adapters import amazon as amazon_adapter
 from workers.adapters.base import PushItem
 from workers.simulators.amazon import AmazonSim, amazon_of
 
@@ -104,6 +105,19 @@ async def test_amazon_failed_refresh_is_not_repeated_by_every_waiting_push(
     assert all(isinstance(o, PushError) for o in outcomes)
     refreshes = [r for r in sent if r.url.path == "/auth/o2/token"]
     assert len(refreshes) == 1, f"{len(refreshes)} LWA calls for one refused refresh token"
+
+
+async def test_amazon_failed_refresh_is_asked_again_once_its_hold_is_over(
+        sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure is remembered for a few seconds only: a refresh token the seller
+    re-authorised is tried again, not refused for good."""
+    monkeypatch.setattr(amazon_adapter, "REFRESH_FAILURE_HOLD_S", 0.0)
+    server = sim_factory("amazon")
+    async with connected(server, refresh_token="Atzr|revoked") as (adapter, sent):
+        for n in range(2):
+            with pytest.raises(PushError):
+                await adapter.push_batch([PushItem(f"S{n}", "main", n)])
+    assert len([r for r in sent if r.url.path == "/auth/o2/token"]) == 2
 
 
 # ---- 10. a SKU of dots leaves its path segment ---------------------------------------------

@@ -39,7 +39,9 @@ What the documentation says, and what this adapter does with it:
   access_token (a bearer token valid for expires_in seconds, 3600) goes in the
   x-amz-access-token header (https://developer-docs.amazon.com/sp-api/docs/connecting-to-the-selling-partner-api).
   One cached token per channel, refreshed under a lock REFRESH_MARGIN_S before it expires; a
-  403 (or 401) saying the token is expired or invalid refreshes once and retries once.
+  403 (or 401) saying the token is expired or invalid refreshes once and retries once. A
+  failed refresh is re-raised to the calls waiting on the lock for REFRESH_FAILURE_HOLD_S,
+  not repeated by each of them.
   Tokens and secrets are never logged and never put in an error.
 """
 
@@ -87,6 +89,10 @@ BURST = 5
 PACE_SHARE = 0.9
 # A token this close to its expiry is refreshed before use.
 REFRESH_MARGIN_S = 60.0
+# A refresh that failed is answered from memory this long: the pushes that waited on the
+# lock behind it would otherwise each send the same refused refresh token to LWA again
+# (eight concurrent pushes, eight refused calls), and a refused token stays refused.
+REFRESH_FAILURE_HOLD_S = 5.0
 # The adapter waits this long at most for a call slot of its own bucket; a longer wait is
 # handed back as back-pressure, so a lane never sleeps long.
 PACE_WAIT_MAX_S = 2.0
@@ -171,6 +177,9 @@ class AmazonAdapter(ChannelAdapter):
         self._token = ""
         self._token_expires = 0.0  # monotonic
         self._token_lock = asyncio.Lock()
+        # The last refresh's failure and until when (monotonic) it is re-raised.
+        self._refresh_failure: PushError | None = None
+        self._refresh_failure_until = 0.0
         self.refreshes = 0  # tokens fetched (tests and logs; never the token)
         self.rate = RATE_PER_S
         self._tokens = float(BURST)
@@ -185,7 +194,20 @@ class AmazonAdapter(ChannelAdapter):
             # Whoever waited for the lock finds the token the first one fetched.
             if self._token and time.monotonic() < self._token_expires - REFRESH_MARGIN_S:
                 return self._token
-            await self._refresh()
+            failed = self._refresh_failure
+            if failed is not None and time.monotonic() < self._refresh_failure_until:
+                # The refresh just failed for whoever held the lock: the same answer, without
+                # asking LWA again. A new exception per caller (one instance raised by many
+                # tasks would share and grow one traceback).
+                raise PushError(str(failed), retry_after=failed.retry_after,
+                                status=failed.status)
+            try:
+                await self._refresh()
+            except PushError as exc:
+                self._refresh_failure = exc
+                self._refresh_failure_until = time.monotonic() + REFRESH_FAILURE_HOLD_S
+                raise
+            self._refresh_failure = None
             return self._token
 
     async def _refresh(self) -> None:
