@@ -99,6 +99,9 @@ PACE_WAIT_MAX_S = 2.0
 QUANTITY_MAX = 2_147_483_647
 ORDER_ITEM_PAGES_MAX = 20
 _ORDER_ID = re.compile(r"[0-9]{3}-[0-9]{7}-[0-9]{7}")
+# SKUs a URL path cannot carry as a segment: dot segments are removed when a URL is
+# normalised (RFC 3986 5.2.4), escaped or not.
+_DOT_SEGMENTS = frozenset({".", ".."})
 _TOKEN_ERRORS = ("expired", "invalid", "revoked", "malformed", "unauthorized")
 
 
@@ -317,7 +320,10 @@ class AmazonAdapter(ChannelAdapter):
 
     def _item_path(self, sku: str) -> str:
         # Every reserved character escaped, "/" included: a SKU is one path segment
-        # (https://developer-docs.amazon.com/sp-api/docs/url-encoding).
+        # (https://developer-docs.amazon.com/sp-api/docs/url-encoding). Callers refuse the
+        # dot segments first (_DOT_SEGMENTS): this is the last guard.
+        if sku in _DOT_SEGMENTS:
+            raise PushError(f"{self.name}: SKU {sku!r} cannot be a path segment", status=400)
         return f"{LISTINGS}/{quote(self.config.seller_id, safe='')}/{quote(sku, safe='')}"
 
     # ---- writes --------------------------------------------------------------------------
@@ -331,6 +337,13 @@ class AmazonAdapter(ChannelAdapter):
     async def _push_one(self, item: PushItem) -> ItemResult:
         if not item.sku:
             return ItemResult("failed", error="an empty SKU names no Amazon listing",
+                              retryable=False)
+        if item.sku in _DOT_SEGMENTS:
+            # quote() leaves dots as they are and httpx (like any URL normaliser) removes a
+            # "." or ".." segment: the PATCH would go to another path. %2E is no way out, a
+            # normaliser decodes it too (RFC 3986 6.2.2.2). The item fails alone, for good.
+            return ItemResult("failed", error=f"SKU {item.sku!r} cannot be sent as a path "
+                                              "segment of the Listings Items API",
                               retryable=False)
         if not 0 <= item.value <= QUANTITY_MAX:
             return ItemResult("failed", error=f"{item.value} is not a quantity Amazon takes",
@@ -365,8 +378,8 @@ class AmazonAdapter(ChannelAdapter):
     # ---- reads ---------------------------------------------------------------------------
 
     async def get_available(self, sku: str, location: str) -> int | None:
-        if not sku:
-            return None
+        if not sku or sku in _DOT_SEGMENTS:
+            return None  # no listing a URL can name (see _push_one)
         response = await self.send("GET", self._item_path(sku), params={
             "marketplaceIds": self.config.marketplace_id,
             "includedData": "fulfillmentAvailability"})
