@@ -40,7 +40,10 @@ Orders. Summary.OrderItems (required in the schema) carries each item's SellerSK
 and QuantityShipped, so no fetch is needed; a notification without it (an older payload)
 queues a fetch of the order through the Orders API (workers/adapters/amazon.py). The status
 mapping is in stockgate/amazon.py. Orders fulfilled by Amazon (Summary.FulfillmentType AFN)
-sell Amazon's units, never Stockgate's: ignored. Holds never apply: a marketplace order names
+sell Amazon's units, never Stockgate's: ignored. So are orders of another marketplace than
+the channel's (Summary.MarketplaceId): one seller's notifications for all its marketplaces
+share one queue. A Canceled whose items have QuantityShipped ships those units before it
+cancels the rest (see _cancelled). Holds never apply: a marketplace order names
 no storefront hold. ORDER_CHANGE carries no returns or refunds: those are left to reconcile.
 """
 
