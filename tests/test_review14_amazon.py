@@ -5,6 +5,8 @@ review14/tests/test_review14_findings.py."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import time
 from typing import Any
 
@@ -58,6 +60,45 @@ async def test_amazon_cancel_of_the_rest_delivered_before_the_partial_shipment(
     print("ALERTS", [(a.type, a.detail) for a in await list_alerts(redis, "acme")])
     # Reference: one unit left with the buyer, two are back on sale.
     assert (c["on_hand"], c["committed"], c["available"]) == (4, 0, 4), c
+
+
+@pytest.mark.parametrize("order_of", list(itertools.permutations(range(3))))
+async def test_amazon_partial_shipment_then_cancel_in_any_delivery_order(
+        client: httpx.AsyncClient, order_of: tuple[int, ...]) -> None:
+    """Every delivery order of Pending, PartiallyShipped (1 of 3) and Canceled (the other 2),
+    the Canceled also delivered twice: one unit shipped, two back on sale, never more."""
+    await receive(client, "SKU-1", 5)
+    order = "114-0000002-0000001"
+    base = int(time.time()) - 600
+
+    def at(note: dict[str, Any], t: int) -> dict[str, Any]:
+        note["Payload"]["OrderChangeNotification"]["OrderChangeTrigger"][
+            "TimeOfOrderChange"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                                 time.gmtime(base + t))
+        return note
+
+    life = [at(notification(order, "Pending", [("SKU-1", 3, 0)]), 0),
+            at(notification(order, "PartiallyShipped", [("SKU-1", 3, 1)]), 10),
+            at(notification(order, "Canceled", [("SKU-1", 3, 1)]), 20)]
+    again = copy.deepcopy(life[2])
+    again["NotificationMetadata"]["NotificationId"] = "redelivered-cancel"
+    for note in [*(life[n] for n in order_of), again]:
+        assert (await deliver(client, eventbridge(note))).status_code == 200
+    c = await cell(client, "SKU-1")
+    assert (c["on_hand"], c["committed"], c["available"]) == (4, 0, 4), c
+
+
+async def test_amazon_cancel_with_nothing_shipped_only_cancels(
+        client: httpx.AsyncClient) -> None:
+    """No QuantityShipped: the Canceled stays one cancel; an order not seen yet is recorded
+    cancelled and its late Pending commits nothing."""
+    await receive(client, "SKU-1", 5)
+    order = "114-0000003-0000001"
+    r = await deliver(client, eventbridge(notification(order, "Canceled", [("SKU-1", 3, 0)])))
+    assert [x["op"] for x in r.json()["results"]] == ["cancel"], r.text
+    await deliver(client, eventbridge(notification(order, "Pending", [("SKU-1", 3, 0)])))
+    c = await cell(client, "SKU-1")
+    assert (c["on_hand"], c["committed"], c["available"]) == (5, 0, 5), c
 
 
 # ---- 7. the notification's marketplace is never checked ------------------------------------
