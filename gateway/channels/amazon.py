@@ -222,7 +222,8 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
     lines, skipped = lines_of(channel, (
         (item.seller_sku, (), item.quantity) for item in summary.order_items), location)
     if state == "cancelled":
-        return _cancelled(channel, ref, summary, lines, skipped, placed_at, state_at)
+        return _cancelled(channel, ref, summary.order_items, lines, skipped, placed_at,
+                          state_at)
     ops: list[Operation] = [OrderPlaced(ref, lines, None, skipped, placed_at, state_at)]
     if not lines:
         return ops
@@ -237,7 +238,7 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
     return ops
 
 
-def _cancelled(channel: Channel, ref: str, summary: Summary, lines: list[Line],
+def _cancelled(channel: Channel, ref: str, items: list[OrderItem], lines: list[Line],
                skipped: list[Skipped], placed_at: int, state_at: int) -> list[Operation]:
     """A Canceled order may have shipped part of its units first (the rest cancelled). SQS
     keeps no order, so the PartiallyShipped that shipped them may land after this cancel,
@@ -246,14 +247,13 @@ def _cancelled(channel: Channel, ref: str, summary: Summary, lines: list[Line],
     units its own QuantityShipped counts first, under the same per-unit fulfilment ids (a
     PartiallyShipped before or after only repeats them), and releases only the rest."""
     cancel = OrderCancelled(ref, placed_at, state_at)
-    assert summary.order_items is not None  # operations() fetches the order otherwise
-    if not lines or not any(item.quantity_shipped > 0 for item in summary.order_items):
+    if not lines or not any(item.quantity_shipped > 0 for item in items):
         return [cancel]
     # The shipments need the order to exist: an order not seen yet is placed first. No
     # state time: this is not a state of the open order, so an order already past it (or
     # already cancelled) is left as it is (lua/order.lua), never refused as a conflict.
     placed = OrderPlaced(ref, lines, None, skipped, placed_at, 0)
-    return [placed, *_shipped_units(channel, ref, summary.order_items), cancel]
+    return [placed, *_shipped_units(channel, ref, items), cancel]
 
 
 def _shipped_units(channel: Channel, ref: str, items: list[OrderItem]) -> list[Operation]:
