@@ -41,6 +41,16 @@ STATUS_STATES: dict[str, AmazonState] = {
 SHIPPED_UNITS_MAX = 1000
 
 
+def another_marketplace(channel_marketplace: str, order_marketplace: str) -> bool:
+    """True when an order names a marketplace other than the channel's. A seller's
+    ORDER_CHANGE subscription (and its Orders API) covers every marketplace the seller sells
+    in, through one destination, while a channel pushes one marketplace's quantities: an
+    amazon.ca order is not the amazon.com channel's sale. An order that names none (an older
+    payload) is taken as the channel's."""
+    return bool(channel_marketplace and order_marketplace
+                and order_marketplace != channel_marketplace)
+
+
 def status_id(status: str) -> int:
     return ORDER_STATUSES.get(status, 0)
 

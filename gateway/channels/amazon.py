@@ -40,7 +40,10 @@ Orders. Summary.OrderItems (required in the schema) carries each item's SellerSK
 and QuantityShipped, so no fetch is needed; a notification without it (an older payload)
 queues a fetch of the order through the Orders API (workers/adapters/amazon.py). The status
 mapping is in stockgate/amazon.py. Orders fulfilled by Amazon (Summary.FulfillmentType AFN)
-sell Amazon's units, never Stockgate's: ignored. Holds never apply: a marketplace order names
+sell Amazon's units, never Stockgate's: ignored. So are orders of another marketplace than
+the channel's (Summary.MarketplaceId): one seller's notifications for all its marketplaces
+share one queue. A Canceled whose items have QuantityShipped ships those units before it
+cancels the rest (see _cancelled). Holds never apply: a marketplace order names
 no storefront hold. ORDER_CHANGE carries no returns or refunds: those are left to reconcile.
 """
 
@@ -58,6 +61,7 @@ from gateway.channels.base import (
     OrderCancelled,
     OrderFulfilled,
     OrderPlaced,
+    Skipped,
     equal,
     iso_ms,
     lines_of,
@@ -68,10 +72,12 @@ from gateway.errors import MalformedRequest, Unauthorized
 from stockgate.amazon import (
     SHIPPED_UNITS_MAX,
     STATUS_STATES,
+    another_marketplace,
     shipment_fulfilment_id,
     shipped_fulfilment_id,
     unit_shipment_id,
 )
+from stockgate.models import Line
 from stockgate.settings import Channel
 
 TOPIC = "ORDER_CHANGE"
@@ -191,6 +197,10 @@ def decode(channel_id: str, channel: Channel, delivery: Delivery, body: bytes
     if seller and change.seller_id and change.seller_id != seller:
         # One application may serve several sellers through one queue: not this channel's.
         return delivery, []
+    marketplace = channel.amazon.marketplace_id if channel.amazon else ""
+    if change.summary and another_marketplace(marketplace, change.summary.marketplace_id):
+        # One seller's notifications for every marketplace share one queue: not this one's.
+        return delivery, []
     return delivery, operations(channel_id, channel, change)
 
 
@@ -208,11 +218,12 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
     state = STATUS_STATES.get(summary.order_status, "open")
     if state == "ignored":
         return []
-    if state == "cancelled":
-        return [OrderCancelled(ref, placed_at, state_at)]
     location = channel.location_for(None)
     lines, skipped = lines_of(channel, (
         (item.seller_sku, (), item.quantity) for item in summary.order_items), location)
+    if state == "cancelled":
+        return _cancelled(channel, ref, summary.order_items, lines, skipped, placed_at,
+                          state_at)
     ops: list[Operation] = [OrderPlaced(ref, lines, None, skipped, placed_at, state_at)]
     if not lines:
         return ops
@@ -225,6 +236,24 @@ def operations(channel_id: str, channel: Channel, change: OrderChange) -> list[O
         # unmapped line's siblings) ships with the order's status; nothing open is a no-op.
         ops.append(OrderFulfilled(ref, shipped_fulfilment_id(ref)))
     return ops
+
+
+def _cancelled(channel: Channel, ref: str, items: list[OrderItem], lines: list[Line],
+               skipped: list[Skipped], placed_at: int, state_at: int) -> list[Operation]:
+    """A Canceled order may have shipped part of its units first (the rest cancelled). SQS
+    keeps no order, so the PartiallyShipped that shipped them may land after this cancel,
+    when the cancel has already given every open unit back: the late shipment would then
+    find nothing open and the shipped units would stay on sale. So the cancel ships the
+    units its own QuantityShipped counts first, under the same per-unit fulfilment ids (a
+    PartiallyShipped before or after only repeats them), and releases only the rest."""
+    cancel = OrderCancelled(ref, placed_at, state_at)
+    if not lines or not any(item.quantity_shipped > 0 for item in items):
+        return [cancel]
+    # The shipments need the order to exist: an order not seen yet is placed first. No
+    # state time: this is not a state of the open order, so an order already past it (or
+    # already cancelled) is left as it is (lua/order.lua), never refused as a conflict.
+    placed = OrderPlaced(ref, lines, None, skipped, placed_at, 0)
+    return [placed, *_shipped_units(channel, ref, items), cancel]
 
 
 def _shipped_units(channel: Channel, ref: str, items: list[OrderItem]) -> list[Operation]:

@@ -39,7 +39,9 @@ What the documentation says, and what this adapter does with it:
   access_token (a bearer token valid for expires_in seconds, 3600) goes in the
   x-amz-access-token header (https://developer-docs.amazon.com/sp-api/docs/connecting-to-the-selling-partner-api).
   One cached token per channel, refreshed under a lock REFRESH_MARGIN_S before it expires; a
-  403 (or 401) saying the token is expired or invalid refreshes once and retries once.
+  403 (or 401) saying the token is expired or invalid refreshes once and retries once. A
+  failed refresh is re-raised to the calls waiting on the lock for REFRESH_FAILURE_HOLD_S,
+  not repeated by each of them.
   Tokens and secrets are never logged and never put in an error.
 """
 
@@ -58,6 +60,7 @@ import msgspec
 from stockgate.amazon import (
     SHIPPED_UNITS_MAX,
     STATUS_STATES,
+    another_marketplace,
     status_id,
     unit_shipment_id,
 )
@@ -87,12 +90,19 @@ BURST = 5
 PACE_SHARE = 0.9
 # A token this close to its expiry is refreshed before use.
 REFRESH_MARGIN_S = 60.0
+# A refresh that failed is answered from memory this long: the pushes that waited on the
+# lock behind it would otherwise each send the same refused refresh token to LWA again
+# (eight concurrent pushes, eight refused calls), and a refused token stays refused.
+REFRESH_FAILURE_HOLD_S = 5.0
 # The adapter waits this long at most for a call slot of its own bucket; a longer wait is
 # handed back as back-pressure, so a lane never sleeps long.
 PACE_WAIT_MAX_S = 2.0
 QUANTITY_MAX = 2_147_483_647
 ORDER_ITEM_PAGES_MAX = 20
 _ORDER_ID = re.compile(r"[0-9]{3}-[0-9]{7}-[0-9]{7}")
+# SKUs a URL path cannot carry as a segment: dot segments are removed when a URL is
+# normalised (RFC 3986 5.2.4), escaped or not.
+_DOT_SEGMENTS = frozenset({".", ".."})
 _TOKEN_ERRORS = ("expired", "invalid", "revoked", "malformed", "unauthorized")
 
 
@@ -171,6 +181,9 @@ class AmazonAdapter(ChannelAdapter):
         self._token = ""
         self._token_expires = 0.0  # monotonic
         self._token_lock = asyncio.Lock()
+        # The last refresh's failure and until when (monotonic) it is re-raised.
+        self._refresh_failure: PushError | None = None
+        self._refresh_failure_until = 0.0
         self.refreshes = 0  # tokens fetched (tests and logs; never the token)
         self.rate = RATE_PER_S
         self._tokens = float(BURST)
@@ -185,7 +198,20 @@ class AmazonAdapter(ChannelAdapter):
             # Whoever waited for the lock finds the token the first one fetched.
             if self._token and time.monotonic() < self._token_expires - REFRESH_MARGIN_S:
                 return self._token
-            await self._refresh()
+            failed = self._refresh_failure
+            if failed is not None and time.monotonic() < self._refresh_failure_until:
+                # The refresh just failed for whoever held the lock: the same answer, without
+                # asking LWA again. A new exception per caller (one instance raised by many
+                # tasks would share and grow one traceback).
+                raise PushError(str(failed), retry_after=failed.retry_after,
+                                status=failed.status)
+            try:
+                await self._refresh()
+            except PushError as exc:
+                self._refresh_failure = exc
+                self._refresh_failure_until = time.monotonic() + REFRESH_FAILURE_HOLD_S
+                raise
+            self._refresh_failure = None
             return self._token
 
     async def _refresh(self) -> None:
@@ -295,7 +321,10 @@ class AmazonAdapter(ChannelAdapter):
 
     def _item_path(self, sku: str) -> str:
         # Every reserved character escaped, "/" included: a SKU is one path segment
-        # (https://developer-docs.amazon.com/sp-api/docs/url-encoding).
+        # (https://developer-docs.amazon.com/sp-api/docs/url-encoding). Callers refuse the
+        # dot segments first (_DOT_SEGMENTS): this is the last guard.
+        if sku in _DOT_SEGMENTS:
+            raise PushError(f"{self.name}: SKU {sku!r} cannot be a path segment", status=400)
         return f"{LISTINGS}/{quote(self.config.seller_id, safe='')}/{quote(sku, safe='')}"
 
     # ---- writes --------------------------------------------------------------------------
@@ -309,6 +338,13 @@ class AmazonAdapter(ChannelAdapter):
     async def _push_one(self, item: PushItem) -> ItemResult:
         if not item.sku:
             return ItemResult("failed", error="an empty SKU names no Amazon listing",
+                              retryable=False)
+        if item.sku in _DOT_SEGMENTS:
+            # quote() leaves dots as they are and httpx (like any URL normaliser) removes a
+            # "." or ".." segment: the PATCH would go to another path. %2E is no way out, a
+            # normaliser decodes it too (RFC 3986 6.2.2.2). The item fails alone, for good.
+            return ItemResult("failed", error=f"SKU {item.sku!r} cannot be sent as a path "
+                                              "segment of the Listings Items API",
                               retryable=False)
         if not 0 <= item.value <= QUANTITY_MAX:
             return ItemResult("failed", error=f"{item.value} is not a quantity Amazon takes",
@@ -343,8 +379,8 @@ class AmazonAdapter(ChannelAdapter):
     # ---- reads ---------------------------------------------------------------------------
 
     async def get_available(self, sku: str, location: str) -> int | None:
-        if not sku:
-            return None
+        if not sku or sku in _DOT_SEGMENTS:
+            return None  # no listing a URL can name (see _push_one)
         response = await self.send("GET", self._item_path(sku), params={
             "marketplaceIds": self.config.marketplace_id,
             "includedData": "fulfillmentAvailability"})
@@ -383,6 +419,9 @@ class AmazonAdapter(ChannelAdapter):
         state: OrderState
         if order.get("FulfillmentChannel") == "AFN" or mapped == "ignored":
             state = "incomplete"  # Amazon's units, or no units: nothing Stockgate sold
+        elif another_marketplace(self.config.marketplace_id, str(order.get("MarketplaceId")
+                                                                 or "")):
+            state = "incomplete"  # another marketplace's sale, not this channel's units
         else:
             state = mapped
         lines = [OrderLine(sku=str(i.get("SellerSKU") or ""), qty=_int(i.get("QuantityOrdered")))

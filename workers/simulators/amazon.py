@@ -287,7 +287,7 @@ def routes(state: ChannelState) -> list[Route]:
             "AmazonOrderId": request.path_params["order_id"],
             "OrderStatus": found["OrderStatus"],
             "FulfillmentChannel": found.get("FulfillmentChannel", "MFN"),
-            "MarketplaceId": sim.marketplace_id}})
+            "MarketplaceId": found.get("MarketplaceId", sim.marketplace_id)}})
 
     async def order_items(request: Request) -> Response:
         found = sim.orders.get(request.path_params["order_id"])
