@@ -248,6 +248,10 @@ class EbayAdapter(ChannelAdapter):
         if config is None:
             raise ValueError(f"channel {self.name}: kind ebay needs an [ebay] table")
         self.config: EbayConfig = config
+        # The push and read map: inventory_skus reversed, never variant_skus (the base class's
+        # default), which names listing and variation ids for order lines: reversed, a
+        # listing id would become the eBay SKU a push sets (SKU A pushed as "110").
+        self._item_ids = {sku: ebay_sku for ebay_sku, sku in config.inventory_skus.items()}
         self.token_url = config.token_url or self.base + TOKEN_PATH
         # Orders the poller read from getOrders, handed to fetch_order without a second call.
         self.prefetched: dict[str, ChannelOrder] = {}
@@ -393,10 +397,13 @@ class EbayAdapter(ChannelAdapter):
         return ChannelOrder(order.orderId, state, lines, status=status, shipments=shipments)
 
     def sku_of(self, li: LineItem) -> str:
-        """The line's SKU; else the one `variant_skus` gives its variation or listing id."""
+        """The line's SKU (through inventory_skus, else variant_skus, where eBay's differs);
+        else the one `variant_skus` gives its variation or listing id."""
         if li.sku:
-            # variant_skus maps the eBay SKU when it differs from Stockgate's.
-            return self.channel.variant_skus.get(li.sku, li.sku)
+            # variant_skus still maps a line's eBay SKU, as configs written before
+            # inventory_skus existed expect; inventory_skus, the push map, wins.
+            found = self.config.inventory_skus.get(li.sku)
+            return found or self.channel.variant_skus.get(li.sku, li.sku)
         for vid in (li.legacyVariationId, li.legacyItemId):
             if vid and (found := self.channel.variant_skus.get(vid)):
                 return found
