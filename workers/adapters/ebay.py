@@ -382,7 +382,19 @@ class EbayAdapter(ChannelAdapter):
         """The order's state as the lifecycle rules know them (workers/queue.py). `stage`
         "shipping" leaves refunds out: a refunded order's shipments are applied first."""
         lines = [OrderLine(self.sku_of(li), li.quantity) for li in order.lineItems]
-        state = order_state(order, refunds=stage != "shipping")
+        restock = self.channel.restock_refunds
+        # With restock_refunds a refund is not the order's state (the lifecycle's refunded
+        # state restocks from "any", unshipped units first, so a refund before shipment put
+        # units back on sale that then shipped): the order keeps its fulfilment state and a
+        # full refund comes back as a return, restocked from shipped units only.
+        state = order_state(order, refunds=stage != "shipping" and not restock)
+        returns = []
+        if (restock and stage != "shipping" and state != "cancelled"
+                and order.orderPaymentStatus == "FULLY_REFUNDED"):
+            # Only a full refund says the goods came back; an unshipped order is refunded by
+            # eBay's cancel (cancelState CANCELED), which releases its open units. Its id
+            # keys the restock ("<ref>:return-refunded"): once however often it is read.
+            returns = [Shipment("refunded", lines)]
         shipments = []
         if state == "partially_shipped":
             # Each line item goes out in exactly one fulfillment (LineItem.lineItemId doc):
@@ -394,7 +406,8 @@ class EbayAdapter(ChannelAdapter):
         status = "/".join(s for s in (order.orderFulfillmentStatus,
                                       order.cancelStatus.cancelState,
                                       order.orderPaymentStatus) if s)
-        return ChannelOrder(order.orderId, state, lines, status=status, shipments=shipments)
+        return ChannelOrder(order.orderId, state, lines, status=status, shipments=shipments,
+                            returns=returns)
 
     def sku_of(self, li: LineItem) -> str:
         """The line's SKU (through inventory_skus, else variant_skus, where eBay's differs);
