@@ -188,3 +188,25 @@ async def test_ebay_full_refund_after_shipment_restocks_once_and_a_partial_one_a
     book.touch("22-001")  # read again later: restocked once only
     await ebay_poll(redis, engine, adapter)
     assert await ebay_cell(engine, "A") == {"on_hand": 5, "committed": 0, "available": 5}
+
+
+def test_scrub_redacts_marketplace_credentials_in_their_sent_forms() -> None:
+    """The forms a token call sends them in: eBay's Basic auth of client_id:client_secret,
+    a refresh token percent-encoded in a form body; TikTok's refresh token."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    from stockgate.activity import redact
+    from stockgate.ebay_settings import EbayConfig
+    refresh = "v^1.1#i^1#ebay refresh+0123456789"
+    eb = Channel(kind="ebay", secret="unused-secret-0123", api_url="http://x",
+                 ebay=EbayConfig(client_id="app-id", client_secret="ebay-cert-0123456789",
+                                 refresh_token=refresh))
+    basic = base64.b64encode(b"app-id:ebay-cert-0123456789").decode()
+    for form in (basic, quote(refresh, safe=""), quote_plus(refresh)):
+        assert form not in redact(f"echo: Basic {form}&x", eb), form
+    tt = tt_channel("cipher")
+    tt = msgspec.structs.replace(tt, tiktok=msgspec.structs.replace(
+        tt.tiktok, refresh_token="tt-refresh-0123456789"))
+    assert "tt-refresh-0123456789" not in redact("echo tt-refresh-0123456789", tt)
+    assert redact("channel eb says hello", eb) == "channel eb says hello"
