@@ -388,7 +388,7 @@ class EbayAdapter(ChannelAdapter):
         # units back on sale that then shipped): the order keeps its fulfilment state and a
         # full refund comes back as a return, restocked from shipped units only.
         state = order_state(order, refunds=stage != "shipping" and not restock)
-        returns = []
+        returns: list[Shipment] = []
         if (restock and stage != "shipping" and state != "cancelled"
                 and order.orderPaymentStatus == "FULLY_REFUNDED"):
             # Only a full refund says the goods came back; an unshipped order is refunded by
