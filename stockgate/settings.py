@@ -302,9 +302,12 @@ _MARKETPLACE_TABLES: dict[str, tuple[str, ...]] = {
                "lwa_refresh_token"),
     "ebay": ("client_id", "client_secret", "refresh_token"),
 }
-# Where eBay's production APIs live: an eBay channel without api_url would otherwise load and
-# then be neither polled nor pushed to (both skip a channel without api_url), silently.
-EBAY_API_URL = "https://api.ebay.com"
+# Where eBay's and TikTok Shop's production APIs live: a channel without api_url would
+# otherwise load and then be neither polled nor pushed to (propagation and the eBay poller
+# skip a channel without api_url), silently. TikTok's adapter has the same default
+# (workers/adapters/tiktok.py API_URL); settings may not import the workers.
+DEFAULT_API_URLS = {"ebay": "https://api.ebay.com",
+                    "tiktok": "https://open-api.tiktokglobalshop.com"}
 
 
 def _check_marketplace(name: str, channel: Channel) -> None:
@@ -325,13 +328,19 @@ def _check_marketplace(name: str, channel: Channel) -> None:
         if empty:
             raise ConfigError(f"channels.{name}.{kind}: empty "
                               + ", ".join(empty))
+    if channel.kind == "amazon" and not channel.api_url:
+        # SP-API has one endpoint per region and no default: without one the channel would
+        # load and then never be pushed to (or fail every order fetch).
+        raise ConfigError(f"channels.{name}: kind amazon needs api_url (the SP-API regional "
+                          "endpoint, e.g. https://sellingpartnerapi-na.amazon.com)")
 
 
 def _with_marketplace_defaults(settings: Settings) -> Settings:
-    """The settings with each eBay channel's empty api_url set to eBay's production API, so
-    that the poller and the pushes (which skip a channel without api_url) both run."""
-    channels = {name: msgspec.structs.replace(channel, api_url=EBAY_API_URL)
-                if channel.kind == "ebay" and not channel.api_url else channel
+    """The settings with each eBay and TikTok channel's empty api_url set to the
+    marketplace's production API, so that the eBay poller and the pushes (which skip a
+    channel without api_url) run."""
+    channels = {name: msgspec.structs.replace(channel, api_url=DEFAULT_API_URLS[channel.kind])
+                if channel.kind in DEFAULT_API_URLS and not channel.api_url else channel
                 for name, channel in settings.channels.items()}
     if channels == settings.channels:
         return settings

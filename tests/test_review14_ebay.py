@@ -210,3 +210,25 @@ def test_scrub_redacts_marketplace_credentials_in_their_sent_forms() -> None:
         tt.tiktok, refresh_token="tt-refresh-0123456789"))
     assert "tt-refresh-0123456789" not in redact("echo tt-refresh-0123456789", tt)
     assert redact("channel eb says hello", eb) == "channel eb says hello"
+
+
+def test_marketplace_api_urls_default_or_are_required(tmp_path: Path) -> None:
+    """A TikTok channel without api_url gets TikTok's (pushes skip a channel without one);
+    Amazon has one endpoint per region and no default: refused; a table on another kind
+    is refused."""
+    path = tmp_path / "sg.toml"
+    path.write_text('[channels.t]\nkind = "tiktok"\nsecret = "s"\n'
+                    '[channels.t.tiktok]\napp_key = "k"\nrefresh_token = "r"\n'
+                    'shop_cipher = "c"\n')
+    assert load_settings(str(path), {}).channels["t"].api_url == (
+        "https://open-api.tiktokglobalshop.com")
+    path.write_text('[channels.a]\nkind = "amazon"\nsecret = "s"\n'
+                    '[channels.a.amazon]\nseller_id = "S"\nmarketplace_id = "M"\n'
+                    'lwa_client_id = "i"\nlwa_client_secret = "c"\nlwa_refresh_token = "r"\n')
+    with pytest.raises(ConfigError, match="api_url"):
+        load_settings(str(path), {})
+    path.write_text('[channels.s]\nkind = "shopify"\nsecret = "s"\n'
+                    '[channels.s.ebay]\nclient_id = "i"\nclient_secret = "c"\n'
+                    'refresh_token = "r"\n')
+    with pytest.raises(ConfigError, match="needs kind ebay"):
+        load_settings(str(path), {})
