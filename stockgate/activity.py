@@ -291,11 +291,36 @@ def redact(text: str, channel: Channel | None) -> str:
             user, _, password = pair.partition(":")
             users.add(user)
             passwords.add(password)
-        secrets = ({s for s in whole | passwords if len(s) >= SECRET_MIN}
+        secrets = ({s for s in whole | passwords | _marketplace_secrets(channel)
+                    if len(s) >= SECRET_MIN}
                    | {s for s in users if len(s) >= PART_MIN})
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "[redacted]")
     return text
+
+
+def _marketplace_secrets(channel: Channel) -> set[str]:
+    """The credentials in the channel's marketplace table, in the forms they are sent in: a
+    token endpoint echoing its request (or an exception quoting it) must not put an LWA or
+    eBay refresh token, a client secret or the Basic auth of client_id:client_secret into an
+    error. Form bodies carry them percent-encoded (eBay's refresh tokens hold ^ and #)."""
+    raw: set[str] = set()
+    pairs: list[tuple[str, str]] = []
+    if channel.amazon is not None:
+        raw |= {channel.amazon.lwa_client_secret, channel.amazon.lwa_refresh_token}
+        pairs.append((channel.amazon.lwa_client_id, channel.amazon.lwa_client_secret))
+    if channel.ebay is not None:
+        raw |= {channel.ebay.client_secret, channel.ebay.refresh_token}
+        pairs.append((channel.ebay.client_id, channel.ebay.client_secret))
+    if channel.tiktok is not None:
+        raw.add(channel.tiktok.refresh_token)
+    found = set(raw)
+    for secret in raw:
+        found |= {urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    for user, password in pairs:
+        if password:  # eBay's token call sends this as its Basic auth header
+            found.add(base64.b64encode(f"{user}:{password}".encode()).decode())
+    return {s for s in found if s}
 
 
 async def record_error(redis: Store, tenant: str, channel: str, error: str,

@@ -21,6 +21,11 @@ class EbayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # getOrders (sell.fulfillment.readonly also reads orders).
     scopes: tuple[str, ...] = ("https://api.ebay.com/oauth/api_scope/sell.inventory",
                                "https://api.ebay.com/oauth/api_scope/sell.fulfillment")
+    # eBay inventory item SKU -> Stockgate SKU, only where they differ: the one table pushes
+    # and reads map through. The channel's variant_skus is for order lines only (an eBay
+    # SKU, legacyVariationId or legacyItemId -> SKU): a listing id there must never become
+    # the SKU a push sets, so it is not reversed for pushes.
+    inventory_skus: dict[str, str] = {}
     # Where the token endpoint lives; empty: `<api_url>/identity/v1/oauth2/token`
     # (https://api.ebay.com/identity/v1/oauth2/token in production).
     token_url: str = ""

@@ -291,10 +291,64 @@ def load_settings(
     for name, channel in settings.channels.items():
         if not channel.secret:
             raise ConfigError(f"channels.{name}.secret is empty")
-        if channel.kind == "ebay" and channel.ebay is None:
-            raise ConfigError(f"channels.{name}: kind ebay needs a [channels.{name}.ebay] table")
+        _check_marketplace(name, channel)
+    settings = _with_marketplace_defaults(settings)
     _refuse_shared_secrets(settings)
     return settings
+
+
+# Each marketplace kind's own table, and the fields of it that must not be empty: without
+# them the adapter fails at its first call (or, for Amazon, the worker at start), long after
+# a deploy looked healthy.
+_MARKETPLACE_TABLES: dict[str, tuple[str, ...]] = {
+    "tiktok": ("app_key", "refresh_token", "shop_cipher"),
+    "amazon": ("seller_id", "marketplace_id", "lwa_client_id", "lwa_client_secret",
+               "lwa_refresh_token"),
+    "ebay": ("client_id", "client_secret", "refresh_token"),
+}
+# Where eBay's and TikTok Shop's production APIs live: a channel without api_url would
+# otherwise load and then be neither polled nor pushed to (propagation and the eBay poller
+# skip a channel without api_url), silently. TikTok's adapter has the same default
+# (workers/adapters/tiktok.py API_URL); settings may not import the workers.
+DEFAULT_API_URLS = {"ebay": "https://api.ebay.com",
+                    "tiktok": "https://open-api.tiktokglobalshop.com"}
+
+
+def _check_marketplace(name: str, channel: Channel) -> None:
+    """Refuse a marketplace kind without its table (or with an empty required value), and a
+    marketplace table on a channel of another kind (a typo in `kind` would otherwise leave
+    the table unused and the channel run as something else)."""
+    for kind, required in _MARKETPLACE_TABLES.items():
+        table = getattr(channel, kind)
+        if channel.kind != kind:
+            if table is not None:
+                raise ConfigError(f"channels.{name}: a [channels.{name}.{kind}] table needs "
+                                  f"kind {kind}, not {channel.kind}")
+            continue
+        if table is None:
+            raise ConfigError(f"channels.{name}: kind {kind} needs a "
+                              f"[channels.{name}.{kind}] table")
+        empty = [field for field in required if not getattr(table, field)]
+        if empty:
+            raise ConfigError(f"channels.{name}.{kind}: empty "
+                              + ", ".join(empty))
+    if channel.kind == "amazon" and not channel.api_url:
+        # SP-API has one endpoint per region and no default: without one the channel would
+        # load and then never be pushed to (or fail every order fetch).
+        raise ConfigError(f"channels.{name}: kind amazon needs api_url (the SP-API regional "
+                          "endpoint, e.g. https://sellingpartnerapi-na.amazon.com)")
+
+
+def _with_marketplace_defaults(settings: Settings) -> Settings:
+    """The settings with each eBay and TikTok channel's empty api_url set to the
+    marketplace's production API, so that the eBay poller and the pushes (which skip a
+    channel without api_url) run."""
+    channels = {name: msgspec.structs.replace(channel, api_url=DEFAULT_API_URLS[channel.kind])
+                if channel.kind in DEFAULT_API_URLS and not channel.api_url else channel
+                for name, channel in settings.channels.items()}
+    if channels == settings.channels:
+        return settings
+    return msgspec.structs.replace(settings, channels=channels)
 
 
 def _refuse_shared_secrets(settings: Settings) -> None:

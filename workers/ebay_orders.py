@@ -201,6 +201,18 @@ async def apply_ebay_order(redis: Redis, engine: StockEngine, adapter: EbayAdapt
         outcomes.append(f"failed-{exc.code}")
     finally:
         adapter.prefetched.pop(order.orderId, None)
+    if (adapter.channel.restock_refunds and order_state(order) == "refunded"
+            and order.orderPaymentStatus != "FULLY_REFUNDED"):
+        # restock_refunds restocks a full refund only (adapters/ebay.py channel_order): a
+        # partial one (a shipping overcharge, one line of several) names no units, so it is
+        # left for review as it is on a channel that does not restock refunds.
+        ref = f"{channel_id}:{order.orderId}"
+        await raise_alert(redis, tenant, "refund_needs_review",
+                          f"eBay order {ref} partly refunded "
+                          f"({order.orderPaymentStatus or 'refund'}): which units came back "
+                          "is not said, nothing was restocked; review", channel=channel_id,
+                          ref=ref,
+                          once=f"review:{ref}:partial")
     # Only a pass's overlap or a cursor kept back reads an unchanged order again: a few days
     # cover both (and without the marker a replay still changes nothing).
     await redis.set(marker, order.lastModifiedDate, ex=engine.settings.idempotency_ttl_s)

@@ -248,6 +248,10 @@ class EbayAdapter(ChannelAdapter):
         if config is None:
             raise ValueError(f"channel {self.name}: kind ebay needs an [ebay] table")
         self.config: EbayConfig = config
+        # The push and read map: inventory_skus reversed, never variant_skus (the base class's
+        # default), which names listing and variation ids for order lines: reversed, a
+        # listing id would become the eBay SKU a push sets (SKU A pushed as "110").
+        self._item_ids = {sku: ebay_sku for ebay_sku, sku in config.inventory_skus.items()}
         self.token_url = config.token_url or self.base + TOKEN_PATH
         # Orders the poller read from getOrders, handed to fetch_order without a second call.
         self.prefetched: dict[str, ChannelOrder] = {}
@@ -378,7 +382,19 @@ class EbayAdapter(ChannelAdapter):
         """The order's state as the lifecycle rules know them (workers/queue.py). `stage`
         "shipping" leaves refunds out: a refunded order's shipments are applied first."""
         lines = [OrderLine(self.sku_of(li), li.quantity) for li in order.lineItems]
-        state = order_state(order, refunds=stage != "shipping")
+        restock = self.channel.restock_refunds
+        # With restock_refunds a refund is not the order's state (the lifecycle's refunded
+        # state restocks from "any", unshipped units first, so a refund before shipment put
+        # units back on sale that then shipped): the order keeps its fulfilment state and a
+        # full refund comes back as a return, restocked from shipped units only.
+        state = order_state(order, refunds=stage != "shipping" and not restock)
+        returns: list[Shipment] = []
+        if (restock and stage != "shipping" and state != "cancelled"
+                and order.orderPaymentStatus == "FULLY_REFUNDED"):
+            # Only a full refund says the goods came back; an unshipped order is refunded by
+            # eBay's cancel (cancelState CANCELED), which releases its open units. Its id
+            # keys the restock ("<ref>:return-refunded"): once however often it is read.
+            returns = [Shipment("refunded", lines)]
         shipments = []
         if state == "partially_shipped":
             # Each line item goes out in exactly one fulfillment (LineItem.lineItemId doc):
@@ -390,13 +406,17 @@ class EbayAdapter(ChannelAdapter):
         status = "/".join(s for s in (order.orderFulfillmentStatus,
                                       order.cancelStatus.cancelState,
                                       order.orderPaymentStatus) if s)
-        return ChannelOrder(order.orderId, state, lines, status=status, shipments=shipments)
+        return ChannelOrder(order.orderId, state, lines, status=status, shipments=shipments,
+                            returns=returns)
 
     def sku_of(self, li: LineItem) -> str:
-        """The line's SKU; else the one `variant_skus` gives its variation or listing id."""
+        """The line's SKU (through inventory_skus, else variant_skus, where eBay's differs);
+        else the one `variant_skus` gives its variation or listing id."""
         if li.sku:
-            # variant_skus maps the eBay SKU when it differs from Stockgate's.
-            return self.channel.variant_skus.get(li.sku, li.sku)
+            # variant_skus still maps a line's eBay SKU, as configs written before
+            # inventory_skus existed expect; inventory_skus, the push map, wins.
+            found = self.config.inventory_skus.get(li.sku)
+            return found or self.channel.variant_skus.get(li.sku, li.sku)
         for vid in (li.legacyVariationId, li.legacyItemId):
             if vid and (found := self.channel.variant_skus.get(vid)):
                 return found

@@ -82,6 +82,15 @@ class EbayBook:
         self._last_ms = 0
         self._lock = threading.Lock()
 
+    def knows(self, state: ChannelState, sku: str) -> bool:
+        """Whether the seller has an inventory item `sku`: eBay refuses a quantity for a SKU
+        it has no item of (a listing id pushed as a SKU, say). `known_skus` names them;
+        else, with the state's mint_unknown_skus off, only SKUs already counted exist; by
+        default every SKU does (most tests push made-up SKUs)."""
+        if self.known_skus is not None:
+            return sku in self.known_skus
+        return state.mint_unknown_skus or (sku, "") in state.counts
+
     # ---- tokens ------------------------------------------------------------------------
 
     def mint(self) -> tuple[str, int]:
@@ -238,7 +247,7 @@ def routes(state: ChannelState) -> list[Route]:
                 responses.append({"sku": str(sku), "statusCode": 400, "errors": [
                     {"errorId": 0, "message": "Invalid sku or quantity"}]})  # simulator's own
                 continue
-            if book.known_skus is not None and sku not in book.known_skus:
+            if not book.knows(state, sku):
                 responses.append({"sku": sku, "statusCode": 404, "errors": [
                     {"errorId": 0, "message": f"SKU {sku} not found"}]})  # simulator's own
                 continue
