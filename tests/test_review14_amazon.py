@@ -8,6 +8,7 @@ import asyncio
 import copy
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -179,3 +180,34 @@ async def test_amazon_dot_segment_sku_stays_one_path_segment(sim_factory: Any,
     items_at = f"/listings/2021-08-01/items/{AmazonSim().seller_id}/"
     listing_calls = [r for r in sent if r.url.path.startswith("/listings/")]
     assert [r.url.path for r in listing_calls] == [items_at + "SKU-1"], listing_calls
+
+
+async def test_a_fetched_cancel_ships_what_had_shipped_before_it_releases_the_rest(
+        sim_factory: Any, redis: Redis, settings: Settings) -> None:
+    """The fetch path of finding 3: a Canceled notification without items is fetched, and
+    getOrderItems says one unit shipped before the cancel. That unit left the shelf: only
+    the two unshipped ones come back on sale."""
+    from workers_helpers import settings_with
+
+    from stockgate.stock import StockEngine
+    from workers.queue import apply_channel_order
+
+    server = sim_factory("amazon")
+    sim = amazon_of(server.state)
+    sim.orders = {"902-3159896-1390999": {"OrderStatus": "Canceled", "OrderItems": [
+        {"OrderItemId": "68828574383299", "SellerSKU": "SKU-1", "QuantityOrdered": 3,
+         "QuantityShipped": 1}]}}
+    async with connected(server) as (adapter, _):
+        engine = StockEngine(redis, settings_with(Path(settings.data_dir),
+                                                  {adapter.name: adapter.channel}))
+        await engine.load_scripts()
+        try:
+            await engine.adjust("default", "SKU-1", reason="receipt", idempotency_key="r",
+                                delta=5)
+            for _ in range(2):  # and again: a redelivered job changes nothing
+                await apply_channel_order(engine, adapter, "default", adapter.name,
+                                          "902-3159896-1390999")
+            c = (await engine.stock("default", "SKU-1")).locations["main"]
+        finally:
+            engine.scripts.close()
+    assert (c.on_hand, c.committed, c.available) == (4, 0, 4), c

@@ -168,6 +168,12 @@ async def _apply_status(engine: StockEngine, adapter: ChannelAdapter, tenant: st
         await _alert_unknown(engine.redis, tenant, channel_id, ref, reply)
         return "ordered"
     if order.state == "cancelled":
+        if order.shipments:  # part shipped before the cancel: those units left for good
+            await _ensure_order(engine, tenant, channel_id, ref, lines, order.state_ms)
+            try:
+                await _fulfil_shipments(engine, tenant, channel_id, ref, order)
+            except OrderNotFound:
+                pass  # no stockable line: nothing Stockgate counts was sold
         # The channel's API says cancelled: an order not seen yet is recorded as cancelled,
         # so a stale "created" job commits nothing (the order script honours the record).
         # Its time is kept on the record: a fetch that read an older, open state and lands

@@ -429,8 +429,10 @@ class AmazonAdapter(ChannelAdapter):
         return ChannelOrder(order_id=order_id, state=state,
                             lines=[ln for ln in lines if ln.qty > 0],
                             status_id=status_id(status), status=status,
-                            shipments=_unit_shipments(items) if state == "partially_shipped"
-                            else [],
+                            # A cancelled order may have shipped part of itself first:
+                            # those units are shipped before the cancel releases the rest.
+                            shipments=_unit_shipments(items)
+                            if state in ("partially_shipped", "cancelled") else [],
                             # getOrder's PurchaseDate (ISO 8601): the fetch path's stale rule.
                             placed_at_ms=iso_to_ms(order.get("PurchaseDate")))
 
