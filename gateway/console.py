@@ -524,8 +524,9 @@ async def _ticks(request: Request, token: sessions.Token, live_stream: _Stream,
             if tick is None:
                 break
             yield b"event: tick\ndata: " + _encode(tick) + b"\n\n"
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see activity.Tally.run
+            async with asyncio.timeout(1.0):
+                await stop.wait()
     if live_stream.superseded:
         yield b"event: superseded\ndata: {}\n\n"
 

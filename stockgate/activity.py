@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import time
@@ -139,10 +140,12 @@ class Tally:
     async def run(self, redis: Store, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         """Flush every `interval_s` until `stop` is set, then once more."""
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that lands as its inner wait finishes, and this task would then
+            # outlive the worker that cancelled it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
             await self.flush(redis)
         await self.flush(redis)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -56,10 +58,36 @@ async def running_worker(settings: Settings, redis_url: str, config: WorkerConfi
         await wait_for(lambda: _started(worker), 10)
         yield worker
     finally:
+        await _stop_worker(worker, task)
+
+
+async def _stop_worker(worker: Any, task: asyncio.Task[None]) -> None:
+    """Cancel the worker until it ends, within a bound: on Python 3.11 a cancellation can
+    be swallowed by an asyncio.wait_for finishing at that moment (in arq or below), and one
+    bare `await task` then hung a whole CI run. Stuck, it names what is still running."""
+    for _ in range(100):
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            break
+    else:
+        _dump_tasks("the worker did not stop when cancelled")
+        raise AssertionError("the worker did not stop within 10 s of cancelling it")
+    closing = asyncio.ensure_future(worker.close())
+    done, _ = await asyncio.wait({closing}, timeout=30)
+    if not done:
+        _dump_tasks("the worker's close() did not return")
+        closing.cancel()
+        raise AssertionError("the worker's close() did not return within 30 s")
+    closing.result()
+
+
+def _dump_tasks(why: str) -> None:
+    print(f"\n{why}; tasks still running:", file=sys.stderr)
+    for running in asyncio.all_tasks():
+        if not running.done():
+            print(f"  {running.get_name()}: {running.get_coro()!r}", file=sys.stderr)
+            running.print_stack(limit=8, file=sys.stderr)
 
 
 async def _started(worker: object) -> bool:
