@@ -307,7 +307,7 @@ MUTATIONS = (
              ("tests/test_console_security.py",),
              "a key moved to another tenant keeps sessions on the old one"),
     Mutation("console-stream-cap", "gateway/console.py",
-             "if len(streams) >= state.settings.console_max_streams:", "if False:",
+             "elif len(streams) >= settings.console_max_streams:", "elif False:",
              ("tests/test_console_api.py",),
              "live consoles hold Redis reads without bound"),
 )
