@@ -29,7 +29,7 @@ from stockgate.cluster import connect, is_cluster_url
 from stockgate.jobs import job_deserializer, job_serializer
 from stockgate.settings import ConfigError, Settings
 from workers.channel_counts import apply_channel_count
-from workers.ebay_orders import EBAY_POLL_JOB, ebay_poll_job
+from workers.ebay_orders import EBAY_POLL_JOB, ebay_channels, ebay_poll_job
 from workers.expiry import expire_holds
 from workers.queue import fetch_order
 from workers.reconcile import reconcile
@@ -114,8 +114,11 @@ class WorkerSettings:
         cron(expire_job, second=EVERY_SECOND, microsecond=0, timeout=10, max_tries=1,
              run_at_startup=True),
         cron(reconcile_job, second={30}, timeout=JOB_TIMEOUT_S, max_tries=1),
-        cron(ebay_poll_job, second=EVERY_SECOND, microsecond=0, timeout=JOB_TIMEOUT_S, max_tries=1),
     ]
+    # Added by build_worker only when an eBay channel is configured: a per-second job is
+    # Redis traffic on every worker (and, with Redis frozen, one more call stuck each second).
+    ebay_cron = cron(ebay_poll_job, second=EVERY_SECOND, microsecond=0,
+                     timeout=JOB_TIMEOUT_S, max_tries=1)
     on_startup = startup
     on_shutdown = shutdown
     job_serializer = job_serializer
@@ -268,7 +271,10 @@ class StockgateWorker(Worker):
 def build_worker(settings: Settings, redis_url: str, config: WorkerConfig | None = None,
                  **overrides: Any) -> StockgateWorker:
     """The worker `stockgate worker` runs: WorkerSettings, this process's Redis and context."""
-    return StockgateWorker(**{**get_kwargs(WorkerSettings),
+    kwargs = get_kwargs(WorkerSettings)
+    if ebay_channels(settings):
+        kwargs["cron_jobs"] = [*WorkerSettings.cron_jobs, WorkerSettings.ebay_cron]
+    return StockgateWorker(**{**kwargs,
                               **worker_kwargs(settings, redis_url, config),
                               "redis_timeouts": (config or WorkerConfig()).redis,
                               **overrides})
