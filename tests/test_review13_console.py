@@ -9,13 +9,14 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from echo_support import echoing
 from gateway_support import OPERATOR, STOREFRONT, bearer, receive
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -189,25 +190,7 @@ async def test_live_stream_ends_when_its_session_is_signed_out(
 TOKEN = "tok-LIVE-secret-0123456789"
 
 
-class _Echo(BaseHTTPRequestHandler):
-    """A channel (or the proxy in front of it) whose error page echoes the request."""
-
-    def _fail(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        body = f"bad gateway; request had Authorization: {self.headers['Authorization']}"
-        raw = body.encode()
-        self.send_response(500)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_PUT = do_POST = _fail
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_Echo = echoing(lambda auth: f"bad gateway; request had Authorization: {auth}")
 
 
 async def test_channel_token_never_reaches_the_console(

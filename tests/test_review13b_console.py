@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from echo_support import echoing
 from gateway_support import OPERATOR, bearer
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -34,28 +35,14 @@ TOKEN = "tok-LIVE-secret-0123456789"
 
 # ---- A. a token cut by an excerpt before the scrub keeps all but its tail -------------------
 
-class _PaddedEcho(BaseHTTPRequestHandler):
-    """An error page that echoes the request's Authorization header after some markup, so
-    that the 200-character excerpt (workers/adapters/base.py _excerpt) cuts the token."""
+def _padded(auth: str) -> str:
+    # "Bearer tok-LIVE-secret-0123456789": padded so the 200-character excerpt cuts the
+    # token's last 4 characters off.
+    keep = len("Authorization: ") + len(auth) - 4
+    return "x" * (200 - keep) + f"Authorization: {auth} (request rejected)"
 
-    def _fail(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        auth = self.headers["Authorization"]  # "Bearer tok-LIVE-secret-0123456789"
-        keep = len("Authorization: ") + len(auth) - 4  # the token's last 4 chars cut off
-        body = "x" * (200 - keep) + f"Authorization: {auth} (request rejected)"
-        raw = body.encode()
-        self.send_response(500)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
-    do_GET = do_PUT = do_POST = _fail
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_PaddedEcho = echoing(_padded)
 
 
 async def test_a_token_cut_at_the_excerpt_is_not_left_mostly_whole(
@@ -356,22 +343,7 @@ async def test_v1_events_blank_filters_unchanged(app: Starlette, client: httpx.A
 
 # ---- I. credentials in api_url go out as Basic auth, and come back unscrubbed ----------------
 
-class _Echo(BaseHTTPRequestHandler):
-    def _fail(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        raw = f"denied; request had Authorization: {self.headers['Authorization']}".encode()
-        self.send_response(500)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_PUT = do_POST = _fail
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_Echo = echoing(lambda auth: f"denied; request had Authorization: {auth}")
 
 
 async def test_api_url_credentials_echoed_as_basic_auth_are_scrubbed(
