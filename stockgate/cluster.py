@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster, get_node_name
 from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError, TryAgainError
 
+from stockgate.redis_pool import plain_redis
+
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
 # What a Cluster raises while a shard has no primary (the gap between a primary's death and
@@ -156,7 +158,7 @@ def connect(url: str, **options: Any) -> Store:
     """A client for `url`: RedisCluster for a Cluster URL, Redis otherwise. `options` are
     redis-py connection options (timeouts, max_connections: per node on a Cluster)."""
     if not is_cluster_url(url):
-        return Redis.from_url(url, **options)
+        return plain_redis(url, **options)
     seeds, from_url = cluster_seeds(url)
     # Several tries on a connection error let a call ride out a replica's promotion; each
     # refreshes the slot map. Past them the caller answers 503 and the client retries.

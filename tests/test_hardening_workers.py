@@ -13,8 +13,9 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -28,6 +29,7 @@ from test_workers_audit import PG_BASE, _pg_or_skip
 from workers_helpers import (
     FAST,
     audit_ids,
+    channel_for,
     gateway_client,
     settings_with,
     wait_for,
@@ -35,6 +37,7 @@ from workers_helpers import (
 
 from stockgate.alerts import list_alerts
 from stockgate.audit import RECONNECT_EVERY_S
+from stockgate.cluster import connect
 from stockgate.deliveries import failed_deliveries
 from stockgate.embedded import EmbeddedRedis, free_port
 from stockgate.errors import StoreUnavailable
@@ -43,10 +46,11 @@ from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
-from workers.outbox import OutboxConfig, pending_entries, unread_entries
+from workers.outbox import OutboxConfig, OutboxConsumer, pending_entries, unread_entries
+from workers.propagation import Propagator
 from workers.queue import RetryConfig
 from workers.runtime import RedisTimeouts, WorkerConfig, WorkerRuntime
-from workers.settings import StockgateWorker, build_worker
+from workers.settings import StockgateWorker, build_worker, worker_redis
 
 T = "default"
 # The count job's retries, shortened: 2 tries a second or so.
@@ -197,6 +201,64 @@ async def fails_within(call: Awaitable[object], guard_s: float) -> float:
     except TimeoutError:
         pytest.fail(f"the call still hung after {guard_s}s: no Redis timeout")
     pytest.fail("the call succeeded against a frozen Redis")
+
+
+async def test_outbox_and_push_tasks_that_fail_at_start_are_started_again(
+    redis: Redis, redis_server: EmbeddedRedis, tmp_path: Path, sim_factory: object,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each task retries its own batches, but a Redis that froze as the worker started failed
+    the steps before their loops (the outbox's group check, the pusher's migration): the
+    task ended, said so only at shutdown, and nothing was read or pushed until a restart."""
+    sim = sim_factory("standard")  # type: ignore[operator]
+    settings = settings_with(tmp_path, {"market": channel_for("standard", sim)})
+    failed: list[str] = []
+
+    def failing_once(name: str, run: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+        async def first_call_fails(self: object, stop: asyncio.Event) -> None:
+            if name not in failed:
+                failed.append(name)
+                raise RedisTimeoutError("Timeout reading from 127.0.0.1 (as on a frozen Redis)")
+            await run(self, stop)
+        return first_call_fails
+
+    monkeypatch.setattr(OutboxConsumer, "run", failing_once("outbox", OutboxConsumer.run))
+    monkeypatch.setattr(Propagator, "run", failing_once("propagation", Propagator.run))
+    engine = StockEngine(redis, settings)
+    await engine.load_scripts()
+    caplog.set_level(logging.ERROR, logger="stockgate.worker")
+    async with worker_running(settings, redis_server.url) as (worker, _):
+        await engine.adjust(T, "TEE", reason="receipt", idempotency_key="r", delta=7)
+
+        async def pushed() -> bool:
+            return sim.state.count("TEE", "main") == 7
+
+        await wait_for(pushed, 10)  # read from the outbox and pushed: both tasks run again
+        assert sorted(failed) == ["outbox", "propagation"]
+        assert runtime_of(worker).restarts == {"outbox": 1, "propagation": 1}
+        # Said when it happened, with the error, not at shutdown.
+        assert sum("failed; starting it again" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("make_pool", [worker_redis, lambda url, t: connect(
+    url, socket_connect_timeout=t.connect_s, socket_timeout=t.read_s)], ids=["worker", "engine"])
+async def test_calls_on_a_frozen_redis_fail_together_not_one_connect_after_another(
+    private_redis: EmbeddedRedis, make_pool: Callable[[str, RedisTimeouts], Redis]
+) -> None:
+    """redis-py 5's pool connects new connections one at a time under its lock: against a
+    frozen Redis (the kernel still accepts the connection; the handshake's reply never
+    comes) the sixth caller waited for five read timeouts before its own."""
+    timeouts = RedisTimeouts(connect_s=0.5, read_s=0.5)
+    client = make_pool(private_redis.url, timeouts)
+    assert private_redis.process is not None
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    try:
+        took = await asyncio.gather(*(fails_within(client.get(f"k{i}"), 30) for i in range(6)))
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+        await client.aclose()
+    # Each call is one handshake's read timeout (0.5 s); serialised, the last took 3 s.
+    assert max(took) < 4 * timeouts.read_s, took
 
 
 async def test_a_frozen_redis_fails_worker_calls_within_the_budget_and_the_worker_recovers(

@@ -5,7 +5,9 @@ bookkeeping per event and make a crash redo whole jobs instead of outbox entries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -23,6 +25,9 @@ log = logging.getLogger("stockgate.worker")
 
 # How long stop() waits for the outbox and push tasks to end, then again once cancelled.
 STOP_WAIT_S = 2.0
+# A failed outbox or push task starts again after this long, doubling up to the maximum.
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 10.0
 
 
 class RedisTimeouts(msgspec.Struct, frozen=True):
@@ -81,6 +86,7 @@ class WorkerRuntime:
                                        tally=self.tally)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.restarts: dict[str, int] = {}  # task name -> times started again after failing
 
     async def start(self) -> None:
         await self.engine.load_scripts()
@@ -89,12 +95,36 @@ class WorkerRuntime:
         await self.consumer.ensure_groups()
         await self.consumer.forget_idle_consumers()
         self._tasks = [
-            asyncio.create_task(self.consumer.run(self._stop), name="outbox"),
-            asyncio.create_task(self.propagator.run(self._stop), name="propagation"),
+            asyncio.create_task(self._supervised("outbox", self.consumer.run), name="outbox"),
+            asyncio.create_task(self._supervised("propagation", self.propagator.run),
+                                name="propagation"),
             asyncio.create_task(self.tally.run(self.redis, self._stop), name="activity"),
         ]
         log.info("worker %s started for tenants %s", self.consumer.name,
                  ", ".join(self.consumer.tenants))
+
+    async def _supervised(self, name: str,
+                          run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """Runs `run` until stop, starting it again when it fails. Each task retries its own
+        batches, but what it does once before its loop (the outbox's group check, the
+        pusher's migration) met a Redis that froze as the worker started, and the task ended:
+        no error until shutdown, and no outbox read or push for the life of the process."""
+        delay = RESTART_MIN_S
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            started = loop.time()
+            try:
+                await run(self._stop)
+                return
+            except Exception:
+                if loop.time() - started > RESTART_MAX_S:
+                    delay = RESTART_MIN_S  # a new failure, not the same one again
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                log.exception("worker task %s failed; starting it again in %.1fs", name, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                delay = min(delay * 2, RESTART_MAX_S)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -20,13 +20,13 @@ from arq.constants import in_progress_key_prefix
 from arq.cron import cron
 from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
-from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stockgate.cluster import connect, is_cluster_url
 from stockgate.jobs import job_deserializer, job_serializer
+from stockgate.redis_pool import ConcurrentConnectPool
 from stockgate.settings import ConfigError, Settings
 from workers.channel_counts import apply_channel_count
 from workers.ebay_orders import EBAY_POLL_JOB, ebay_channels, ebay_poll_job
@@ -134,7 +134,7 @@ def worker_redis(redis_url: str, timeouts: RedisTimeouts) -> ArqRedis:
     """arq's client with the worker's timeouts. arq's own pool (RedisSettings) sets only a
     connect timeout, so a frozen Redis would hold every call until the kernel drops the socket
     (about 15 minutes); the stock engine's Wire takes its timeouts from this pool too."""
-    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=timeouts.connect_s,
+    pool = ConcurrentConnectPool.from_url(redis_url, socket_connect_timeout=timeouts.connect_s,
                                    socket_timeout=timeouts.read_s,
                                    health_check_interval=timeouts.health_check_s)
     return ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer)
