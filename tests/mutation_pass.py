@@ -310,6 +310,18 @@ MUTATIONS = (
              "elif len(streams) >= settings.console_max_streams:", "elif False:",
              ("tests/test_console_api.py",),
              "live consoles hold Redis reads without bound"),
+    # --- worker robustness (two CI flakes, 2026-12-07) --------------------------------------
+    Mutation("worker-task-not-restarted", "workers/runtime.py",
+             "            except Exception:\n                if loop.time() - started",
+             "            except RuntimeError:\n                if loop.time() - started",
+             ("tests/test_hardening_workers.py",),
+             "an outbox or push task that failed once stays dead for the process's life"),
+    Mutation("pool-connects-under-lock", "stockgate/redis_pool.py",
+             "            connection = self.get_available_connection()\n        try:",
+             "            connection = self.get_available_connection()\n"
+             "            await self.ensure_connection(connection)\n        try:",
+             ("tests/test_hardening_workers.py",),
+             "a frozen Redis holds each call for every connect queued ahead of it"),
 )
 
 
