@@ -29,6 +29,10 @@ from typing import Any
 from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
+# The TikTok Shop simulator's shop id (workers/simulators/tiktok.py SHOP_ID): the demo
+# channel's tiktok.shop_id, so its webhooks are this shop's.
+TIKTOK_SHOP_ID = "7495540735365777507"
+
 # Outcome names the demo reads back from the latency file.
 HOLD, COMMIT, RELEASE, WEBHOOK = "hold", "commit", "release", "webhook"
 
@@ -375,7 +379,7 @@ class ChannelTraffic(FastHttpUser):
         now = int(time.time())
         body = body or json.dumps({
             "type": 1, "tts_notification_id": str(next(_ids)),
-            "shop_id": "7495540735365777507", "timestamp": now,
+            "shop_id": TIKTOK_SHOP_ID, "timestamp": now,
             "data": {"order_id": order_id, "order_status": status, "update_time": now,
                      "is_on_hold_order": False}}, separators=(",", ":")).encode()
         digest = hmac.new(secret.encode(), app_key.encode() + body, hashlib.sha256).hexdigest()

@@ -38,6 +38,7 @@ def tiktok_channel(name: str, skus: list[str], rate_limit_per_s: float) -> Simul
         f'app_key = "{sim_tiktok.APP_KEY}"',
         f'refresh_token = "env:{env_name}"',
         f'shop_cipher = "{sim_tiktok.SHOP_CIPHER}"',
+        f'shop_id = "{sim_tiktok.SHOP_ID}"',
         f'auth_url = "{channel.server.url}"',
     ])
     channel.spec = msgspec.structs.replace(channel.spec, extra_toml=toml,

@@ -49,8 +49,8 @@ class TikTokConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Identifies the shop on every shop-scoped call (Get Authorized Shops' `cipher`).
     shop_cipher: str = ""
     # The shop's id (Get Authorized Shops' `id`; webhooks carry it as `shop_id`). One app
-    # signs every shop's webhooks with the same secret: set, a body for another shop is
-    # ignored on this channel. Empty: not compared (one shop per app only).
+    # signs every shop's webhooks with the same secret, so a body signed for another shop of
+    # the app (a partner app serves many merchants) is ignored on this channel. Required.
     shop_id: str = ""
     auth_url: str = "https://auth.tiktok-shops.com"
 
@@ -294,6 +294,7 @@ def load_settings(
         _check_marketplace(name, channel)
     settings = _with_marketplace_defaults(settings)
     _refuse_shared_secrets(settings)
+    _refuse_shops_of_one_app_untold(settings)
     return settings
 
 
@@ -301,7 +302,7 @@ def load_settings(
 # them the adapter fails at its first call (or, for Amazon, the worker at start), long after
 # a deploy looked healthy.
 _MARKETPLACE_TABLES: dict[str, tuple[str, ...]] = {
-    "tiktok": ("app_key", "refresh_token", "shop_cipher"),
+    "tiktok": ("app_key", "refresh_token", "shop_cipher", "shop_id"),
     "amazon": ("seller_id", "marketplace_id", "lwa_client_id", "lwa_client_secret",
                "lwa_refresh_token"),
     "ebay": ("client_id", "client_secret", "refresh_token"),
@@ -349,6 +350,20 @@ def _with_marketplace_defaults(settings: Settings) -> Settings:
     if channels == settings.channels:
         return settings
     return msgspec.structs.replace(settings, channels=channels)
+
+
+def _refuse_shops_of_one_app_untold(settings: Settings) -> None:
+    """TikTok signs every shop's webhooks with the app's one secret, so only `shop_id` tells
+    which shop a body is for: two channels with one app and one shop id would each apply
+    the other's orders (one sale committed twice, on two channels' stock)."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, channel in settings.channels.items():
+        if channel.kind == "tiktok" and channel.tiktok is not None:
+            first = seen.setdefault((channel.tiktok.app_key, channel.tiktok.shop_id), name)
+            if first != name:
+                raise ConfigError(f"channels.{first} and channels.{name} are the same TikTok "
+                                  f"shop ({channel.tiktok.shop_id}) of one app: one channel "
+                                  "per shop")
 
 
 def _refuse_shared_secrets(settings: Settings) -> None:

@@ -569,3 +569,26 @@ def test_demo_channel_config_loads_with_its_ids_and_secrets_from_env(tmp_path: P
     assert channel.tiktok.refresh_token == sim_tiktok.REFRESH_TOKEN
     assert sorted(channel.variant_skus.values()) == ["DROP-CAP", "TEE-001"]
     assert channel.location_for("7068517275539719942") == "main"
+
+
+def test_a_channel_must_name_its_shop_and_one_shop_is_one_channel(tmp_path: Path) -> None:
+    """One app signs every shop's webhooks with its one secret: a partner app's body for
+    another merchant's shop verifies here too, and only `shop_id` tells them apart."""
+    from stockgate.settings import ConfigError, load_settings
+
+    def channel(name: str, shop_id: str | None) -> str:
+        shop = f'shop_id = "{shop_id}"\n' if shop_id is not None else ""
+        return (f'[channels.{name}]\nkind = "tiktok"\nsecret = "s"\n[channels.{name}.tiktok]\n'
+                f'app_key = "k"\nrefresh_token = "r"\nshop_cipher = "c"\n{shop}')
+
+    path = tmp_path / "sg.toml"
+    path.write_text(channel("us", None))
+    with pytest.raises(ConfigError, match="shop_id"):
+        load_settings(str(path), {})
+    path.write_text(channel("us", "111") + channel("uk", "111"))
+    with pytest.raises(ConfigError, match=r"channels\.us and channels\.uk"):
+        load_settings(str(path), {})
+    path.write_text(channel("us", "111") + channel("uk", "222"))
+    shops = load_settings(str(path), {}).channels
+    assert {n: c.tiktok.shop_id for n, c in shops.items() if c.tiktok} == {"us": "111",
+                                                                          "uk": "222"}

@@ -219,7 +219,7 @@ def test_marketplace_api_urls_default_or_are_required(tmp_path: Path) -> None:
     path = tmp_path / "sg.toml"
     path.write_text('[channels.t]\nkind = "tiktok"\nsecret = "s"\n'
                     '[channels.t.tiktok]\napp_key = "k"\nrefresh_token = "r"\n'
-                    'shop_cipher = "c"\n')
+                    'shop_cipher = "c"\nshop_id = "1"\n')
     assert load_settings(str(path), {}).channels["t"].api_url == (
         "https://open-api.tiktokglobalshop.com")
     path.write_text('[channels.a]\nkind = "amazon"\nsecret = "s"\n'

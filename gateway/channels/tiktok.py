@@ -28,9 +28,9 @@ order's returns (Search Returns) and restocks those whose goods came back to the
 (RETURN_AND_REFUND), once per return id; the other statuses change nothing.
 
 Shops: one app (one app key and secret) signs the webhooks of every shop it is authorised
-for, so a signature proves the app, not the shop. A channel with `tiktok.shop_id` set ignores
-a body whose `shop_id` differs (it belongs to another shop's channel); without it, every shop
-of the app is taken as this channel's.
+for, so a signature proves the app, not the shop. A channel's `tiktok.shop_id` (required at
+load) makes it ignore a body whose `shop_id` differs: it belongs to another shop's channel,
+or to another merchant of a partner app.
 
 Replays: a notification id seen before is a duplicate (and so is the same body under any id);
 the body's `timestamp` may not be ahead of the clock by more than the webhook tolerance. There

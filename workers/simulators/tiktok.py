@@ -39,6 +39,8 @@ APP_KEY = "sim-app-key"
 APP_SECRET = "sim-app-secret"
 REFRESH_TOKEN = "TTP_sim_refresh"
 SHOP_CIPHER = "ROW_sim_cipher"
+# The id its webhooks carry (the demo's locust user signs bodies for it).
+SHOP_ID = "7495540735365777507"
 TOKEN_TTL_S = 7 * 86_400  # TikTok's access tokens live days; tests shorten it
 TIMESTAMP_WINDOW_S = 300
 _ID = re.compile(r"[0-9]{1,24}")
