@@ -26,6 +26,7 @@ from gateway.console import ConsoleApp
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.http import BodyDeadlines, JSONReply, error_reply
 from gateway.metrics import Metrics, MetricsMiddleware, ProcessShare
+from gateway.server import when_asked_to_exit
 from stockgate.activity import Tally
 from stockgate.cluster import CLUSTER_UNAVAILABLE, Store, connect, is_cluster
 from stockgate.errors import StockgateError, StoreUnavailable
@@ -107,11 +108,18 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
         if settings.metrics_dir:
             app.state.metrics_share = share = ProcessShare(metrics, settings.metrics_dir)
             sharing = asyncio.create_task(share.run())
+        def end_live_streams() -> None:
+            for stream in app.state.console_streams.values():
+                stream.stop.set()
+
+        # A console's live stream ends when the server is told to stop, not after uvicorn's
+        # graceful-shutdown limit; the page's EventSource reconnects to another process.
+        undo_exit_hook = when_asked_to_exit(end_live_streams)
         try:
             yield
         finally:
-            for stream in app.state.console_streams.values():
-                stream.stop.set()
+            undo_exit_hook()
+            end_live_streams()
             tallying_stop.set()  # its last flush, before the client closes
             await tallying
             if sharing is not None:

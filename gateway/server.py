@@ -11,12 +11,17 @@ a gateway reachable from the internet belongs behind a proxy that bounds header 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -59,6 +64,36 @@ def app_from_env() -> Starlette:
     app = create_app(settings)
     quiet_gc()
     return app
+
+
+def when_asked_to_exit(callback: Callable[[], None]) -> Callable[[], None]:
+    """Calls `callback` on the running loop as soon as this process's uvicorn server is told
+    to exit (SIGTERM, SIGINT), in one process or each of `--workers`. uvicorn tells the app
+    only after every connection has closed (lifespan shutdown), and a console's live stream
+    never closes by itself: each open one held the shutdown for timeout_graceful_shutdown.
+    Chains to uvicorn's own handler, found as the signal's handler, so it runs only under a
+    uvicorn server (not in-process tests); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach the main thread only; uvicorn does the same
+    loop = asyncio.get_running_loop()
+    chained: dict[int, tuple[Any, Any]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        uvicorns = signal.getsignal(sig)
+        if not isinstance(getattr(uvicorns, "__self__", None), uvicorn.Server):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, uvicorns: Any = uvicorns) -> None:
+            loop.call_soon_threadsafe(callback)
+            uvicorns(signum, frame)
+
+        signal.signal(sig, handler)
+        chained[sig] = (uvicorns, handler)
+
+    def undo() -> None:
+        for sig, (uvicorns, handler) in chained.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, uvicorns)
+    return undo
 
 
 # uvicorn's own default, stated: idle connections cost a file descriptor and memory each, and

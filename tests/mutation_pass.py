@@ -322,6 +322,10 @@ MUTATIONS = (
              "            await self.ensure_connection(connection)\n        try:",
              ("tests/test_hardening_workers.py",),
              "a frozen Redis holds each call for every connect queued ahead of it"),
+    Mutation("live-stream-holds-shutdown", "gateway/app.py",
+             "when_asked_to_exit(end_live_streams)", "when_asked_to_exit(lambda: None)",
+             ("tests/test_review13_console.py",),
+             "an open console holds every gateway shutdown for uvicorn's 10 s limit"),
 )
 
 
