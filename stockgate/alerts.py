@@ -30,6 +30,7 @@ AlertType = Literal[
     "channel_throttled",  # a channel asked us to wait longer than we wait in one piece
     "channel_moved_unexplained",  # a channel's count fell on its own and nothing explains it
     "preorder_at_risk",  # incoming closed short of what pre-orders were promised against
+    "worker_failing",  # a worker's outbox or push task fails each time it is started again
 ]
 MAX_ALERTS = 1000
 _MARKER_TTL_S = 86_400

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -46,10 +47,17 @@ from stockgate.keys import CONSUMER_GROUP, tenant_keys
 from stockgate.models import Line
 from stockgate.settings import Channel, Settings
 from stockgate.stock import StockEngine
+from workers import runtime as runtime_module
 from workers.outbox import OutboxConfig, OutboxConsumer, pending_entries, unread_entries
 from workers.propagation import Propagator
 from workers.queue import RetryConfig
-from workers.runtime import RedisTimeouts, WorkerConfig, WorkerRuntime
+from workers.runtime import (
+    FAILURES_BEFORE_ALERT,
+    RedisTimeouts,
+    WorkerConfig,
+    WorkerRuntime,
+    supervised,
+)
 from workers.settings import StockgateWorker, build_worker, worker_redis
 
 T = "default"
@@ -254,11 +262,66 @@ async def test_calls_on_a_frozen_redis_fail_together_not_one_connect_after_anoth
     os.kill(private_redis.process.pid, signal.SIGSTOP)
     try:
         took = await asyncio.gather(*(fails_within(client.get(f"k{i}"), 30) for i in range(6)))
+        # Every failed connect gave its slot back: a long outage does not fill the pool.
+        assert not client.connection_pool._in_use_connections
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
         await client.aclose()
     # Each call is one handshake's read timeout (0.5 s); serialised, the last took 3 s.
     assert max(took) < 4 * timeouts.read_s, took
+
+
+async def test_a_burst_on_an_empty_pool_reuses_connections_instead_of_running_out(
+        redis_server: EmbeddedRedis) -> None:
+    """Connects outside the pool's lock, unbounded, made one connection per concurrent
+    caller: a burst past max_connections on an empty pool (a gateway at start, or after a
+    Redis restart) failed as "Too many connections" (503s) where the lock had needed 19."""
+    client = connect(redis_server.url, max_connections=50)
+    try:
+        replies = await asyncio.gather(*(client.get("k") for _ in range(1000)),
+                                       return_exceptions=True)
+        pool = client.connection_pool
+        made = len(pool._available_connections) + len(pool._in_use_connections)
+    finally:
+        await client.aclose()
+    assert [r for r in replies if isinstance(r, Exception)] == [], f"{made} connections"
+
+
+async def test_a_task_that_keeps_failing_backs_off_and_raises_one_alert(
+        redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that fails every time it starts (a bug, say) is started again with a growing
+    pause, not in a loop of tracebacks, and the operator is told: the worker reads no
+    outbox, or pushes nothing, for every tenant it serves."""
+    monkeypatch.setattr(runtime_module, "RESTART_MIN_S", 0.05)
+    stop = asyncio.Event()
+    calls: list[float] = []
+    rows: list[int] = []
+
+    async def broken(stop: asyncio.Event) -> None:
+        calls.append(time.monotonic())
+        raise TypeError("a bug")
+
+    async def failed(name: str, in_a_row: int, exc: Exception) -> None:
+        rows.append(in_a_row)
+
+    task = asyncio.create_task(supervised("outbox", broken, stop, failed))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    # 0.05 s doubling: starts at about 0, 0.05, 0.15, 0.35, 0.75 s; at no pause, hundreds.
+    assert 2 <= len(calls) <= 6, len(calls)
+    assert rows == list(range(1, len(calls) + 1))
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
+
+    settings = settings_with(tmp_path, {})
+    runtime = WorkerRuntime(settings, redis, FAST)
+    for in_a_row in range(1, FAILURES_BEFORE_ALERT + 3):
+        await runtime._task_failed("outbox", in_a_row, TypeError("a bug"))
+    [alert] = await list_alerts(redis, T, type="worker_failing")
+    assert "outbox task failed 5 times in a row" in alert.detail and "TypeError" in alert.detail
+    assert runtime.restarts == {"outbox": FAILURES_BEFORE_ALERT + 2}
+    runtime.engine.scripts.close()
 
 
 async def test_a_frozen_redis_fails_worker_calls_within_the_budget_and_the_worker_recovers(

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from stockgate.activity import Tally
+from stockgate.alerts import raise_alert
 from stockgate.audit import AuditStore, audit_store
 from stockgate.cluster import Store
 from stockgate.settings import Settings
@@ -28,6 +29,8 @@ STOP_WAIT_S = 2.0
 # A failed outbox or push task starts again after this long, doubling up to the maximum.
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 10.0
+# Failures in a row of one task before a worker_failing alert (about 20 s of restarts).
+FAILURES_BEFORE_ALERT = 5
 
 
 class RedisTimeouts(msgspec.Struct, frozen=True):
@@ -69,6 +72,42 @@ class WorkerConfig(msgspec.Struct, frozen=True):
                              f"the Redis read timeout ({self.redis.read_s} s)")
 
 
+async def supervised(name: str, run: Callable[[asyncio.Event], Awaitable[None]],
+                     stop: asyncio.Event,
+                     failed: Callable[[str, int, Exception], Awaitable[None]]) -> None:
+    """Runs `run(stop)` until it returns, starting it again when it fails, after a backoff
+    (RESTART_MIN_S doubling to RESTART_MAX_S). The outbox and push tasks retry their own
+    batches, but what each does once before its loop (the outbox's group check, the pusher's
+    migration) met a Redis that froze as the worker started, and the task ended: no error
+    until shutdown, and no outbox read or push for the life of the process. `failed` hears of
+    each failure with how many in a row (a run longer than RESTART_MAX_S starts a new row)."""
+    delay = RESTART_MIN_S
+    in_a_row = 0
+    last = ""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        started = loop.time()
+        try:
+            await run(stop)
+            return
+        except Exception as exc:
+            if loop.time() - started > RESTART_MAX_S:
+                delay, in_a_row = RESTART_MIN_S, 0  # a new failure, not the same one again
+            in_a_row += 1
+            said = f"{type(exc).__name__}: {exc}"
+            if said != last:  # the traceback once per kind of failure, then one line
+                log.exception("worker task %s failed; starting it again in %.1fs", name, delay)
+            else:
+                log.error("worker task %s failed again (%d in a row, %s); starting it again "
+                          "in %.1fs", name, in_a_row, said[:200], delay)
+            last = said
+            await failed(name, in_a_row, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, RESTART_MAX_S)
+
+
 class WorkerRuntime:
     def __init__(self, settings: Settings, redis: Store,
                  config: WorkerConfig | None = None) -> None:
@@ -105,26 +144,25 @@ class WorkerRuntime:
 
     async def _supervised(self, name: str,
                           run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-        """Runs `run` until stop, starting it again when it fails. Each task retries its own
-        batches, but what it does once before its loop (the outbox's group check, the
-        pusher's migration) met a Redis that froze as the worker started, and the task ended:
-        no error until shutdown, and no outbox read or push for the life of the process."""
-        delay = RESTART_MIN_S
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            started = loop.time()
+        await supervised(name, run, self._stop, self._task_failed)
+
+    async def _task_failed(self, name: str, in_a_row: int, exc: Exception) -> None:
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if in_a_row != FAILURES_BEFORE_ALERT:
+            return
+        # A task that fails every time it starts (a bug, a config the code cannot run
+        # with) reads no outbox or pushes nothing for every tenant: told, not only logged.
+        detail = (f"worker {self.consumer.name}: its {name} task failed {in_a_row} times in "
+                  f"a row and keeps being started again: {type(exc).__name__}: {exc}"[:500])
+        for tenant in self.consumer.tenants:
             try:
-                await run(self._stop)
+                await raise_alert(self.redis, tenant, "worker_failing", detail,
+                                  once=f"worker:{self.consumer.name}:{name}",
+                                  once_ttl_s=3600)
+            except Exception as alert_exc:  # Redis down: the cause, most likely; logged
+                log.warning("could not record the worker_failing alert: %s",
+                            type(alert_exc).__name__)
                 return
-            except Exception:
-                if loop.time() - started > RESTART_MAX_S:
-                    delay = RESTART_MIN_S  # a new failure, not the same one again
-                self.restarts[name] = self.restarts.get(name, 0) + 1
-                log.exception("worker task %s failed; starting it again in %.1fs", name, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                delay = min(delay * 2, RESTART_MAX_S)
 
     async def stop(self) -> None:
         self._stop.set()
