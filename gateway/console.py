@@ -634,9 +634,9 @@ def _error(scope: Scope, exc: Exception) -> Response:
     if isinstance(exc, StockgateError):
         return error_reply(exc)
     if isinstance(exc, HTTPException):
-        if exc.status_code == 405:
+        if exc.status_code == 405:  # with Starlette's Allow header (RFC 9110 15.5.6)
             return JSONReply({"error": "method_not_allowed", "detail": "method not allowed"},
-                             status_code=405)
+                             status_code=405, headers=exc.headers)
         return error_reply(NotFound("no such console route"))
     if isinstance(exc, _STORE_ERRORS):
         return error_reply(StoreUnavailable("stock store unreachable"))
