@@ -109,6 +109,7 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
             app.state.metrics_share = share = ProcessShare(metrics, settings.metrics_dir)
             sharing = asyncio.create_task(share.run())
         def end_live_streams() -> None:
+            app.state.console_closing = True  # and one that starts from now on ends at once
             for stream in app.state.console_streams.values():
                 stream.stop.set()
 
@@ -154,4 +155,5 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
     app.state.console_cache = {}
     app.state.console_skus = {}
     app.state.console_streams = {}
+    app.state.console_closing = False
     return app

@@ -558,6 +558,10 @@ async def live(request: Request) -> Response:
         else:
             raise StoreUnavailable("too many live consoles on this gateway process")
     stream = streams[token.sid] = _Stream(token.tenant)
+    if state.console_closing:
+        # The process is stopping: a stream that registers now (its request was in flight
+        # when the signal came) would hold the shutdown; its page reconnects elsewhere.
+        stream.stop.set()
 
     def release() -> None:
         if streams.get(token.sid) is stream:
@@ -585,11 +589,18 @@ class _LiveResponse(StreamingResponse):
 
 # ---- the mounted app -------------------------------------------------------------------------
 
+async def session_route(request: Request) -> Response:
+    if request.method == "POST":
+        return await sign_in(request)
+    if request.method == "DELETE":
+        return await sign_out(request)
+    return await who(request)
+
+
 router = Router(routes=[
     Route("/", page, methods=["GET"]),
-    Route("/session", sign_in, methods=["POST"]),
-    Route("/session", who, methods=["GET"]),
-    Route("/session", sign_out, methods=["DELETE"]),
+    # One route: a 405 names the methods of the first route matching the path only.
+    Route("/session", session_route, methods=["GET", "POST", "DELETE"]),
     Route("/static/{path:path}", static, methods=["GET"]),
     Route("/api/overview", overview, methods=["GET"]),
     Route("/api/stock", stock_list, methods=["GET"]),
@@ -634,9 +645,11 @@ def _error(scope: Scope, exc: Exception) -> Response:
     if isinstance(exc, StockgateError):
         return error_reply(exc)
     if isinstance(exc, HTTPException):
-        if exc.status_code == 405:  # with Starlette's Allow header (RFC 9110 15.5.6)
+        if exc.status_code == 405:  # Allow: what the route takes (RFC 9110 15.5.6)
+            allow = (exc.headers or {}).get("Allow", "")
             return JSONReply({"error": "method_not_allowed", "detail": "method not allowed"},
-                             status_code=405, headers=exc.headers)
+                             status_code=405,
+                             headers={"Allow": ", ".join(sorted(allow.split(", ")))})
         return error_reply(NotFound("no such console route"))
     if isinstance(exc, _STORE_ERRORS):
         return error_reply(StoreUnavailable("stock store unreachable"))

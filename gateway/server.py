@@ -12,6 +12,7 @@ a gateway reachable from the internet belongs behind a proxy that bounds header 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import os
@@ -83,8 +84,9 @@ def when_asked_to_exit(callback: Callable[[], None]) -> Callable[[], None]:
             continue
 
         def handler(signum: int, frame: FrameType | None, uvicorns: Any = uvicorns) -> None:
-            loop.call_soon_threadsafe(callback)
-            uvicorns(signum, frame)
+            uvicorns(signum, frame)  # first: uvicorn must hear it whatever happens below
+            with contextlib.suppress(RuntimeError):  # a loop already closed
+                loop.call_soon_threadsafe(callback)
 
         signal.signal(sig, handler)
         chained[sig] = (uvicorns, handler)

@@ -354,16 +354,21 @@ def _with_marketplace_defaults(settings: Settings) -> Settings:
 
 def _refuse_shops_of_one_app_untold(settings: Settings) -> None:
     """TikTok signs every shop's webhooks with the app's one secret, so only `shop_id` tells
-    which shop a body is for: two channels with one app and one shop id would each apply
-    the other's orders (one sale committed twice, on two channels' stock)."""
-    seen: dict[tuple[str, str], str] = {}
+    which shop a body is for. Two channels naming one shop (one app twice, or two apps the
+    shop authorised, as while moving apps) would each apply the shop's orders: one sale
+    committed twice. A padded id would never match a body: every order ignored, unsaid."""
+    seen: dict[str, str] = {}
     for name, channel in settings.channels.items():
-        if channel.kind == "tiktok" and channel.tiktok is not None:
-            first = seen.setdefault((channel.tiktok.app_key, channel.tiktok.shop_id), name)
-            if first != name:
-                raise ConfigError(f"channels.{first} and channels.{name} are the same TikTok "
-                                  f"shop ({channel.tiktok.shop_id}) of one app: one channel "
-                                  "per shop")
+        if channel.kind != "tiktok" or channel.tiktok is None:
+            continue
+        shop = channel.tiktok.shop_id
+        if shop != shop.strip() or any(c.isspace() for c in shop):
+            raise ConfigError(f"channels.{name}.tiktok.shop_id {shop!r} has white space: "
+                              "webhooks carry the bare id")
+        first = seen.setdefault(shop, name)
+        if first != name:
+            raise ConfigError(f"channels.{first} and channels.{name} name the same TikTok "
+                              f"shop ({shop}): one channel per shop")
 
 
 def _refuse_shared_secrets(settings: Settings) -> None:

@@ -569,6 +569,10 @@ def test_demo_channel_config_loads_with_its_ids_and_secrets_from_env(tmp_path: P
     assert channel.tiktok.refresh_token == sim_tiktok.REFRESH_TOKEN
     assert sorted(channel.variant_skus.values()) == ["DROP-CAP", "TEE-001"]
     assert channel.location_for("7068517275539719942") == "main"
+    # The locust user signs bodies for the shop the channel names (read, not imported:
+    # importing locust patches the standard library for gevent).
+    locustfile = (Path(__file__).parent.parent / "loadtests" / "locustfile.py").read_text()
+    assert f'TIKTOK_SHOP_ID = "{channel.tiktok.shop_id}"' in locustfile
 
 
 def test_a_channel_must_name_its_shop_and_one_shop_is_one_channel(tmp_path: Path) -> None:
@@ -588,6 +592,15 @@ def test_a_channel_must_name_its_shop_and_one_shop_is_one_channel(tmp_path: Path
     path.write_text(channel("us", "111") + channel("uk", "111"))
     with pytest.raises(ConfigError, match=r"channels\.us and channels\.uk"):
         load_settings(str(path), {})
+    # Two apps the shop authorised (moving apps): still one shop, one channel.
+    path.write_text(channel("us", "111") + channel("uk", "111").replace('app_key = "k"',
+                                                                        'app_key = "k2"'))
+    with pytest.raises(ConfigError, match="same TikTok shop"):
+        load_settings(str(path), {})
+    for padded in (" 111", "111 ", "   "):  # never equal to a body's id: all ignored
+        path.write_text(channel("us", padded))
+        with pytest.raises(ConfigError, match="shop_id"):
+            load_settings(str(path), {})
     path.write_text(channel("us", "111") + channel("uk", "222"))
     shops = load_settings(str(path), {}).channels
     assert {n: c.tiktok.shop_id for n, c in shops.items() if c.tiktok} == {"us": "111",

@@ -335,7 +335,8 @@ def test_shutdown_is_not_held_up_by_an_open_live_stream(
             [sys.executable, "-m", "stockgate.cli", "serve", "--port", str(port),
              "--workers", str(workers)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c, \
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as late:
             deadline = time.monotonic() + 30
             while True:
                 assert serve.poll() is None, log_path.read_text()
@@ -344,13 +345,20 @@ def test_shutdown_is_not_held_up_by_an_open_live_stream(
                         break
                 assert time.monotonic() < deadline, "serve did not start"
                 time.sleep(0.1)
-            r = c.post("/console/session", json={"key": OPERATOR})
-            assert r.status_code == 200, r.text
+            for client in (c, late):
+                r = client.post("/console/session", json={"key": OPERATOR})
+                assert r.status_code == 200, r.text
             with c.stream("GET", "/console/api/live") as stream:
                 got = stream.iter_bytes()
                 assert b"retry" in next(got)
                 serve.send_signal(signal.SIGTERM)
                 started = time.monotonic()
+                # A console asking for its stream as the signal lands, on a connection kept
+                # alive: registered after the open ones were ended, it held the shutdown.
+                with contextlib.suppress(httpx.HTTPError), \
+                        late.stream("GET", "/console/api/live") as second:
+                    for _ in second.iter_bytes():
+                        pass
                 with contextlib.suppress(httpx.HTTPError, StopIteration):
                     for _ in got:
                         pass
