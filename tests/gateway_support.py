@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -59,3 +63,16 @@ async def cell(client: httpx.AsyncClient, sku: str, location: str = "main") -> d
     r = await client.get(f"/v1/stock/{sku}", headers=bearer(OPERATOR))
     assert r.status_code == 200, r.text
     return r.json()["locations"][location]
+
+
+def wait_until_serving(serve: subprocess.Popen[bytes], client: httpx.Client, log_path: Path,
+                       within_s: float = 30) -> None:
+    """Until a `stockgate serve` subprocess answers /healthz; its log if it died first."""
+    deadline = time.monotonic() + within_s
+    while True:
+        assert serve.poll() is None, log_path.read_text()
+        with contextlib.suppress(httpx.TransportError):
+            if client.get("/healthz").status_code == 200:
+                return
+        assert time.monotonic() < deadline, "serve did not start"
+        time.sleep(0.1)

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 import uvicorn
-from gateway_support import OPERATOR, STOREFRONT, bearer, receive
+from gateway_support import OPERATOR, STOREFRONT, bearer, receive, wait_until_serving
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
@@ -401,14 +401,7 @@ def test_serve_with_two_workers_scrapes_the_sum(
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}",
                           headers={"Connection": "close"}) as c:
-            deadline = time.monotonic() + 30
-            while True:
-                assert serve.poll() is None, log_path.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if c.get("/healthz").status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+            wait_until_serving(serve, c, log_path)
             time.sleep(1.0)  # both processes up before the requests
             served = 1
             for _ in range(40):

@@ -21,7 +21,7 @@ import httpx
 import msgspec
 import pytest
 from echo_support import echoing
-from gateway_support import OPERATOR, STOREFRONT, bearer, receive
+from gateway_support import OPERATOR, STOREFRONT, bearer, receive, wait_until_serving
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from workers_helpers import OPERATOR_KEY, running_worker, settings_with, wait_for
@@ -337,14 +337,7 @@ def test_shutdown_is_not_held_up_by_an_open_live_stream(
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c, \
                 httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as late:
-            deadline = time.monotonic() + 30
-            while True:
-                assert serve.poll() is None, log_path.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if c.get("/healthz").status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+            wait_until_serving(serve, c, log_path)
             for client in (c, late):
                 r = client.post("/console/session", json={"key": OPERATOR})
                 assert r.status_code == 200, r.text
