@@ -108,6 +108,7 @@ def create_app(settings: Settings, redis: Store | None = None) -> Starlette:
         if settings.metrics_dir:
             app.state.metrics_share = share = ProcessShare(metrics, settings.metrics_dir)
             sharing = asyncio.create_task(share.run())
+
         def end_live_streams() -> None:
             app.state.console_closing = True  # and one that starts from now on ends at once
             for stream in app.state.console_streams.values():
