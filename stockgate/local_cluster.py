@@ -67,7 +67,11 @@ class LocalCluster:
                         # shard whose replica lagged would stay down, not fail over.
                         "--cluster-replica-validity-factor", "0",
                         # The rest of the Cluster keeps serving while one shard is down.
-                        "--cluster-require-full-coverage", "no"))
+                        "--cluster-require-full-coverage", "no",
+                        # A replica's first full sync starts at once, not after Redis's
+                        # default 5 s wait for more replicas to share one transfer: the
+                        # Cluster forms in about 2 s instead of 6 (tests, `demo --cluster`).
+                        "--repl-diskless-sync-delay", "0"))
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
         total = self.primaries * (1 + self.replicas)
