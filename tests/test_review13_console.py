@@ -317,41 +317,57 @@ async def test_low_stock_count_agrees_with_the_low_stock_alert(
 # ---- 11. shutdown with a console open ----------------------------------------------------------
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_shutdown_is_not_held_up_by_an_open_live_stream(
-        redis_server: EmbeddedRedis, tmp_path: Path, workers: int) -> None:
+def test_shutdown_is_not_held_up_by_an_open_live_stream(tmp_path: Path, workers: int) -> None:
     """`stockgate serve` told to stop (SIGTERM, as a deploy does) with a console on the Live
     view: uvicorn tells the app only once every connection has closed, and the stream held
-    each shutdown for its 10 s graceful limit."""
+    each shutdown for its 10 s graceful limit. So did a stream whose request was in flight
+    when the signal came (it registered after the open ones were ended): made certain here
+    by freezing the gateway's Redis across the signal, so that the request waits in the
+    gateway and registers only after."""
+    store = EmbeddedRedis(tmp_path / "redis")
+    store.start()
+    assert store.process is not None
     config = tmp_path / "stockgate.toml"
     config.write_text('console_insecure_cookie = true\n'
                       f'[api_keys.op]\nsecret = "{OPERATOR}"\nscopes = ["operator"]\n')
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "STOCKGATE_METRICS_DIR"}
-    env.update(REDIS_URL=redis_server.url, STOCKGATE_CONFIG=str(config),
+    env.update(REDIS_URL=store.url, STOCKGATE_CONFIG=str(config),
                STOCKGATE_DATA_DIR=str(tmp_path), STOCKGATE_LOG_LEVEL="WARNING")
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         serve = subprocess.Popen(
             [sys.executable, "-m", "stockgate.cli", "serve", "--port", str(port),
              "--workers", str(workers)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c, \
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as late:
+        with httpx.Client(base_url=base, timeout=30) as c, \
+                httpx.Client(base_url=base, timeout=30) as late:
             wait_until_serving(serve, c, log_path)
             for client in (c, late):
                 r = client.post("/console/session", json={"key": OPERATOR})
                 assert r.status_code == 200, r.text
-            with c.stream("GET", "/console/api/live") as stream:
-                got = stream.iter_bytes()
-                assert b"retry" in next(got)
-                serve.send_signal(signal.SIGTERM)
-                started = time.monotonic()
-                # A console asking for its stream as the signal lands, on a connection kept
-                # alive: registered after the open ones were ended, it held the shutdown.
+
+            def in_flight() -> None:
                 with contextlib.suppress(httpx.HTTPError), \
                         late.stream("GET", "/console/api/live") as second:
                     for _ in second.iter_bytes():
                         pass
+
+            with c.stream("GET", "/console/api/live") as stream:
+                got = stream.iter_bytes()
+                assert b"retry" in next(got)
+                os.kill(store.process.pid, signal.SIGSTOP)
+                try:
+                    second = threading.Thread(target=in_flight)
+                    second.start()
+                    time.sleep(0.3)  # the request waits on Redis inside the gateway
+                    serve.send_signal(signal.SIGTERM)
+                    started = time.monotonic()
+                    time.sleep(0.5)  # the stop has begun: listener closed, streams ended
+                finally:
+                    os.kill(store.process.pid, signal.SIGCONT)
+                second.join(30)
                 with contextlib.suppress(httpx.HTTPError, StopIteration):
                     for _ in got:
                         pass
@@ -361,8 +377,10 @@ def test_shutdown_is_not_held_up_by_an_open_live_stream(
         if serve.poll() is None:
             serve.kill()
             serve.wait()
-    # uvicorn's graceful limit is 10 s; the stream now ends as the shutdown starts.
-    assert took < 5, f"shutdown took {took:.1f} s with one console on the Live view"
+        os.kill(store.process.pid, signal.SIGCONT)
+        store.stop()
+    # uvicorn's graceful limit is 10 s; the streams now end as the shutdown starts.
+    assert took < 5, f"shutdown took {took:.1f} s with consoles on the Live view"
     # uvicorn raises the signal it caught again once it has shut down gracefully.
     assert serve.returncode in (0, -signal.SIGTERM), log_path.read_text()
     assert "graceful shutdown exceeded" not in log_path.read_text()
