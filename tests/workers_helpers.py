@@ -58,10 +58,10 @@ async def running_worker(settings: Settings, redis_url: str, config: WorkerConfi
         await wait_for(lambda: _started(worker), 10)
         yield worker
     finally:
-        await _stop_worker(worker, task)
+        await stop_worker(worker, task)
 
 
-async def _stop_worker(worker: Any, task: asyncio.Task[None]) -> None:
+async def stop_worker(worker: Any, task: asyncio.Task[None]) -> None:
     """Cancel the worker until it ends, within a bound: on Python 3.11 a cancellation can
     be swallowed by an asyncio.wait_for finishing at that moment (in arq or below), and one
     bare `await task` then hung a whole CI run. Stuck, it names what is still running."""

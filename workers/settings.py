@@ -44,6 +44,9 @@ EXPIRE_JOB = "cron:expire_job"
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # While Redis stays down, say so this often, not on every poll.
 OUTAGE_LOG_EVERY_S = 30.0
+# After a stop signal, the main task is cancelled again this often until it ends (a cancel can
+# be lost: StockgateWorker.handle_sig). Longer than any clean-up a cancel runs.
+RECANCEL_S = 1.0
 
 
 class QuietCron(logging.Filter):
@@ -176,6 +179,23 @@ class StockgateWorker(Worker):
     async def main(self) -> None:
         await self._wait_for_redis()
         await super().main()
+
+    def handle_sig(self, signum: int) -> None:
+        """arq's stop (one cancel of the main task), then again every RECANCEL_S until it
+        ends. redis-py 5 sends every command under asyncio.wait_for, which on Python 3.11
+        returns the command's result when a cancel lands as the command completes: the
+        cancel is lost, and the worker polled on after SIGTERM until its supervisor killed it
+        (seen as a test run that hung in a worker's shutdown)."""
+        super().handle_sig(signum)
+        self.loop.call_later(RECANCEL_S, self._cancel_again)
+
+    def _cancel_again(self) -> None:
+        task = self.main_task
+        if task is not None and not task.done():
+            log.warning("worker still running %.0fs after its stop; cancelling again",
+                        RECANCEL_S)
+            task.cancel()
+            self.loop.call_later(RECANCEL_S, self._cancel_again)
 
     async def _wait_for_redis(self) -> None:
         """arq's own pool retries its first connect; a pool passed in does not, so here."""
