@@ -98,18 +98,26 @@ def test_an_ebay_channel_without_api_url_is_refused_not_silently_unpolled(
 
 # ---- 8. eBay restock_refunds: a refund before shipment restocks units that then ship --------
 
-async def test_ebay_refund_before_shipment_does_not_put_shipped_units_back_on_sale(
-        sim: SimulatorServer, http: httpx.AsyncClient, redis: Redis,
-        engine: StockEngine) -> None:
+async def partly_refunded_order(sim: SimulatorServer, http: httpx.AsyncClient, redis: Redis,
+                                engine: StockEngine, order_id: str) -> EbayAdapter:
+    """5 A in stock; an order of 2 polled, then partly refunded (e.g. a shipping overcharge:
+    the order goes on) and polled again, on a channel that restocks refunds."""
     book = book_of(sim.state)
     adapter = EbayAdapter(CH, msgspec.structs.replace(ebay_channel(sim),
                                                       restock_refunds=True), http)
     await stock(engine, A=5)
-    book.add_order("21-001", [("A", 2)])
+    book.add_order(order_id, [("A", 2)])
     await ebay_poll(redis, engine, adapter)
-    book.refund("21-001", full=False)  # e.g. shipping overcharge refunded, order goes on
+    book.refund(order_id, full=False)
     await ebay_poll(redis, engine, adapter)
-    book.ship("21-001")
+    return adapter
+
+
+async def test_ebay_refund_before_shipment_does_not_put_shipped_units_back_on_sale(
+        sim: SimulatorServer, http: httpx.AsyncClient, redis: Redis,
+        engine: StockEngine) -> None:
+    adapter = await partly_refunded_order(sim, http, redis, engine, "21-001")
+    book_of(sim.state).ship("21-001")
     await ebay_poll(redis, engine, adapter)
     # Reference: 2 units left with the buyer; 3 are on the shelf.
     assert await ebay_cell(engine, "A") == {"on_hand": 3, "committed": 0, "available": 3}
@@ -172,13 +180,7 @@ async def test_ebay_full_refund_after_shipment_restocks_once_and_a_partial_one_a
 
     from stockgate.alerts import list_alerts
     book = book_of(sim.state)
-    adapter = EbayAdapter(CH, msgspec.structs.replace(ebay_channel(sim),
-                                                      restock_refunds=True), http)
-    await stock(engine, A=5)
-    book.add_order("22-001", [("A", 2)])
-    await ebay_poll(redis, engine, adapter)
-    book.refund("22-001", full=False)
-    await ebay_poll(redis, engine, adapter)
+    adapter = await partly_refunded_order(sim, http, redis, engine, "22-001")
     assert [a.ref for a in await list_alerts(redis, T, type="refund_needs_review")] == [
         f"{CH}:22-001"]
     book.ship("22-001")
